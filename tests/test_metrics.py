@@ -87,6 +87,13 @@ def test_cvar_matches_rockafellar_uryasev(beta):
     assert M.cvar(r, beta, "left") == pytest.approx(ru_left)
 
 
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.77])
+@pytest.mark.parametrize("tail", ["right", "left"])
+def test_local_cvar_fallback_matches(beta, tail):
+    r = np.sort(np.random.default_rng(1).normal(size=37))
+    assert M._local_cvar(r, beta, tail) == pytest.approx(M.cvar(r, beta, tail))
+
+
 @pytest.mark.parametrize("beta,tail", [(0.0, "right"), (1.0, "left"), (0.5, "middle")])
 def test_cvar_bad_args(beta, tail):
     with pytest.raises(ValueError):

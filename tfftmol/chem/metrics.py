@@ -17,7 +17,8 @@ SMILES among ``V``, ``Ref`` a reference set):
 - right-CVaR_beta = mean of the top ``1 - beta`` fraction of rewards;
   left-CVaR_beta = mean of the bottom ``beta`` fraction.  With ``k = (1-beta) n``
   not an integer, the boundary sample enters with weight ``k - floor(k)``
-  (the exact CVaR of the empirical distribution, Rockafellar & Uryasev 2000).
+  (the exact CVaR of the empirical distribution, Rockafellar & Uryasev 2000);
+  computed by ``tfftmol.core.risk.cvar``.
   Rewards include the validity penalty (as the fine-tune sees them).
 - FCD (Preuer et al. 2018) via the optional ``fcd_torch`` package; ``nan`` if it
   is not installed.
@@ -32,6 +33,11 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import DataStructs, rdFingerprintGenerator
 
 from tfftmol.chem.rewards import Reward, RewardResult, build_reward, to_mol
+
+try:  # the core's risk measures, when present, are the single source of truth
+    from tfftmol.core.risk import cvar as _core_cvar
+except ImportError:  # pragma: no cover - the local implementation below is equivalent
+    _core_cvar = None
 
 __all__ = [
     "classify",
@@ -165,6 +171,13 @@ def cvar(values: Sequence[float] | np.ndarray, beta: float, tail: str = "right")
     v = np.sort(np.asarray(values, dtype=np.float64))
     if v.size == 0:
         return float("nan")
+    if _core_cvar is not None:
+        return float(_core_cvar(v, float(beta), tail))
+    return _local_cvar(v, float(beta), tail)
+
+
+def _local_cvar(v: np.ndarray, beta: float, tail: str) -> float:
+    """Fallback CVaR on ascending ``v`` (same definition as ``tfftmol.core.risk.cvar``)."""
     if tail == "right":
         v = v[::-1]
         mass = (1.0 - beta) * v.size
