@@ -1,0 +1,18 @@
+"""tfftmol: tail-aware flow fine-tuning (TFFT) for molecules and beyond.
+
+Fine-tune a pre-trained flow model so that a tail of the reward distribution
+moves: right-CVaR (discovery: the best ``1-beta`` of samples) or left-CVaR
+(reliability: the worst ``beta``).  Importing ``tfftmol`` loads only the
+domain-free core; chemistry (RDKit) is imported by ``tfftmol.chem`` on demand.
+"""
+from .core import (AMConfig, DifferentiableReward, FlowModel, PseudoReward, TFFTConfig, TFFTResult,
+                   ThresholdResult, TfftWarning, cvar, run_tfft, sample_ode, sample_sde, solve_threshold, var)
+from .pretrained import available_models, load_pretrained, model_card
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AMConfig", "DifferentiableReward", "FlowModel", "PseudoReward", "TFFTConfig", "TFFTResult",
+    "ThresholdResult", "TfftWarning", "cvar", "run_tfft", "sample_ode", "sample_sde", "solve_threshold", "var",
+    "available_models", "load_pretrained", "model_card", "__version__",
+]

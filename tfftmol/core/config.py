@@ -1,0 +1,100 @@
+"""Configuration as plain dataclasses, loadable from YAML, with unknown keys rejected.
+
+One config runs the same from the CLI, a notebook, a benchmark and an Optuna
+trial.  ``from_dict`` validates once: an unknown key raises a ``ValueError``
+that names the key, its path and the accepted keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Type, TypeVar
+
+import yaml
+
+__all__ = ["from_dict", "to_dict", "load_yaml", "dump_yaml", "ConfigError"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the field."""
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _resolve_optional(tp):
+    """``Optional[X]`` / ``X | None`` -> ``X``; anything else unchanged."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def from_dict(cls: Type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclasses.
+
+    Raises:
+        ConfigError: on an unknown key (naming it and listing the accepted keys)
+            or a non-mapping where a section is expected.
+    """
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f" in '{path}'" if path else ""
+        raise ConfigError(f"unknown config key(s) {unknown}{where}; accepted keys: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = _resolve_optional(hints.get(name, Any))
+        sub = f"{path}.{name}" if path else name
+        if _is_dataclass_type(tp) and value is not None:
+            kwargs[name] = from_dict(tp, value, sub)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # __post_init__ validation
+        raise ConfigError(f"{path or cls.__name__}: {e}") from e
+
+
+def to_dict(obj) -> dict:
+    """Dataclass -> plain nested dict (YAML-safe scalars, lists and dicts)."""
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+    return conv(obj)
+
+
+def load_yaml(path: str | Path) -> dict:
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    return data or {}
+
+
+def dump_yaml(obj, path: str | Path | None = None) -> str:
+    text = yaml.safe_dump(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text

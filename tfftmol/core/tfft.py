@@ -1,0 +1,405 @@
+"""The TFFT two-stage driver (DESIGN.md §1) and the expected-reward baseline.
+
+1. **Offline batch**: ``M`` samples of the pre-trained model, scored with the
+   true reward, cached on disk (keyed by model, reward, ``M``, steps and seed)
+   and reused by later runs and Optuna trials.
+2. **Stage 1**: the exact threshold ``eta*`` on those rewards
+   (:func:`tfftmol.core.threshold.solve_threshold`), with its diagnostics.
+3. **Stage 2**: one Adjoint Matching fine-tune on the pseudo-reward
+   ``g(r) = (r - eta*)_+/(1-beta)`` (right) or ``-(eta* - r)_+/beta`` (left),
+   with ``lam = 1/alpha``.
+
+**The dead hinge and its continuation.**  With small ``alpha`` the optimal
+threshold can sit above almost every pre-trained sample; the on-policy batch
+then holds no active sample and the Adjoint Matching loss is exactly zero.
+When stage 1 reports an active fraction below ``min_active_fraction`` the
+driver runs a *continuation*: a short sequence of stages whose targets are
+exact TFFT optima for easier settings, ending at the requested ``(alpha,
+beta)``.  Each stage re-solves ``eta*`` on the cached batch, so every stage's
+target is exact and the last one is the requested target; earlier stages only
+warm-start the model so that its own samples reach the tail.
+
+* ``continuation="alpha"`` (default for ``"auto"``): anneal ``alpha`` geometrically
+  from the smallest ``alpha_0 = alpha * 2^j`` whose active fraction reaches
+  ``min_active_fraction`` down to ``alpha``.
+* ``continuation="beta"``: ramp ``beta`` from a level whose threshold is active
+  toward the requested one at fixed ``alpha``.
+
+The choice of default is measured by ``benchmarks/toy2d.py``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adjoint import AdjointMatching, AMConfig, IdentityTransform
+from .checkpoint import atomic_write_text, load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from .flow import FlowModel
+from .pseudo import PseudoReward
+from .reward import RewardBatch, TerminalReward
+from .risk import cvar
+from .samplers import sample_ode, sample_sde
+from .threshold import ThresholdResult, TfftWarning, solve_threshold
+
+__all__ = ["TFFTConfig", "TFFTResult", "Stage", "run_tfft", "offline_batch", "plan_stages", "model_fingerprint"]
+
+
+@dataclass
+class TFFTConfig:
+    """Settings of one fine-tuning run (TFFT or the expected-reward baseline).
+
+    Attributes:
+        method: ``"tfft"`` (pseudo-reward from the threshold) or ``"expected"`` (``r`` itself).
+        tail: ``"right"`` (discovery: mean of the best ``1-beta``) or ``"left"``
+            (reliability: mean of the worst ``beta``).
+        beta: tail level in (0, 1).
+        alpha: KL weight > 0; the Adjoint Matching reward multiplier is ``1/alpha``.
+        offline_samples: ``M``, size of the offline batch from the pre-trained model.
+        offline_steps: integration steps for the offline batch.
+        offline_sampler: ``"ode"`` or ``"sde"`` (both sample ``p_pre``).
+        bootstrap: bootstrap resamples for the interval on ``eta*`` (0 = off).
+        smoothing: softplus temperature of the hinge (0 = exact hinge, the default).
+        continuation: ``"auto"``, ``"alpha"``, ``"beta"`` or ``"none"``.
+        min_active_fraction: below this stage-1 active fraction the continuation engages.
+        continuation_stages: number of stages including the final one.
+        final_stage_fraction: fraction of ``am.steps`` spent on the final (exact) stage.
+        seed: seeds the offline batch.
+        am: :class:`AMConfig`.
+    """
+
+    method: str = "tfft"
+    tail: str = "right"
+    beta: float = 0.9
+    alpha: float = 1.0
+    offline_samples: int = 10000
+    offline_steps: int = 50
+    offline_sampler: str = "ode"
+    bootstrap: int = 100
+    smoothing: float = 0.0
+    continuation: str = "auto"
+    min_active_fraction: float = 0.02
+    continuation_stages: int = 4
+    final_stage_fraction: float = 0.5
+    seed: int = 0
+    am: AMConfig = field(default_factory=AMConfig)
+
+    def __post_init__(self):
+        if self.method not in ("tfft", "expected"):
+            raise ValueError(f"method={self.method!r} must be one of 'tfft', 'expected'")
+        if self.tail not in ("right", "left"):
+            raise ValueError(f"tail={self.tail!r} must be one of 'right', 'left'")
+        if not (isinstance(self.beta, (int, float)) and 0 < self.beta < 1):
+            raise ValueError(f"beta={self.beta!r} must be in the open interval (0, 1)")
+        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha={self.alpha!r} must be a finite number > 0")
+        if not (isinstance(self.offline_samples, int) and self.offline_samples >= 2):
+            raise ValueError(f"offline_samples={self.offline_samples!r} must be an integer >= 2")
+        if self.offline_sampler not in ("ode", "sde"):
+            raise ValueError(f"offline_sampler={self.offline_sampler!r} must be one of 'ode', 'sde'")
+        if self.continuation not in ("auto", "alpha", "beta", "none"):
+            raise ValueError(f"continuation={self.continuation!r} must be one of 'auto', 'alpha', 'beta', 'none'")
+        if not (0 <= self.min_active_fraction < 1):
+            raise ValueError(f"min_active_fraction={self.min_active_fraction} must be in [0, 1)")
+        if not (isinstance(self.continuation_stages, int) and self.continuation_stages >= 1):
+            raise ValueError(f"continuation_stages={self.continuation_stages!r} must be an integer >= 1")
+        if not (0 < self.final_stage_fraction <= 1):
+            raise ValueError(f"final_stage_fraction={self.final_stage_fraction} must be in (0, 1]")
+        if self.smoothing < 0:
+            raise ValueError(f"smoothing={self.smoothing} must be >= 0")
+        if isinstance(self.am, dict):
+            from .config import from_dict
+            self.am = from_dict(AMConfig, self.am, "am")
+
+
+@dataclass
+class Stage:
+    """One stage of a (possibly single-stage) fine-tune: its exact target and its step range."""
+
+    alpha: float
+    beta: float
+    start: int
+    stop: int
+    threshold: Optional[ThresholdResult] = None
+
+    def describe(self) -> str:
+        eta = f", eta*={self.threshold.eta:.4g}, active={self.threshold.active_fraction:.2%}" if self.threshold else ""
+        return f"steps {self.start}-{self.stop}: alpha={self.alpha:.4g}, beta={self.beta:.4g}{eta}"
+
+
+@dataclass
+class TFFTResult:
+    """What a run returns.
+
+    Attributes:
+        model: the fine-tuned flow (EMA weights if configured).
+        threshold: stage-1 result at the requested ``(alpha, beta)`` (``None`` for ``expected``).
+        stages: the continuation stages actually used.
+        history: per-step statistics (list of dicts: loss, kl, active_fraction, ...).
+        offline_rewards: ``(M,)`` rewards of the offline batch, or ``None``.
+        timings: seconds per phase.
+        trainer: the :class:`AdjointMatching` object.
+    """
+
+    model: nn.Module
+    threshold: Optional[ThresholdResult]
+    stages: list
+    history: list
+    offline_rewards: Optional[np.ndarray]
+    timings: dict
+    trainer: AdjointMatching
+
+
+def model_fingerprint(model: Any) -> str:
+    """A short hash identifying a model's weights (or its tensors, for closed-form models)."""
+    if hasattr(model, "cache_key"):
+        return str(model.cache_key)
+    h = hashlib.sha1(type(model).__name__.encode())
+    if isinstance(model, nn.Module):
+        for k, v in sorted(model.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    else:
+        for k, v in sorted(vars(model).items()):
+            if isinstance(v, torch.Tensor):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _reward_key(reward: Any) -> str:
+    if hasattr(reward, "cache_key"):
+        return str(reward.cache_key)
+    return str(getattr(reward, "name", type(reward).__name__))
+
+
+def offline_batch(base: FlowModel, reward: TerminalReward, n: int, steps: int = 50, sampler: str = "ode",
+                  seed: int = 0, cache_dir: str | Path | None = None, batch_size: int = 1000,
+                  device: str | torch.device = "cpu", cond_sampler=None, progress: bool = False):
+    """Draw ``n`` samples of the pre-trained model and score them with the true reward.
+
+    The batch is cached in ``cache_dir`` under a key of (model fingerprint,
+    reward key, ``n``, steps, sampler, seed): later runs load it instead of
+    recomputing.
+
+    Returns:
+        ``(x, values, valid, cached)`` with ``x`` of shape ``(n, *state_shape)``,
+        ``values``/``valid`` of shape ``(n,)``, and ``cached`` True if it was loaded.
+    """
+    key = hashlib.sha1(json.dumps([model_fingerprint(base), _reward_key(reward), n, steps, sampler, seed]).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"offline-{key}.safetensors" if cache_dir is not None else None
+    if path is not None and path.exists():
+        t = load_tensors(path)
+        return t["x"], t["values"], t["valid"].bool(), True
+    gen = torch.Generator().manual_seed(seed)
+    xs, vs, ok = [], [], []
+    it = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="offline batch", unit="batch")
+    for i in it:
+        m = min(batch_size, n - i)
+        cond = cond_sampler(m, gen) if cond_sampler else None
+        x0 = base.sample_prior(m, generator=gen, device="cpu").to(device)
+        if sampler == "ode":
+            x = sample_ode(base, m, steps, x0=x0, cond=cond)
+        else:
+            x = sample_sde(base, m, steps, generator=gen, cond=cond, x_start=x0)
+        rb = reward.evaluate(x)
+        xs.append(x.detach().cpu())
+        vs.append(rb.values.detach().cpu().double())
+        ok.append(rb.valid.detach().cpu())
+    x, values, valid = torch.cat(xs), torch.cat(vs), torch.cat(ok)
+    if path is not None:
+        save_tensors(path, {"x": x, "values": values, "valid": valid.to(torch.uint8)},
+                     metadata={"key": key, "n": str(n)})
+    return x, values, valid, False
+
+
+def plan_stages(rewards: np.ndarray, cfg: TFFTConfig, log: Callable[[str], None] = print) -> list[Stage]:
+    """Stage-1 solve at the requested setting and, if the hinge is starved, a continuation schedule.
+
+    Every stage's ``eta*`` is re-solved on the same cached rewards.
+    """
+    total = cfg.am.steps
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TfftWarning)
+        final = solve_threshold(rewards, cfg.beta, cfg.alpha, cfg.tail, bootstrap=cfg.bootstrap, seed=cfg.seed,
+                                min_active_fraction=cfg.min_active_fraction)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    mode = cfg.continuation
+    if mode == "auto":
+        mode = "alpha"
+    starved = final.active_fraction < cfg.min_active_fraction
+    if mode == "none" or not starved or cfg.continuation_stages == 1:
+        if starved:
+            log(f"warning: active fraction {final.active_fraction:.3%} < {cfg.min_active_fraction:.1%} and "
+                f"continuation='{cfg.continuation}': the hinge may be dead.")
+        return [Stage(cfg.alpha, cfg.beta, 0, total, final)]
+
+    def solve(a, b):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TfftWarning)
+            return solve_threshold(rewards, b, a, cfg.tail, min_active_fraction=0.0, min_ess_fraction=0.0)
+
+    n = cfg.continuation_stages
+    if mode == "alpha":
+        a0 = cfg.alpha
+        for _ in range(40):
+            a0 *= 2.0
+            if solve(a0, cfg.beta).active_fraction >= cfg.min_active_fraction:
+                break
+        params = [(a0 * (cfg.alpha / a0) ** (j / (n - 1)), cfg.beta) for j in range(n)]
+    else:  # beta ramp toward the requested level at fixed alpha
+        b_easy = cfg.beta
+        for j in range(1, 41):
+            b_try = cfg.beta * (1 - j / 40) if cfg.tail == "right" else cfg.beta + (1 - cfg.beta) * j / 40
+            b_try = min(max(b_try, 1e-3), 1 - 1e-3)
+            b_easy = b_try
+            if solve(cfg.alpha, b_try).active_fraction >= cfg.min_active_fraction:
+                break
+        params = [(cfg.alpha, b_easy + (cfg.beta - b_easy) * j / (n - 1)) for j in range(n)]
+    final_steps = max(1, int(round(total * cfg.final_stage_fraction)))
+    pre = total - final_steps
+    bounds = [round(pre * j / (n - 1)) for j in range(n)] + [total]
+    stages = []
+    for j, (a, b) in enumerate(params):
+        thr = final if j == n - 1 else solve(a, b)
+        stages.append(Stage(float(a), float(b), int(bounds[j]), int(bounds[j + 1]), thr))
+    stages = [s for s in stages if s.stop > s.start]
+    log(f"stage 1: active fraction {final.active_fraction:.3%} < {cfg.min_active_fraction:.1%}; "
+        f"continuation over {cfg.continuation if cfg.continuation != 'auto' else 'alpha'} in {len(stages)} stages:")
+    for s in stages:
+        log("  " + s.describe())
+    return stages
+
+
+def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cache_dir: str | Path | None = None,
+             checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100, resume: bool = True,
+             device: str | torch.device = "cpu", progress: bool = True, cond_sampler=None,
+             callbacks: Optional[list[Callable[[AdjointMatching, dict], None]]] = None,
+             log: Callable[[str], None] = print) -> TFFTResult:
+    """Run TFFT (or the expected-reward baseline) end to end.
+
+    Args:
+        base: the pre-trained flow model.
+        reward: the true reward (values + gradient). If it has a method
+            ``fit_offline(x, values, valid)`` it is called once on the offline
+            batch (e.g. to fit a surrogate).
+        config: :class:`TFFTConfig`.
+        cache_dir: where the offline batch is cached.
+        checkpoint_dir: where the trainer is checkpointed atomically every
+            ``checkpoint_every`` steps and on SIGINT; with ``resume`` a run picks
+            up from the last checkpoint.
+        callbacks: called as ``cb(trainer, stats_dict)`` after every step.
+
+    Returns:
+        :class:`TFFTResult`.
+    """
+    cfg = config
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    need_offline = cfg.method == "tfft" or hasattr(reward, "fit_offline")
+    rewards_np = None
+    stages: list[Stage]
+    threshold = None
+    if need_offline:
+        x_off, v_off, valid_off, cached = offline_batch(
+            base, reward, cfg.offline_samples, cfg.offline_steps, cfg.offline_sampler, cfg.seed, cache_dir,
+            device=device, cond_sampler=cond_sampler, progress=progress)
+        rewards_np = v_off.numpy().astype(np.float64)
+        timings["offline"] = time.perf_counter() - t0
+        log(f"offline batch: {len(rewards_np)} samples ({'cached' if cached else 'sampled'}), "
+            f"valid {valid_off.float().mean():.1%}, mean reward {rewards_np.mean():.4g}")
+        if hasattr(reward, "fit_offline"):
+            t1 = time.perf_counter()
+            reward.fit_offline(x_off, v_off, valid_off)
+            timings["fit_offline"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    if cfg.method == "tfft":
+        stages = plan_stages(rewards_np, cfg, log)
+        threshold = stages[-1].threshold
+        log(str(threshold))
+    else:
+        stages = [Stage(cfg.alpha, cfg.beta, 0, cfg.am.steps, None)]
+    timings["stage1"] = time.perf_counter() - t1
+
+    def target(stage: Stage):
+        if cfg.method == "expected":
+            return IdentityTransform(), 1.0 / stage.alpha
+        return PseudoReward.from_threshold(stage.threshold, smoothing=cfg.smoothing), 1.0 / stage.alpha
+
+    tr, lam = target(stages[0])
+    trainer = AdjointMatching(base, reward, tr, lam, cfg.am, device=device, cond_sampler=cond_sampler)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and resume:
+        state = load_checkpoint(ckpt)
+        if state is not None:
+            trainer.load_state_dict(state)
+            log(f"resumed from checkpoint at step {trainer.step_count}")
+
+    def save():
+        if ckpt is not None:
+            save_checkpoint(ckpt, trainer.state_dict())
+
+    t2 = time.perf_counter()
+    pbar = None
+    if progress:
+        from tqdm.auto import tqdm
+        pbar = tqdm(total=cfg.am.steps, initial=trainer.step_count, desc=f"{cfg.method} fine-tune", unit="step")
+    old_handler = None
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):
+        interrupted["flag"] = True
+
+    try:
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not in the main thread
+        old_handler = None
+    try:
+        low_active_run = 0
+        while trainer.step_count < cfg.am.steps:
+            j = max(i for i, s in enumerate(stages) if s.start <= trainer.step_count)
+            tr, lam = target(stages[j])
+            trainer.set_target(tr, lam)
+            st = trainer.step(stage=j)
+            d = st.__dict__
+            if cfg.method == "tfft" and j == len(stages) - 1:
+                low_active_run = low_active_run + 1 if st.active_fraction == 0 else 0
+                if low_active_run == 50:
+                    log("warning: no active sample in the last 50 batches of the final stage: "
+                        "the hinge is dead; increase alpha, lower beta or use continuation='alpha'.")
+            for cb in callbacks or []:
+                cb(trainer, d)
+            if pbar is not None:
+                pbar.update(1)
+                if trainer.step_count % 10 == 0:
+                    pbar.set_postfix(loss=f"{st.loss:.3g}", kl=f"{st.kl:.3g}", active=f"{st.active_fraction:.2f}",
+                                     r=f"{st.reward_mean:.3g}")
+            if ckpt is not None and trainer.step_count % checkpoint_every == 0:
+                save()
+            if interrupted["flag"]:
+                save()
+                raise KeyboardInterrupt(f"interrupted at step {trainer.step_count}; checkpoint saved"
+                                        + (f" in {ckpt}" if ckpt else ""))
+    finally:
+        if pbar is not None:
+            pbar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    save()
+    timings["stage2"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+    return TFFTResult(trainer.final_model(), threshold, stages, trainer.history, rewards_np, timings, trainer)

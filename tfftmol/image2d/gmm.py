@@ -1,0 +1,176 @@
+"""A Gaussian-mixture "pre-trained" flow with an exact velocity field, and its tilted targets.
+
+The mixture ``p_1 = sum_k pi_k N(mu_k, s_k^2 I)`` (isotropic components, any
+dimension) under the interpolant ``x_t = t x_1 + (1 - t) x_0`` has marginal
+``p_t = sum_k pi_k N(t mu_k, c_k I)`` with ``c_k = t^2 s_k^2 + (1 - t)^2``, and
+the marginal velocity is the posterior average of the per-component velocities
+
+    v_k(x, t) = mu_k + (t s_k^2 - (1 - t)) / c_k * (x - t mu_k),
+
+with posterior weights ``∝ pi_k c_k^{-d/2} exp(-||x - t mu_k||^2 / (2 c_k))``
+(the ``-d/2 log c_k`` term matters when the ``s_k`` differ).  This form is finite
+at ``t = 0`` and ``t = 1``.
+
+Ground truth for fine-tuning (DESIGN.md §1):
+
+* linear reward ``r = w·x`` and ``p* ∝ p_1 exp(lam r)``: component ``k`` becomes
+  ``N(mu_k + lam s_k^2 w, s_k^2 I)`` with weight ``∝ pi_k exp(lam w·mu_k + lam^2 s_k^2 |w|^2 / 2)``;
+* a hinge pseudo-reward of a linear reward, ``p* ∝ p_1 exp(g(w·x)/alpha)``: along
+  ``w`` each component splits at ``eta*`` into an untouched truncated normal and
+  a shifted truncated normal, sampled exactly by :meth:`GaussianMixtureFlow.sample_tilted_hinge`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import special, stats
+
+from ..core.flow import gaussian_prior
+
+__all__ = ["GaussianMixtureFlow", "circle_gmm"]
+
+
+class GaussianMixtureFlow:
+    """Exact flow model of an isotropic Gaussian mixture (implements ``FlowModel``).
+
+    Args:
+        means: ``(K, d)`` component means.
+        stds: ``(K,)`` component standard deviations (isotropic).
+        weights: ``(K,)`` mixture weights (normalised here).
+    """
+
+    def __init__(self, means, stds, weights=None, dtype=torch.float32):
+        self.means = torch.as_tensor(means, dtype=dtype)
+        K, d = self.means.shape
+        self.stds = torch.as_tensor(stds, dtype=dtype).reshape(K)
+        w = torch.ones(K, dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype)
+        self.weights = w / w.sum()
+        self.state_shape = (d,)
+        self.dim = d
+
+    # -- FlowModel -----------------------------------------------------------------
+    def to(self, device):
+        self.means, self.stds, self.weights = (a.to(device) for a in (self.means, self.stds, self.weights))
+        return self
+
+    def sample_prior(self, n, generator=None, device=None):
+        return gaussian_prior(n, self.state_shape, generator=generator, device=device or self.means.device,
+                              dtype=self.means.dtype)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """Exact marginal velocity. ``x``: ``(B, d)``; ``t``: ``(B,)`` or scalar in [0, 1]."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        t = t[:, None]                                            # (B, 1)
+        mu, s2 = self.means.to(x), (self.stds.to(x) ** 2)[None]   # (K, d), (1, K)
+        c = t ** 2 * s2 + (1 - t) ** 2                            # (B, K)
+        diff = x[:, None, :] - t[:, :, None] * mu[None]           # (B, K, d)
+        logp = (torch.log(self.weights.to(x))[None] - 0.5 * self.dim * torch.log(c)
+                - 0.5 * (diff ** 2).sum(-1) / c)                  # (B, K)
+        post = torch.softmax(logp, dim=1)
+        vk = mu[None] + ((t * s2 - (1 - t)) / c)[..., None] * diff  # (B, K, d)
+        return (post[..., None] * vk).sum(1)
+
+    # -- data-side helpers ---------------------------------------------------------
+    def sample_data(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Exact draws from ``p_1``, shape ``(n, d)``."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)
+        return self.means[k] + self.stds[k, None] * z
+
+    def mean(self) -> torch.Tensor:
+        return (self.weights[:, None] * self.means).sum(0)
+
+    def covariance(self) -> torch.Tensor:
+        m = self.mean()
+        d = self.dim
+        cov = torch.zeros(d, d, dtype=self.means.dtype)
+        for k in range(len(self.weights)):
+            dm = (self.means[k] - m)[:, None]
+            cov += self.weights[k] * (self.stds[k] ** 2 * torch.eye(d, dtype=cov.dtype) + dm @ dm.T)
+        return cov
+
+    def tilted_linear(self, w: Sequence[float], lam: float) -> "GaussianMixtureFlow":
+        """The closed-form ``p* ∝ p_1 exp(lam w·x)`` as another mixture."""
+        w = torch.as_tensor(w, dtype=self.means.dtype)
+        s2 = self.stds ** 2
+        means = self.means + lam * s2[:, None] * w[None]
+        logw = torch.log(self.weights) + lam * self.means @ w + 0.5 * lam ** 2 * s2 * (w @ w)
+        return GaussianMixtureFlow(means, self.stds, torch.softmax(logw, 0), dtype=self.means.dtype)
+
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior component at ``t = 1`` (most likely component), shape ``(B,)``."""
+        s2 = self.stds ** 2
+        diff = x[:, None, :] - self.means[None]
+        logp = torch.log(self.weights)[None] - 0.5 * self.dim * torch.log(s2)[None] - 0.5 * (diff ** 2).sum(-1) / s2[None]
+        return logp.argmax(1)
+
+    # -- exact hinge-tilted target -------------------------------------------------
+    def _hinge_pieces(self, w, eta, alpha, beta, tail):
+        """Per component: log masses of the two pieces split at ``r = eta`` (r = w·x)."""
+        w = np.asarray(w, dtype=np.float64)
+        wn = np.linalg.norm(w)
+        m = self.means.double().numpy() @ w                   # (K,) mean of r per component
+        sd = self.stds.double().numpy() * wn                  # (K,) std of r
+        logpi = np.log(self.weights.double().numpy())
+        if tail == "right":
+            c = 1.0 / (alpha * (1.0 - beta))                  # tilt slope above eta
+            lo = logpi + stats.norm.logcdf((eta - m) / sd)    # untouched piece r < eta
+            hi = logpi + c * (m - eta) + 0.5 * c ** 2 * sd ** 2 + stats.norm.logsf((eta - m - c * sd ** 2) / sd)
+            return lo, hi, m, sd, c
+        c = 1.0 / (alpha * beta)                              # tilt slope below eta (density x exp(-c (eta - r)))
+        hi = logpi + stats.norm.logsf((eta - m) / sd)         # untouched piece r > eta
+        lo = logpi + c * (m - eta) + 0.5 * c ** 2 * sd ** 2 + stats.norm.logcdf((eta - m + c * sd ** 2) / sd)
+        return lo, hi, m, sd, c
+
+    def hinge_tail_mass(self, w, eta, alpha, beta, tail) -> float:
+        """Mass of the exact tilted target beyond ``eta`` (above for right, below for left)."""
+        lo, hi, *_ = self._hinge_pieces(w, eta, alpha, beta, tail)
+        logz = special.logsumexp(np.concatenate([lo, hi]))
+        return float(np.exp(special.logsumexp(hi if tail == "right" else lo) - logz))
+
+    def sample_tilted_hinge(self, n: int, w, eta: float, alpha: float, beta: float, tail: str,
+                            seed: int = 0) -> torch.Tensor:
+        """Exact draws from ``p* ∝ p_1 exp(pseudo(w·x) / alpha)`` for the hinge pseudo-reward.
+
+        right: ``pseudo = (r - eta)_+ / (1 - beta)``; left: ``pseudo = -(eta - r)_+ / beta``.
+        Each component is split at ``r = eta``: the untouched side is a truncated normal
+        of ``r``, the tilted side a truncated normal with mean shifted by ``± c sd^2``.
+        The part of ``x`` orthogonal to ``w`` is unchanged.
+        """
+        rng = np.random.default_rng(seed)
+        w = np.asarray(w, dtype=np.float64)
+        wn2 = float(w @ w)
+        lo, hi, m, sd, c = self._hinge_pieces(w, eta, alpha, beta, tail)
+        K = len(m)
+        logits = np.concatenate([lo, hi])
+        p = np.exp(logits - special.logsumexp(logits))
+        piece = rng.choice(2 * K, size=n, p=p)
+        k = piece % K
+        upper = piece >= K                                    # r > eta side
+        shift = np.zeros(n)
+        if tail == "right":
+            shift[upper] = c * sd[k[upper]] ** 2
+        else:
+            shift[~upper] = -c * sd[k[~upper]] ** 2
+        mean_r = m[k] + shift
+        a = np.where(upper, (eta - mean_r) / sd[k], -np.inf)
+        b = np.where(upper, np.inf, (eta - mean_r) / sd[k])
+        r = stats.truncnorm.rvs(a, b, loc=mean_r, scale=sd[k], random_state=rng)
+        mu = self.means.double().numpy()[k]
+        z = rng.standard_normal((n, self.dim)) * self.stds.double().numpy()[k, None]
+        z -= np.outer(z @ w / wn2, w)                         # orthogonal part only
+        x = mu - np.outer(mu @ w / wn2, w) + np.outer(r / wn2, w) + z
+        return torch.as_tensor(x, dtype=self.means.dtype)
+
+
+def circle_gmm(k: int = 6, radius: float = 2.0, std: float = 0.3, dtype=torch.float32) -> GaussianMixtureFlow:
+    """``k`` equal-weight components with means on a circle of ``radius`` (the test bed of DESIGN.md)."""
+    ang = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+    means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
+    return GaussianMixtureFlow(means.to(dtype), torch.full((k,), std, dtype=dtype), dtype=dtype)

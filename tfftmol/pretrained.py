@@ -1,0 +1,63 @@
+"""``load_pretrained(name)``: the one entry point to the models that ship with tfftmol.
+
+Weights are safetensors files inside the package, each with a model card
+(JSON); nothing is downloaded.  ``available_models()`` lists the names.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_pretrained", "available_models", "model_card"]
+
+_PKG = Path(__file__).resolve().parent
+
+# name -> (loader "module:function", card path relative to the package)
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "qm9-graph": ("tfftmol.chem.qm9_model:load_qm9_graph", "chem/weights/qm9-graph.card.json"),
+    "toy2d-gmm": ("tfftmol.image2d.pretrained:load_toy2d", "image2d/weights/toy2d-gmm.card.json"),
+    "toy2d-moons": ("tfftmol.image2d.pretrained:load_toy2d", "image2d/weights/toy2d-moons.card.json"),
+    "toy2d-ring": ("tfftmol.image2d.pretrained:load_toy2d", "image2d/weights/toy2d-ring.card.json"),
+    "gmm-exact": ("tfftmol.image2d.pretrained:load_gmm_exact", ""),
+}
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`load_pretrained`."""
+    return sorted(_REGISTRY)
+
+
+def model_card(name: str) -> dict:
+    """The model card (data, budget, measured metrics) of a shipped model."""
+    _check(name)
+    card = _REGISTRY[name][1]
+    if not card:
+        return {"name": name, "description": "closed-form model; no weights"}
+    return json.loads((_PKG / card).read_text())
+
+
+def _check(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown pre-trained model {name!r}; valid names: {available_models()}")
+
+
+def load_pretrained(name: str, device: str = "cpu", **kwargs: Any):
+    """Load a shipped pre-trained flow model by name.
+
+    >>> import tfftmol
+    >>> model = tfftmol.load_pretrained("gmm-exact")
+    >>> tuple(model.state_shape)
+    (2,)
+
+    Raises:
+        ValueError: for an unknown name, listing the valid names.
+    """
+    _check(name)
+    target = _REGISTRY[name][0]
+    mod, fn = target.split(":")
+    loader = getattr(importlib.import_module(mod), fn)
+    if fn == "load_toy2d":
+        return loader(name, device=device, **kwargs)
+    return loader(device=device, **kwargs)
