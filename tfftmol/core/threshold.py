@@ -1,0 +1,427 @@
+"""Stage 1 of TFFT: the exact one-dimensional threshold ``eta*`` and its diagnostics.
+
+Given rewards ``r_1..r_M`` of samples of the *pre-trained* model, KL weight
+``alpha > 0`` and tail level ``beta`` in ``(0, 1)`` (DESIGN.md §1):
+
+* right tail: ``eta* = argmin_eta F(eta)``,
+  ``F(eta) = eta + alpha * log mean_i exp((r_i - eta)_+ / (alpha (1 - beta)))``;
+  ``F`` is convex.
+* left tail: ``eta* = argmax_eta G(eta)``,
+  ``G(eta) = eta + alpha * log mean_i exp(-(eta - r_i)_+ / (alpha beta))``;
+  ``G`` is convex between consecutive sorted rewards, so its maximum sits at a
+  sampled reward.
+
+The optimal value ``F(eta*)`` (``G(eta*)``) equals
+``max_p CVaR_beta(p) - alpha KL(p || p_pre)`` over reweightings ``p`` of the
+samples, reached by the tilt ``w_i ∝ exp(pseudo_i / alpha)`` with the
+pseudo-reward ``g = (r - eta*)_+ / (1 - beta)`` (right) or
+``h = -(eta* - r)_+ / beta`` (left).
+
+Both solves are exact in ``O(M log M)``: sort once, keep suffix (right) or
+prefix (left) log-sum-exps of ``c r_i`` in float64, then
+
+* right: on the interval between consecutive sorted rewards the set above
+  ``eta`` is fixed and ``F'(eta) = 1 - S / ((1 - beta)(n_below + S))`` with
+  ``S = sum_above exp(c (r_i - eta))``, ``c = 1 / (alpha (1 - beta))``;
+  ``F' = 0`` gives ``eta = (1/c) (log sum_above exp(c r_i) - log((1 - beta)/beta * n_below))``.
+  The first interval whose right end has ``F' > 0`` holds ``eta*`` (at its
+  closed-form root, or at its left kink);
+* left: evaluate ``G`` at every sorted reward (a kink) and take the best.
+
+When ``c * (max r - min r) <= 1`` (large ``alpha``) the sums are carried as
+``count + sum expm1(.)`` so that the tiny deviations from ``count`` are not
+lost; otherwise as log-sum-exps shifted by the extreme reward.  This keeps the
+solve accurate for any reward scale (e.g. rewards near ``1e6``) and any
+``alpha`` (``1e-6 .. 1e6``).
+"""
+from __future__ import annotations
+
+import math
+import warnings as _warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from .risk import _lower_tail_mean, _quantile_sorted, as_float64, check_beta, check_tail
+
+__all__ = ["ThresholdResult", "TfftWarning", "solve_threshold", "objective"]
+
+
+class TfftWarning(UserWarning):
+    """A TFFT estimate that cannot be trusted as it stands (the message says which knob to turn)."""
+
+
+# ---------------------------------------------------------------------------
+# small numerics
+# ---------------------------------------------------------------------------
+
+def _log_mean_exp_rows(x: np.ndarray) -> np.ndarray:
+    """``log mean_j exp(x[k, j])`` for each row ``k`` of ``x`` (shape ``(K, M)``) -> ``(K,)``.
+
+    Rows whose entries are all in ``[-1, 1]`` use ``log1p(mean(expm1(x)))``,
+    which keeps full relative precision when the result is tiny (large alpha);
+    other rows use the max-shifted form.
+    """
+    out = np.empty(x.shape[0])
+    small = np.abs(x).max(axis=1) <= 1.0
+    if small.any():
+        out[small] = np.log1p(np.expm1(x[small]).mean(axis=1))
+    if (~small).any():
+        xb = x[~small]
+        m = xb.max(axis=1, keepdims=True)
+        out[~small] = m[:, 0] + np.log(np.exp(xb - m).mean(axis=1))
+    return out
+
+
+def _exponent(r: np.ndarray, eta, beta: float, alpha: float, tail: str) -> np.ndarray:
+    """Tilt exponent ``pseudo(r) / alpha``: ``c (r - eta)_+`` (right) or ``-c (eta - r)_+`` (left)."""
+    if tail == "right":
+        return np.maximum(r - eta, 0.0) / (alpha * (1.0 - beta))
+    return -np.maximum(eta - r, 0.0) / (alpha * beta)
+
+
+def _check_alpha(alpha: Any) -> float:
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha={alpha!r} must be a finite number > 0") from None
+    if not (math.isfinite(a) and a > 0.0):
+        raise ValueError(f"alpha={alpha!r} must be a finite number > 0 (the KL weight)")
+    return a
+
+
+def _check_fraction(x: Any, name: str) -> float:
+    v = float(x)
+    if not (0.0 <= v <= 1.0):
+        raise ValueError(f"{name}={x!r} must lie in [0, 1]")
+    return v
+
+
+def objective(rewards: Any, eta: Any, beta: float, alpha: float, tail: str = "right"):
+    """The stage-1 objective ``F(eta)`` (right) or ``G(eta)`` (left), vectorised over ``eta``.
+
+    ``F(eta) = eta + alpha * log mean_i exp((r_i - eta)_+ / (alpha (1 - beta)))``  (minimised),
+    ``G(eta) = eta + alpha * log mean_i exp(-(eta - r_i)_+ / (alpha beta))``      (maximised).
+
+    A direct ``O(K M)`` evaluation, used as a reference for :func:`solve_threshold`.
+
+    Args:
+        rewards: shape ``(M,)``, finite.
+        eta: a scalar or an array of thresholds of any shape.
+        beta: tail level in ``(0, 1)``.
+        alpha: KL weight, ``> 0``.
+        tail: ``"right"`` or ``"left"``.
+
+    Returns:
+        A float for scalar ``eta``, else an array of ``eta``'s shape.
+    """
+    r = as_float64(rewards)
+    beta, alpha, tail = check_beta(beta), _check_alpha(alpha), check_tail(tail)
+    e = np.asarray(eta, dtype=np.float64)
+    flat = e.reshape(-1)
+    out = np.empty(flat.size)
+    chunk = max(1, 4_000_000 // r.size)  # keep the (chunk, M) work array near 32 MB
+    for s in range(0, flat.size, chunk):
+        et = flat[s:s + chunk, None]
+        out[s:s + chunk] = et[:, 0] + alpha * _log_mean_exp_rows(_exponent(r[None, :], et, beta, alpha, tail))
+    return float(out[0]) if e.ndim == 0 else out.reshape(e.shape)
+
+
+# ---------------------------------------------------------------------------
+# exact solves on sorted rewards
+# ---------------------------------------------------------------------------
+
+def _solve_right_sorted(rs: np.ndarray, beta: float, alpha: float) -> float:
+    """``argmin F`` for ascending rewards ``rs`` (shape ``(M,)``, ``M >= 2``)."""
+    m = rs.size
+    c = 1.0 / (alpha * (1.0 - beta))
+    top = rs[-1]
+    cs = c * (rs - top)  # <= 0
+    k = np.arange(1, m, dtype=np.float64)  # n_below on interval (rs[k-1], rs[k])
+    qk = (1.0 - beta) / beta * k  # target value of S on that interval
+    if c * (top - rs[0]) <= 1.0:
+        # sum_{i>=k} exp(cs_i) = (M - k) + E_k, E_k = suffix sum of expm1(cs_i)
+        e = np.cumsum(np.expm1(cs)[::-1])[::-1][1:]
+        eta_k = top + np.log1p(((m - k) - qk + e) / qk) / c
+    else:
+        lse = np.logaddexp.accumulate(cs[::-1])[::-1][1:]  # log sum_{i>=k} exp(cs_i)
+        eta_k = top + (lse - np.log(qk)) / c
+    lower, upper = rs[:-1], rs[1:]
+    # F' > 0 at the right end of a non-empty interval  <=>  its root lies left of that end
+    ok = (upper > lower) & (eta_k < upper)
+    if not ok.any():  # F' <= 0 up to the top sample; F' = 1 above it
+        return float(top)
+    j = int(np.argmax(ok))
+    return float(max(eta_k[j], lower[j]))
+
+
+def _left_kink_values(rs: np.ndarray, beta: float, alpha: float) -> np.ndarray:
+    """``G(rs[j])`` for every ascending reward ``rs[j]`` -> shape ``(M,)``, in ``O(M)``.
+
+    ``G(rs[j]) = rs[j] + alpha * log((M - j + T_j) / M)``,
+    ``T_j = sum_{i<j} exp(c (rs[i] - rs[j]))``, ``c = 1 / (alpha beta)``
+    (tied rewards contribute ``exp(0) = 1`` to either count, so ties are harmless).
+    """
+    m = rs.size
+    c = 1.0 / (alpha * beta)
+    cs = c * (rs - rs[0])  # >= 0
+    j = np.arange(m, dtype=np.float64)
+    if cs[-1] <= 1.0:
+        # T_j - j = j expm1(-cs_j) + exp(-cs_j) Q_j,  Q_j = sum_{i<j} expm1(cs_i)
+        q = np.concatenate(([0.0], np.cumsum(np.expm1(cs))[:-1]))
+        log_ratio = np.log1p((j * np.expm1(-cs) + np.exp(-cs) * q) / m)
+    else:
+        p = np.concatenate(([-np.inf], np.logaddexp.accumulate(cs)[:-1]))  # log sum_{i<j} exp(cs_i)
+        with np.errstate(divide="ignore"):
+            log_ratio = np.logaddexp(np.log(m - j), p - cs) - math.log(m)
+    return rs + alpha * log_ratio
+
+
+def _solve_left_sorted(rs: np.ndarray, beta: float, alpha: float) -> float:
+    """``argmax G`` for ascending rewards ``rs`` (shape ``(M,)``); always a sampled reward."""
+    return float(rs[int(np.argmax(_left_kink_values(rs, beta, alpha)))])
+
+
+def _solve_sorted(rs: np.ndarray, beta: float, alpha: float, tail: str) -> float:
+    return _solve_right_sorted(rs, beta, alpha) if tail == "right" else _solve_left_sorted(rs, beta, alpha)
+
+
+# ---------------------------------------------------------------------------
+# result
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    """The stage-1 threshold and what it predicts about the fine-tuned optimum.
+
+    Attributes:
+        tail: ``"right"`` or ``"left"``.
+        beta: tail level in ``(0, 1)``.
+        alpha: KL weight ``> 0``.
+        n: number ``M`` of pre-trained rewards.
+        eta: the threshold ``eta*`` (for the left tail, one of the sampled rewards).
+        value: the optimal regularised objective ``F(eta*)`` (right) or ``G(eta*)``
+            (left) = ``max_p CVaR_beta(p) - alpha KL(p || p_pre)``.
+        pre_cvar: empirical CVaR_beta of the pre-trained rewards (same tail).
+        pre_var: empirical VaR_beta (the beta-quantile) of the pre-trained rewards.
+        active_fraction: fraction of pre-trained samples on the gradient side of
+            ``eta*`` (``r > eta*`` right, ``r < eta*`` left), in ``[0, 1]``.
+        ess: effective sample size ``1 / sum w_i^2`` of the tilt weights, in ``[1, M]``.
+        ess_fraction: ``ess / M``.
+        predicted_cvar: CVaR_beta of the tilted optimum ``w`` (same tail).
+        predicted_kl: ``KL(w || uniform) = sum_i w_i log(M w_i)`` (nats).
+        tail_mass: tilted mass strictly beyond ``eta*`` (``r > eta*`` right, ``r < eta*``
+            left); equals ``1 - beta`` (right) or ``beta`` (left) when ``eta*`` lies
+            between sampled rewards.
+        tail_mass_incl: tilted mass beyond or at ``eta*``.  At a kink (``eta*`` equal to
+            a sampled reward, always so for the left tail) the optimality condition is
+            ``tail_mass <= target <= tail_mass_incl``.
+        eta_interval: ``(low, high)`` bootstrap percentile interval for ``eta*``, or ``None``.
+        eta_se: bootstrap standard error of ``eta*``, or ``None``.
+        ci_level: coverage of ``eta_interval``.
+        bootstrap: number of bootstrap resamples (0 = none).
+        warnings: plain-English warnings (also emitted as :class:`TfftWarning`).
+        rewards: the pre-trained rewards, shape ``(M,)``, read-only, in input order.
+    """
+
+    tail: str
+    beta: float
+    alpha: float
+    n: int
+    eta: float
+    value: float
+    pre_cvar: float
+    pre_var: float
+    active_fraction: float
+    ess: float
+    ess_fraction: float
+    predicted_cvar: float
+    predicted_kl: float
+    tail_mass: float
+    tail_mass_incl: float
+    eta_interval: Optional[tuple[float, float]] = None
+    eta_se: Optional[float] = None
+    ci_level: float = 0.95
+    bootstrap: int = 0
+    warnings: tuple[str, ...] = ()
+    rewards: np.ndarray = field(default=None, repr=False, compare=False)
+
+    def weights(self, rewards: Any = None) -> np.ndarray:
+        """Normalised tilt weights ``w_i ∝ exp(pseudo(r_i) / alpha)``, shape ``(M,)``, float64.
+
+        Args:
+            rewards: rewards to weight, shape ``(M,)``; defaults to the pre-trained
+                rewards the threshold was solved on (weights then follow their order).
+        """
+        r = self.rewards if rewards is None else as_float64(rewards)
+        x = _exponent(r, self.eta, self.beta, self.alpha, self.tail)
+        w = np.exp(x - x.max())
+        return w / w.sum()
+
+    @property
+    def target_tail_mass(self) -> float:
+        """``1 - beta`` (right) or ``beta`` (left): the tilted mass beyond ``eta*`` at an interior optimum."""
+        return 1.0 - self.beta if self.tail == "right" else self.beta
+
+    def as_dict(self) -> dict:
+        """Scalar fields as a flat dict (for a DataFrame row); ``eta_interval`` is split in two."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("rewards", "eta_interval", "warnings")}
+        lo, hi = self.eta_interval if self.eta_interval is not None else (None, None)
+        d.update(eta_low=lo, eta_high=hi, n_warnings=len(self.warnings))
+        return d
+
+    def summary(self) -> str:
+        """A readable table of the threshold and its diagnostics."""
+        side = "above" if self.tail == "right" else "below"
+        fname = "F(eta*)" if self.tail == "right" else "G(eta*)"
+        eta = f"{self.eta:.6g}"
+        if self.eta_interval is not None:
+            lo, hi = self.eta_interval
+            eta += f"   [{100 * self.ci_level:g}% bootstrap ({self.bootstrap}x): {lo:.6g}, {hi:.6g}]"
+        rows = [
+            ("eta*", eta),
+            (f"optimal value {fname}", f"{self.value:.6g}   (= CVaR - alpha KL of the optimum)"),
+            ("pre-trained VaR / CVaR", f"{self.pre_var:.6g} / {self.pre_cvar:.6g}"),
+            ("predicted CVaR", f"{self.predicted_cvar:.6g}"),
+            ("predicted KL (nats)", f"{self.predicted_kl:.4g}"),
+            (f"active fraction ({side} eta*)", f"{100 * self.active_fraction:.3g}%"),
+            ("ESS of tilt weights", f"{self.ess:.4g} of {self.n} ({100 * self.ess_fraction:.3g}%)"),
+            (f"tilted mass {side} eta*", f"{self.tail_mass:.6g}   (incl. eta*: {self.tail_mass_incl:.6g}; "
+                                          f"target {self.target_tail_mass:g})"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        head = f"TFFT threshold: {self.tail} tail, beta={self.beta:g}, alpha={self.alpha:g}, M={self.n}"
+        lines = [head] + [f"  {k:<{width}}  {v}" for k, v in rows]
+        if self.warnings:
+            lines.append("  warnings:")
+            lines += [f"  - {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+# ---------------------------------------------------------------------------
+# public solver
+# ---------------------------------------------------------------------------
+
+def solve_threshold(
+    rewards: Any,
+    beta: float,
+    alpha: float,
+    tail: str = "right",
+    bootstrap: int = 0,
+    seed: Optional[int] = None,
+    min_active_fraction: float = 0.01,
+    min_ess_fraction: float = 0.01,
+    ci_level: float = 0.95,
+) -> ThresholdResult:
+    """Solve stage 1 exactly: ``eta* = argmin F`` (right) or ``argmax G`` (left).
+
+    See the module docstring for ``F``, ``G`` and the algorithm (``O(M log M)``,
+    dominated by one sort).
+
+    Args:
+        rewards: rewards of pre-trained samples, shape ``(M,)``, ``M >= 2``,
+            finite (numpy array, torch tensor or sequence).
+        beta: tail level in ``(0, 1)``; ``beta=0.9, tail="right"`` targets the
+            best 10 %, ``beta=0.1, tail="left"`` the worst 10 %.
+        alpha: KL weight ``> 0`` (Adjoint Matching's ``lambda = 1 / alpha``).
+        tail: ``"right"`` or ``"left"``.
+        bootstrap: number of resamples (with replacement) for a percentile
+            interval on ``eta*``; 0 skips it.  Small ``alpha`` makes ``eta*`` noisy.
+        seed: seed of the bootstrap generator.
+        min_active_fraction: warn when fewer than this fraction of samples lie
+            on the gradient side of ``eta*``.
+        min_ess_fraction: warn when the tilt weights' ESS is below this fraction of ``M``.
+        ci_level: coverage of the bootstrap interval, in ``(0, 1)``.
+
+    Returns:
+        A :class:`ThresholdResult`.
+
+    Raises:
+        ValueError: on ``beta`` outside ``(0, 1)``, non-finite or non-positive
+            ``alpha``, NaN/inf rewards, fewer than 2 rewards, or an unknown ``tail``.
+
+    Example:
+        >>> import numpy as np
+        >>> res = solve_threshold(np.random.default_rng(0).normal(size=1000), beta=0.9, alpha=1.0)
+        >>> round(res.tail_mass, 6)
+        0.1
+    """
+    tail = check_tail(tail)
+    beta = check_beta(beta)
+    alpha = _check_alpha(alpha)
+    r = as_float64(rewards, min_size=2).copy()
+    r.flags.writeable = False
+    min_active_fraction = _check_fraction(min_active_fraction, "min_active_fraction")
+    min_ess_fraction = _check_fraction(min_ess_fraction, "min_ess_fraction")
+    if int(bootstrap) != bootstrap or bootstrap < 0:
+        raise ValueError(f"bootstrap={bootstrap!r} must be an integer >= 0")
+    if not 0.0 < ci_level < 1.0:
+        raise ValueError(f"ci_level={ci_level!r} must lie in the open interval (0, 1)")
+
+    rs = np.sort(r)
+    m = rs.size
+    eta = _solve_sorted(rs, beta, alpha, tail)
+
+    # diagnostics of the tilt w ∝ exp(x), x = pseudo / alpha, on the sorted rewards
+    x = _exponent(rs, eta, beta, alpha, tail)
+    lme = float(_log_mean_exp_rows(x[None, :])[0])  # log mean exp(x)
+    value = eta + alpha * lme
+    w = np.exp(x - x.max())
+    w /= w.sum()
+    ess = 1.0 / float(np.dot(w, w))
+    kl = max(float(np.dot(w, x)) - lme, 0.0)  # sum w log(M w) = E_w[x] - log mean exp(x)
+    if tail == "right":
+        beyond, at_or_beyond = rs > eta, rs >= eta
+        predicted_cvar = -_lower_tail_mean(-rs[::-1], w[::-1], 1.0 - beta)
+        pre_cvar = -_lower_tail_mean(-rs[::-1], None, 1.0 - beta)
+    else:
+        beyond, at_or_beyond = rs < eta, rs <= eta
+        predicted_cvar = _lower_tail_mean(rs, w, beta)
+        pre_cvar = _lower_tail_mean(rs, None, beta)
+    active = float(beyond.mean())
+    tail_mass = float(w[beyond].sum())
+    tail_mass_incl = float(w[at_or_beyond].sum())
+    pre_var = _quantile_sorted(rs, None, beta, tail)
+
+    interval = se = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        etas = np.array([
+            _solve_sorted(rs[np.sort(rng.integers(0, m, size=m))], beta, alpha, tail)
+            for _ in range(int(bootstrap))
+        ])
+        lo, hi = np.quantile(etas, [(1 - ci_level) / 2, (1 + ci_level) / 2])
+        interval, se = (float(lo), float(hi)), float(etas.std(ddof=1)) if bootstrap > 1 else 0.0
+
+    msgs = []
+    side = "above" if tail == "right" else "below"
+    if active < min_active_fraction:
+        knob = "lower beta" if tail == "right" else "raise beta"
+        amount = "none" if active == 0 else f"only {100 * active:.3g}%"
+        msgs.append(
+            f"{amount} of the {m} pre-trained samples lie {side} eta*={eta:.6g} "
+            f"(minimum {100 * min_active_fraction:g}%): the hinge gradient of the pseudo-reward "
+            f"is zero almost everywhere, so fine-tuning gets almost no signal; "
+            f"increase alpha (now {alpha:g}), {knob} (now {beta:g}), or draw more offline samples"
+        )
+    if ess / m < min_ess_fraction:
+        msgs.append(
+            f"the tilt weights exp(pseudo-reward/alpha) have an effective sample size of "
+            f"{ess:.3g} out of {m} ({100 * ess / m:.3g}%, minimum {100 * min_ess_fraction:g}%): "
+            f"the predicted CVaR and KL rest on few samples and eta* is noisy; "
+            f"increase alpha (now {alpha:g}) or draw more offline samples"
+        )
+    for msg in msgs:
+        _warnings.warn(msg, TfftWarning, stacklevel=2)
+
+    return ThresholdResult(
+        tail=tail, beta=beta, alpha=alpha, n=m, eta=eta, value=value,
+        pre_cvar=pre_cvar, pre_var=pre_var, active_fraction=active,
+        ess=ess, ess_fraction=ess / m, predicted_cvar=predicted_cvar, predicted_kl=kl,
+        tail_mass=tail_mass, tail_mass_incl=tail_mass_incl, eta_interval=interval, eta_se=se, ci_level=ci_level,
+        bootstrap=int(bootstrap), warnings=tuple(msgs), rewards=r,
+    )
