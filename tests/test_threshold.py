@@ -264,6 +264,7 @@ R = np.array([0.0, 1.0, 2.0])
     (dict(alpha=0.0), r"alpha=0\.0 .*> 0"),
     (dict(alpha=-1.0), r"alpha=-1\.0 .*> 0"),
     (dict(alpha=float("inf")), r"alpha=inf .*finite"),
+    (dict(alpha=1e-300), r"alpha=1e-300 .*alpha >= 1e-290"),
     (dict(tail="top"), r"tail='top' .*\('right', 'left'\)"),
     (dict(rewards=[0.0, float("nan"), 1.0]), r"rewards\[1\]=nan"),
     (dict(rewards=[0.0, float("inf")]), r"rewards\[1\]=inf"),

@@ -24,6 +24,7 @@ tensors or sequences, and the outputs are Python floats.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -113,17 +114,35 @@ def _lower_tail_mean(r: np.ndarray, w: Optional[np.ndarray], level: float) -> fl
 
     Atom ``i`` covers the probability interval ``[W_{i-1}, W_i]`` of the
     quantile function, ``W`` the cumulative weights; it contributes
-    ``r_i * |[W_{i-1}, W_i] ∩ [0, level]|``.
+    ``r_i * |[W_{i-1}, W_i] ∩ [0, level]|``.  ``w=None`` means uniform weights.
     """
     m = r.size
     if w is None:
-        hi = np.arange(1, m + 1, dtype=np.float64) / m  # W_i
+        mass = level * m  # tail size in samples; atom k = floor(mass) counts fractionally
+        k = min(int(math.floor(mass + _CUM_TOL * m)), m)
+        frac = mass - k if k < m else 0.0
+        total = math.fsum((float(np.sum(r[:k])), frac * float(r[k]) if frac > 0 else 0.0))
+        return total / (k + max(frac, 0.0))
+    cum = np.minimum(np.cumsum(w) / np.sum(w), level)  # min(W_i, level), non-decreasing
+    overlap = np.diff(cum, prepend=0.0)  # fraction of atom i inside the tail
+    return float(np.dot(overlap, r) / cum[-1])
+
+
+def _quantile_sorted(r: np.ndarray, w: Optional[np.ndarray], beta: float, tail: str) -> float:
+    """The ``beta``-quantile of atoms ``r`` (ascending) with weights ``w`` (``None`` = uniform)."""
+    m = r.size
+    if w is None:
+        if tail == "right":  # first i with (i + 1) / m >= beta
+            i = math.ceil((beta - _CUM_TOL) * m) - 1
+        else:  # first i with (i + 1) / m > beta
+            i = math.floor((beta + _CUM_TOL) * m)
+        return float(r[min(max(i, 0), m - 1)])
+    cum = np.cumsum(w) / np.sum(w)
+    if tail == "right":
+        i = int(np.searchsorted(cum, beta - _CUM_TOL, side="left"))  # first W_i >= beta
     else:
-        hi = np.cumsum(w)
-        hi /= hi[-1]
-    lo = np.concatenate(([0.0], hi[:-1]))  # W_{i-1}
-    overlap = np.clip(np.minimum(hi, level) - lo, 0.0, None)  # fraction of atom i inside the tail
-    return float(np.dot(overlap, r) / overlap.sum())
+        i = int(np.searchsorted(cum, beta + _CUM_TOL, side="right"))  # first W_i > beta
+    return float(r[min(i, m - 1)])
 
 
 def var(rewards: Any, beta: float, tail: str = "right", weights: Any = None) -> float:
@@ -153,17 +172,6 @@ def var(rewards: Any, beta: float, tail: str = "right", weights: Any = None) -> 
     tail = check_tail(tail)
     r, w = _sorted_atoms(rewards, weights)
     return _quantile_sorted(r, w, beta, tail)
-
-
-def _quantile_sorted(r: np.ndarray, w: Optional[np.ndarray], beta: float, tail: str) -> float:
-    """The ``beta``-quantile of atoms ``r`` (ascending) with weights ``w`` (``None`` = uniform)."""
-    m = r.size
-    cum = np.arange(1, m + 1, dtype=np.float64) / m if w is None else np.cumsum(w) / w.sum()
-    if tail == "right":
-        i = int(np.searchsorted(cum, beta - _CUM_TOL, side="left"))  # first W_i >= beta
-    else:
-        i = int(np.searchsorted(cum, beta + _CUM_TOL, side="right"))  # first W_i > beta
-    return float(r[min(i, m - 1)])
 
 
 def cvar(rewards: Any, beta: float, tail: str = "right", weights: Any = None) -> float:

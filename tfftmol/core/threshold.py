@@ -17,8 +17,8 @@ samples, reached by the tilt ``w_i ∝ exp(pseudo_i / alpha)`` with the
 pseudo-reward ``g = (r - eta*)_+ / (1 - beta)`` (right) or
 ``h = -(eta* - r)_+ / beta`` (left).
 
-Both solves are exact in ``O(M log M)``: sort once, keep suffix (right) or
-prefix (left) log-sum-exps of ``c r_i`` in float64, then
+Both solves are exact in ``O(M log M)``: sort once, keep suffix sums (right) or
+prefix log-sum-exps (left) of ``exp(c r_i)`` in float64, then
 
 * right: on the interval between consecutive sorted rewards the set above
   ``eta`` is fixed and ``F'(eta) = 1 - S / ((1 - beta)(n_below + S))`` with
@@ -88,6 +88,8 @@ def _check_alpha(alpha: Any) -> float:
         raise ValueError(f"alpha={alpha!r} must be a finite number > 0") from None
     if not (math.isfinite(a) and a > 0.0):
         raise ValueError(f"alpha={alpha!r} must be a finite number > 0 (the KL weight)")
+    if not math.isfinite(1.0 / (a * 1e-16)):  # 1/(alpha (1-beta)) must stay finite
+        raise ValueError(f"alpha={alpha!r} is too small to represent; use alpha >= 1e-290")
     return a
 
 
@@ -145,7 +147,8 @@ def _solve_right_sorted(rs: np.ndarray, beta: float, alpha: float) -> float:
         e = np.cumsum(np.expm1(cs)[::-1])[::-1][1:]
         eta_k = top + np.log1p(((m - k) - qk + e) / qk) / c
     else:
-        lse = np.logaddexp.accumulate(cs[::-1])[::-1][1:]  # log sum_{i>=k} exp(cs_i)
+        # sum_{i>=k} exp(cs_i) >= exp(cs_top) = 1, so terms that underflow are negligible
+        lse = np.log(np.cumsum(np.exp(cs)[::-1])[::-1][1:])  # log sum_{i>=k} exp(cs_i)
         eta_k = top + (lse - np.log(qk)) / c
     lower, upper = rs[:-1], rs[1:]
     # F' > 0 at the right end of a non-empty interval  <=>  its root lies left of that end
@@ -346,7 +349,7 @@ def solve_threshold(
 
     Example:
         >>> import numpy as np
-        >>> res = solve_threshold(np.random.default_rng(0).normal(size=1000), beta=0.9, alpha=1.0)
+        >>> res = solve_threshold(np.random.default_rng(0).normal(size=1000), beta=0.9, alpha=5.0)
         >>> round(res.tail_mass, 6)
         0.1
     """
@@ -395,7 +398,8 @@ def solve_threshold(
             for _ in range(int(bootstrap))
         ])
         lo, hi = np.quantile(etas, [(1 - ci_level) / 2, (1 + ci_level) / 2])
-        interval, se = (float(lo), float(hi)), float(etas.std(ddof=1)) if bootstrap > 1 else 0.0
+        interval = (float(lo), float(hi))
+        se = float(etas.std(ddof=1)) if bootstrap > 1 else 0.0
 
     msgs = []
     side = "above" if tail == "right" else "below"
