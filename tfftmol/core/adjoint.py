@@ -35,10 +35,11 @@ import torch
 from torch import nn
 
 from .flow import FlowModel, VelocityModule
+from .pseudo import ExpectedReward, TerminalTransform
 from .reward import TerminalReward
 from .samplers import Trajectory, sample_sde, sigma_memoryless
 
-__all__ = ["AMConfig", "AdjointMatching", "ResidualFlow", "lean_adjoint", "StepStats", "estimate_kl",
+__all__ = ["AMConfig", "AdjointMatching", "ResidualFlow", "lean_adjoint", "StepStats", "estimate_kl", "sample_importance",
            "TerminalTransform", "IdentityTransform"]
 
 
@@ -100,24 +101,8 @@ class AMConfig:
             raise ValueError(f"correction={self.correction!r} must be one of 'auto', 'copy', 'residual'")
 
 
-class TerminalTransform:
-    """Maps true rewards ``r`` (shape ``(B,)``) to the terminal objective ``g(r)`` and ``g'(r)``."""
-
-    def value(self, r):  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def grad(self, r):  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class IdentityTransform(TerminalTransform):
-    """``g(r) = r``: the expected-reward baseline."""
-
-    def value(self, r):
-        return r
-
-    def grad(self, r):
-        return torch.ones_like(r) if isinstance(r, torch.Tensor) else r * 0 + 1
+class IdentityTransform(ExpectedReward):
+    """``g(r) = r``: the expected-reward baseline (alias of :class:`~tfftmol.core.pseudo.ExpectedReward`)."""
 
 
 def _time_features(t: torch.Tensor, n: int = 8) -> torch.Tensor:
@@ -238,6 +223,7 @@ class AdjointMatching:
         self.generator = torch.Generator(device="cpu").manual_seed(c.seed)
         self.step_count = 0
         self.history: list[dict] = []
+        self.extra: dict = {}  # driver state that must survive a resume (JSON-able)
 
     # -- schedule ------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -332,6 +318,7 @@ class AdjointMatching:
             "step": self.step_count,
             "history": self.history,
             "lam": self.lam,
+            "extra": self.extra,
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -344,6 +331,7 @@ class AdjointMatching:
         self.step_count = int(s["step"])
         self.history = list(s["history"])
         self.lam = float(s["lam"])
+        self.extra = dict(s.get("extra", {}))
 
 
 @torch.no_grad()
@@ -373,3 +361,48 @@ def estimate_kl(model: FlowModel, base: FlowModel, n: int = 2000, steps: int = 5
         total += float(cost.sum())
         count += m
     return total / count
+
+
+@torch.no_grad()
+def sample_importance(model: FlowModel, base: FlowModel, n: int, steps: int = 50,
+                      generator: Optional[torch.Generator] = None, cond_sampler=None, batch_size: int = 2000):
+    """Samples of a fine-tuned ``model`` with importance log-weights toward the base distribution.
+
+    Under the memoryless SDE, the fine-tuned path law ``Q`` has drift
+    ``b_base + sigma u`` with ``u = 2 (v_model - v_base) / sigma``, and by Girsanov
+
+        log dP_base/dQ (path) = - sum_k [ u_k · dW_k + 0.5 |u_k|^2 h ],
+
+    with ``dW_k = sqrt(h) eps_k`` the increments that drove the path.  Its
+    conditional expectation given ``X_1`` is ``p_base(X_1) / q(X_1)``, so
+    ``E_Q[f(X_1) exp(logw)] = E_base[f]``: self-normalised weights turn samples
+    of the fine-tuned model into an estimate under the pre-trained model,
+    concentrated where the fine-tuned model puts its mass (e.g. the tail).
+
+    Returns:
+        ``(x1, logw)``: samples ``(n, *state_shape)`` and log-weights ``(n,)`` (float64).
+    """
+    gen = generator or torch.Generator().manual_seed(0)
+    h = 1.0 / steps
+    xs, lws = [], []
+    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    dev = p.device if p is not None else torch.device("cpu")
+    for i in range(0, n, batch_size):
+        m = min(batch_size, n - i)
+        cond = cond_sampler(m, gen) if cond_sampler else None
+        x = base.sample_prior(m, generator=gen, device="cpu").to(dev)
+        logw = torch.zeros(m, dtype=torch.float64, device=dev)
+        ts = torch.arange(1, steps + 1, dtype=x.dtype, device=dev) / steps
+        for k in range(steps - 1):
+            t = ts[k]
+            tb = t.expand(m)
+            v = model.velocity(x, tb, cond)
+            vb = base.velocity(x, tb, cond)
+            sig = sigma_memoryless(t)
+            u = 2.0 * (v - vb) / sig
+            eps = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(dev)
+            logw -= ((u * eps).flatten(1).sum(1) * h ** 0.5 + 0.5 * (u ** 2).flatten(1).sum(1) * h).double()
+            x = x + h * (2.0 * v - x / t) + h ** 0.5 * sig * eps
+        xs.append(x)
+        lws.append(logw)
+    return torch.cat(xs), torch.cat(lws)

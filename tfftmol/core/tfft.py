@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adjoint import AdjointMatching, AMConfig, IdentityTransform
+from .adjoint import AdjointMatching, AMConfig, IdentityTransform, sample_importance
 from .checkpoint import atomic_write_text, load_checkpoint, load_tensors, save_checkpoint, save_tensors
 from .flow import FlowModel
 from .pseudo import PseudoReward
@@ -67,13 +67,22 @@ class TFFTConfig:
         alpha: KL weight > 0; the Adjoint Matching reward multiplier is ``1/alpha``.
         offline_samples: ``M``, size of the offline batch from the pre-trained model.
         offline_steps: integration steps for the offline batch.
-        offline_sampler: ``"ode"`` or ``"sde"`` (both sample ``p_pre``).
+        offline_sampler: ``"heun"`` (default: second-order ODE, the most faithful to the
+            tails of ``p_pre`` per step), ``"ode"`` (Euler) or ``"sde"``.
         bootstrap: bootstrap resamples for the interval on ``eta*`` (0 = off).
         smoothing: softplus temperature of the hinge (0 = exact hinge, the default).
         continuation: ``"auto"``, ``"alpha"``, ``"beta"`` or ``"none"``.
         min_active_fraction: below this stage-1 active fraction the continuation engages.
         continuation_stages: number of stages including the final one.
         final_stage_fraction: fraction of ``am.steps`` spent on the final (exact) stage.
+        refine_threshold: ``"auto"`` (when the continuation ran), ``"always"`` or ``"never"``:
+            before the final stage, re-solve ``eta*`` on ``refine_samples`` samples of the
+            current fine-tuned model, importance-weighted back to ``p_pre`` (Girsanov path
+            weights, :func:`tfftmol.core.adjoint.sample_importance`).  The continuation's
+            model already puts mass in the tail, so this estimate of ``eta*`` has a much
+            larger effective sample size than one from pre-trained samples; it is used
+            if its tilt ESS is larger.
+        refine_samples: number of samples for the refinement.
         seed: seeds the offline batch.
         am: :class:`AMConfig`.
     """
@@ -84,13 +93,15 @@ class TFFTConfig:
     alpha: float = 1.0
     offline_samples: int = 10000
     offline_steps: int = 50
-    offline_sampler: str = "ode"
+    offline_sampler: str = "heun"
     bootstrap: int = 100
     smoothing: float = 0.0
     continuation: str = "auto"
     min_active_fraction: float = 0.02
     continuation_stages: int = 4
     final_stage_fraction: float = 0.5
+    refine_threshold: str = "auto"
+    refine_samples: int = 20000
     seed: int = 0
     am: AMConfig = field(default_factory=AMConfig)
 
@@ -105,8 +116,8 @@ class TFFTConfig:
             raise ValueError(f"alpha={self.alpha!r} must be a finite number > 0")
         if not (isinstance(self.offline_samples, int) and self.offline_samples >= 2):
             raise ValueError(f"offline_samples={self.offline_samples!r} must be an integer >= 2")
-        if self.offline_sampler not in ("ode", "sde"):
-            raise ValueError(f"offline_sampler={self.offline_sampler!r} must be one of 'ode', 'sde'")
+        if self.offline_sampler not in ("heun", "ode", "sde"):
+            raise ValueError(f"offline_sampler={self.offline_sampler!r} must be one of 'heun', 'ode', 'sde'")
         if self.continuation not in ("auto", "alpha", "beta", "none"):
             raise ValueError(f"continuation={self.continuation!r} must be one of 'auto', 'alpha', 'beta', 'none'")
         if not (0 <= self.min_active_fraction < 1):
@@ -115,6 +126,10 @@ class TFFTConfig:
             raise ValueError(f"continuation_stages={self.continuation_stages!r} must be an integer >= 1")
         if not (0 < self.final_stage_fraction <= 1):
             raise ValueError(f"final_stage_fraction={self.final_stage_fraction} must be in (0, 1]")
+        if self.refine_threshold not in ("auto", "always", "never"):
+            raise ValueError(f"refine_threshold={self.refine_threshold!r} must be one of 'auto', 'always', 'never'")
+        if not (isinstance(self.refine_samples, int) and self.refine_samples >= 2):
+            raise ValueError(f"refine_samples={self.refine_samples!r} must be an integer >= 2")
         if self.smoothing < 0:
             raise ValueError(f"smoothing={self.smoothing} must be >= 0")
         if isinstance(self.am, dict):
@@ -183,7 +198,7 @@ def _reward_key(reward: Any) -> str:
     return str(getattr(reward, "name", type(reward).__name__))
 
 
-def offline_batch(base: FlowModel, reward: TerminalReward, n: int, steps: int = 50, sampler: str = "ode",
+def offline_batch(base: FlowModel, reward: TerminalReward, n: int, steps: int = 50, sampler: str = "heun",
                   seed: int = 0, cache_dir: str | Path | None = None, batch_size: int = 1000,
                   device: str | torch.device = "cpu", cond_sampler=None, progress: bool = False):
     """Draw ``n`` samples of the pre-trained model and score them with the true reward.
@@ -211,8 +226,8 @@ def offline_batch(base: FlowModel, reward: TerminalReward, n: int, steps: int = 
         m = min(batch_size, n - i)
         cond = cond_sampler(m, gen) if cond_sampler else None
         x0 = base.sample_prior(m, generator=gen, device="cpu").to(device)
-        if sampler == "ode":
-            x = sample_ode(base, m, steps, x0=x0, cond=cond)
+        if sampler in ("ode", "heun"):
+            x = sample_ode(base, m, steps, method="euler" if sampler == "ode" else "heun", x0=x0, cond=cond)
         else:
             x = sample_sde(base, m, steps, generator=gen, cond=cond, x_start=x0)
         rb = reward.evaluate(x)
@@ -370,8 +385,19 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         old_handler = None
     try:
         low_active_run = 0
+        last = len(stages) - 1
+        if "refined" in trainer.extra:  # resumed after a refinement: restore its threshold
+            stages[last].threshold = _threshold_from_dict(trainer.extra["refined"], stages[last].threshold)
         while trainer.step_count < cfg.am.steps:
             j = max(i for i, s in enumerate(stages) if s.start <= trainer.step_count)
+            if (cfg.method == "tfft" and j == last and "refined" not in trainer.extra
+                    and (cfg.refine_threshold == "always" or (cfg.refine_threshold == "auto" and last > 0))):
+                t3 = time.perf_counter()
+                refined = refine_threshold(trainer.model, base, reward, stages[last].threshold, cfg,
+                                           cond_sampler=cond_sampler, log=log)
+                timings["refine"] = time.perf_counter() - t3
+                stages[last].threshold = refined
+                trainer.extra["refined"] = {"eta": refined.eta}
             tr, lam = target(stages[j])
             trainer.set_target(tr, lam)
             st = trainer.step(stage=j)
@@ -402,4 +428,31 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     save()
     timings["stage2"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
+    if cfg.method == "tfft":
+        threshold = stages[-1].threshold
     return TFFTResult(trainer.final_model(), threshold, stages, trainer.history, rewards_np, timings, trainer)
+
+
+def refine_threshold(model, base, reward, current: ThresholdResult, cfg: TFFTConfig, cond_sampler=None,
+                     log: Callable[[str], None] = print) -> ThresholdResult:
+    """Re-solve ``eta*`` on importance-weighted samples of the current fine-tuned model.
+
+    Keeps ``current`` unless the refined solve has a larger tilt ESS.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    x, logw = sample_importance(model, base, cfg.refine_samples, cfg.am.time_steps, gen, cond_sampler)
+    r = reward.evaluate(x).values.detach().cpu().double().numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TfftWarning)
+        new = solve_threshold(r, cfg.beta, cfg.alpha, cfg.tail, log_weights=logw.cpu().numpy(),
+                              bootstrap=cfg.bootstrap, seed=cfg.seed, min_active_fraction=0.0)
+    use = new.ess > current.ess
+    log(f"threshold refinement on {len(r)} importance-weighted samples of the fine-tuned model: "
+        f"eta* {current.eta:.5g} -> {new.eta:.5g} (tilt ESS {current.ess:.0f} -> {new.ess:.0f}, "
+        f"importance ESS {new.is_ess:.0f}); {'using the refined value' if use else 'keeping the stage-1 value'}")
+    return new if use else current
+
+
+def _threshold_from_dict(d: dict, fallback: ThresholdResult) -> ThresholdResult:
+    import dataclasses
+    return dataclasses.replace(fallback, eta=float(d["eta"]))

@@ -31,7 +31,7 @@ from scipy import special, stats
 
 from ..core.flow import gaussian_prior
 
-__all__ = ["GaussianMixtureFlow", "circle_gmm"]
+__all__ = ["GaussianMixtureFlow", "circle_gmm", "population_threshold"]
 
 
 class GaussianMixtureFlow:
@@ -123,9 +123,9 @@ class GaussianMixtureFlow:
             lo = logpi + stats.norm.logcdf((eta - m) / sd)    # untouched piece r < eta
             hi = logpi + c * (m - eta) + 0.5 * c ** 2 * sd ** 2 + stats.norm.logsf((eta - m - c * sd ** 2) / sd)
             return lo, hi, m, sd, c
-        c = 1.0 / (alpha * beta)                              # tilt slope below eta (density x exp(-c (eta - r)))
+        c = 1.0 / (alpha * beta)                              # below eta the density gets x exp(c (r - eta))
         hi = logpi + stats.norm.logsf((eta - m) / sd)         # untouched piece r > eta
-        lo = logpi + c * (m - eta) + 0.5 * c ** 2 * sd ** 2 + stats.norm.logcdf((eta - m + c * sd ** 2) / sd)
+        lo = logpi + c * (m - eta) + 0.5 * c ** 2 * sd ** 2 + stats.norm.logcdf((eta - m - c * sd ** 2) / sd)
         return lo, hi, m, sd, c
 
     def hinge_tail_mass(self, w, eta, alpha, beta, tail) -> float:
@@ -140,7 +140,8 @@ class GaussianMixtureFlow:
 
         right: ``pseudo = (r - eta)_+ / (1 - beta)``; left: ``pseudo = -(eta - r)_+ / beta``.
         Each component is split at ``r = eta``: the untouched side is a truncated normal
-        of ``r``, the tilted side a truncated normal with mean shifted by ``± c sd^2``.
+        of ``r``, the tilted side a truncated normal with mean shifted by ``+c sd^2``
+        (``c = 1/(alpha (1-beta))`` above ``eta`` for right, ``1/(alpha beta)`` below for left).
         The part of ``x`` orthogonal to ``w`` is unchanged.
         """
         rng = np.random.default_rng(seed)
@@ -157,7 +158,7 @@ class GaussianMixtureFlow:
         if tail == "right":
             shift[upper] = c * sd[k[upper]] ** 2
         else:
-            shift[~upper] = -c * sd[k[~upper]] ** 2
+            shift[~upper] = c * sd[k[~upper]] ** 2           # exp(c r) moves the lower piece up
         mean_r = m[k] + shift
         a = np.where(upper, (eta - mean_r) / sd[k], -np.inf)
         b = np.where(upper, np.inf, (eta - mean_r) / sd[k])
@@ -174,3 +175,30 @@ def circle_gmm(k: int = 6, radius: float = 2.0, std: float = 0.3, dtype=torch.fl
     ang = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
     means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
     return GaussianMixtureFlow(means.to(dtype), torch.full((k,), std, dtype=dtype), dtype=dtype)
+
+
+def population_threshold(gmm: GaussianMixtureFlow, w, alpha: float, beta: float, tail: str) -> tuple[float, float]:
+    """Exact ``(eta*, value)`` of stage 1 for the *population* mixture and ``r = w·x``.
+
+    Uses the closed-form pieces of :meth:`GaussianMixtureFlow._hinge_pieces`:
+    ``F(eta) = eta + alpha log Z(eta)`` (right, minimised) or ``G`` (left, maximised),
+    located on a dense grid and refined by a bounded scalar search.
+    """
+    from scipy import optimize
+
+    w = np.asarray(w, dtype=np.float64)
+    m = gmm.means.double().numpy() @ w
+    sd = gmm.stds.double().numpy() * np.linalg.norm(w)
+    lo_b, hi_b = float((m - 8 * sd).min()), float((m + 8 * sd).max())
+    sign = 1.0 if tail == "right" else -1.0
+
+    def f(eta):
+        lo, hi, *_ = gmm._hinge_pieces(w, eta, alpha, beta, tail)
+        return sign * (eta + alpha * special.logsumexp(np.concatenate([lo, hi])))
+
+    grid = np.linspace(lo_b, hi_b, 2001)
+    vals = np.array([f(e) for e in grid])
+    i = int(np.argmin(vals))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    res = optimize.minimize_scalar(f, bounds=(a, b), method="bounded", options={"xatol": 1e-12})
+    return float(res.x), float(sign * res.fun)
