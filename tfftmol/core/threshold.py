@@ -33,6 +33,22 @@ When ``c * (max r - min r) <= 1`` (large ``alpha``) the sums are carried as
 lost; otherwise as log-sum-exps shifted by the extreme reward.  This keeps the
 solve accurate for any reward scale (e.g. rewards near ``1e6``) and any
 ``alpha`` (``1e-6 .. 1e6``).
+
+**Importance weights.**  With unnormalised log importance weights ``l_i``
+(``w_i = exp(l_i)``, e.g. ``log p_pre(x_i) - log q(x_i)`` for samples of a
+fine-tuned model ``q``), every empirical mean becomes the self-normalised
+weighted mean ``sum_i w_i (.) / sum_i w_i``.  The solves stay exact and
+``O(M log M)``: the weights are shifted by ``max l`` and carried through the
+same prefix/suffix sums, as ``log w_i`` inside log-sum-exps when the reward
+spread is large, or as ``w_i`` and ``w_i expm1(.)`` sums when it is small.
+
+* right: ``F' = 0`` on an interval gives ``S_above = (1 - beta)/beta * W_below``
+  (``S_above = sum_above w_i exp(c (r_i - eta))``, ``W_below`` the weight mass
+  below ``eta``), i.e.
+  ``eta = (1/c) (log sum_above w_i exp(c r_i) - log((1 - beta)/beta * W_below))``;
+* left: ``G(rs[j]) = rs[j] + alpha log((W_{>=j} + sum_{i<j} w_i exp(c (rs[i] - rs[j]))) / W)``.
+
+Constant log-weights are detected and give exactly the unweighted result.
 """
 from __future__ import annotations
 
@@ -56,21 +72,34 @@ class TfftWarning(UserWarning):
 # small numerics
 # ---------------------------------------------------------------------------
 
-def _log_mean_exp_rows(x: np.ndarray) -> np.ndarray:
+def _log_mean_exp_rows(x: np.ndarray, lw: Optional[np.ndarray] = None) -> np.ndarray:
     """``log mean_j exp(x[k, j])`` for each row ``k`` of ``x`` (shape ``(K, M)``) -> ``(K,)``.
+
+    With log-weights ``lw`` (shape ``(M,)``, finite, ``max lw == 0``) the mean is the
+    self-normalised weighted mean ``sum_j w_j exp(x[k, j]) / sum_j w_j``, ``w = exp(lw)``.
 
     Rows whose entries are all in ``[-1, 1]`` use ``log1p(mean(expm1(x)))``,
     which keeps full relative precision when the result is tiny (large alpha);
-    other rows use the max-shifted form.
+    other rows use the max-shifted form (with ``lw`` added to ``x``).
     """
     out = np.empty(x.shape[0])
     small = np.abs(x).max(axis=1) <= 1.0
+    if lw is None:
+        if small.any():
+            out[small] = np.log1p(np.expm1(x[small]).mean(axis=1))
+        if (~small).any():
+            xb = x[~small]
+            m = xb.max(axis=1, keepdims=True)
+            out[~small] = m[:, 0] + np.log(np.exp(xb - m).mean(axis=1))
+        return out
+    w = np.exp(lw)  # max 1, so the total is >= 1; underflowed weights are negligible
+    total = w.sum()
     if small.any():
-        out[small] = np.log1p(np.expm1(x[small]).mean(axis=1))
+        out[small] = np.log1p(np.expm1(x[small]) @ (w / total))
     if (~small).any():
-        xb = x[~small]
-        m = xb.max(axis=1, keepdims=True)
-        out[~small] = m[:, 0] + np.log(np.exp(xb - m).mean(axis=1))
+        a = x[~small] + lw
+        m = a.max(axis=1, keepdims=True)
+        out[~small] = m[:, 0] + np.log(np.exp(a - m).sum(axis=1)) - math.log(total)
     return out
 
 
@@ -93,6 +122,34 @@ def _check_alpha(alpha: Any) -> float:
     return a
 
 
+def _check_log_weights(log_weights: Any, m: int) -> Optional[np.ndarray]:
+    """Validate log importance weights for ``m`` rewards.
+
+    Returns ``None`` for ``None``, else a float64 copy shifted so that its maximum is 0
+    (the self-normalised weights do not depend on a common shift).
+    """
+    if log_weights is None:
+        return None
+    if hasattr(log_weights, "detach") and hasattr(log_weights, "cpu"):  # torch tensor
+        log_weights = log_weights.detach().cpu().double().numpy()
+    try:
+        lw = np.asarray(log_weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"log_weights={log_weights!r} must be an array of shape ({m},) of finite "
+                         f"log importance weights (real numbers in (-inf, inf))") from None
+    if lw.shape != (m,):
+        raise ValueError(f"log_weights has shape {lw.shape}, but rewards has shape ({m},); "
+                         f"they must match (one log importance weight per reward)")
+    bad = ~np.isfinite(lw)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"log_weights[{i}]={lw[i]} is not allowed: log importance weights must be finite real numbers "
+            f"in (-inf, inf) ({int(bad.sum())} of {m} are not); drop samples with zero or undefined weight"
+        )
+    return lw - lw.max()
+
+
 def _check_fraction(x: Any, name: str) -> float:
     v = float(x)
     if not (0.0 <= v <= 1.0):
@@ -100,11 +157,13 @@ def _check_fraction(x: Any, name: str) -> float:
     return v
 
 
-def objective(rewards: Any, eta: Any, beta: float, alpha: float, tail: str = "right"):
+def objective(rewards: Any, eta: Any, beta: float, alpha: float, tail: str = "right",
+              log_weights: Any = None):
     """The stage-1 objective ``F(eta)`` (right) or ``G(eta)`` (left), vectorised over ``eta``.
 
     ``F(eta) = eta + alpha * log mean_i exp((r_i - eta)_+ / (alpha (1 - beta)))``  (minimised),
-    ``G(eta) = eta + alpha * log mean_i exp(-(eta - r_i)_+ / (alpha beta))``      (maximised).
+    ``G(eta) = eta + alpha * log mean_i exp(-(eta - r_i)_+ / (alpha beta))``      (maximised),
+    where with ``log_weights`` the mean is ``sum_i w_i (.) / sum_i w_i``, ``w_i = exp(log_weights[i])``.
 
     A direct ``O(K M)`` evaluation, used as a reference for :func:`solve_threshold`.
 
@@ -114,19 +173,22 @@ def objective(rewards: Any, eta: Any, beta: float, alpha: float, tail: str = "ri
         beta: tail level in ``(0, 1)``.
         alpha: KL weight, ``> 0``.
         tail: ``"right"`` or ``"left"``.
+        log_weights: optional unnormalised log importance weights, shape ``(M,)``, finite;
+            ``None`` means uniform.
 
     Returns:
         A float for scalar ``eta``, else an array of ``eta``'s shape.
     """
     r = as_float64(rewards)
     beta, alpha, tail = check_beta(beta), _check_alpha(alpha), check_tail(tail)
+    lw = _check_log_weights(log_weights, r.size)
     e = np.asarray(eta, dtype=np.float64)
     flat = e.reshape(-1)
     out = np.empty(flat.size)
     chunk = max(1, 4_000_000 // r.size)  # keep the (chunk, M) work array near 32 MB
     for s in range(0, flat.size, chunk):
         et = flat[s:s + chunk, None]
-        out[s:s + chunk] = et[:, 0] + alpha * _log_mean_exp_rows(_exponent(r[None, :], et, beta, alpha, tail))
+        out[s:s + chunk] = et[:, 0] + alpha * _log_mean_exp_rows(_exponent(r[None, :], et, beta, alpha, tail), lw)
     return float(out[0]) if e.ndim == 0 else out.reshape(e.shape)
 
 
@@ -134,22 +196,44 @@ def objective(rewards: Any, eta: Any, beta: float, alpha: float, tail: str = "ri
 # exact solves on sorted rewards
 # ---------------------------------------------------------------------------
 
-def _solve_right_sorted(rs: np.ndarray, beta: float, alpha: float) -> float:
-    """``argmin F`` for ascending rewards ``rs`` (shape ``(M,)``, ``M >= 2``)."""
+def _solve_right_sorted(rs: np.ndarray, beta: float, alpha: float, lw: Optional[np.ndarray] = None) -> float:
+    """``argmin F`` for ascending rewards ``rs`` (shape ``(M,)``, ``M >= 2``).
+
+    ``lw``: log-weights in the same order (``max lw == 0``), or ``None`` for uniform.
+    """
     m = rs.size
     c = 1.0 / (alpha * (1.0 - beta))
     top = rs[-1]
     cs = c * (rs - top)  # <= 0
-    k = np.arange(1, m, dtype=np.float64)  # n_below on interval (rs[k-1], rs[k])
-    qk = (1.0 - beta) / beta * k  # target value of S on that interval
-    if c * (top - rs[0]) <= 1.0:
-        # sum_{i>=k} exp(cs_i) = (M - k) + E_k, E_k = suffix sum of expm1(cs_i)
-        e = np.cumsum(np.expm1(cs)[::-1])[::-1][1:]
-        eta_k = top + np.log1p(((m - k) - qk + e) / qk) / c
+    ratio_q = (1.0 - beta) / beta
+    if lw is None:
+        k = np.arange(1, m, dtype=np.float64)  # n_below on interval (rs[k-1], rs[k])
+        qk = ratio_q * k  # target value of S on that interval
+        if c * (top - rs[0]) <= 1.0:
+            # sum_{i>=k} exp(cs_i) = (M - k) + E_k, E_k = suffix sum of expm1(cs_i)
+            e = np.cumsum(np.expm1(cs)[::-1])[::-1][1:]
+            eta_k = top + np.log1p(((m - k) - qk + e) / qk) / c
+        else:
+            # sum_{i>=k} exp(cs_i) >= exp(cs_top) = 1, so terms that underflow are negligible
+            lse = np.log(np.cumsum(np.exp(cs)[::-1])[::-1][1:])  # log sum_{i>=k} exp(cs_i)
+            eta_k = top + (lse - np.log(qk)) / c
+    elif c * (top - rs[0]) <= 1.0:
+        # S_k = sum_{i>=k} w_i exp(cs_i) = A_k + E_k (A_k = weight above, E_k = sum w_i expm1(cs_i));
+        # target q W_below.  w = exp(lw) <= 1 with total >= 1: underflowed weights are negligible
+        # (at the root both A_k and W_below are O(q / (1 + q)) of the total).
+        w = np.exp(lw)
+        above = np.cumsum(w[::-1])[::-1][1:]
+        e = np.cumsum((w * np.expm1(cs))[::-1])[::-1][1:]
+        qk = ratio_q * np.cumsum(w)[:-1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = ((above - qk) + e) / qk  # S_k / (q W_below) - 1
+            far = np.log(above + e) - np.log(qk)  # same, as a log ratio, where rel is not small
+            eta_k = top + np.where(np.abs(rel) < 0.5, np.log1p(rel), far) / c
     else:
-        # sum_{i>=k} exp(cs_i) >= exp(cs_top) = 1, so terms that underflow are negligible
-        lse = np.log(np.cumsum(np.exp(cs)[::-1])[::-1][1:])  # log sum_{i>=k} exp(cs_i)
-        eta_k = top + (lse - np.log(qk)) / c
+        # log S_k = logsumexp_{i>=k}(lw_i + cs_i), log W_below = logsumexp_{i<k}(lw_i): no underflow
+        lse = np.logaddexp.accumulate((lw + cs)[::-1])[::-1][1:]
+        lwb = np.logaddexp.accumulate(lw)[:-1]
+        eta_k = top + (lse - (math.log(ratio_q) + lwb)) / c
     lower, upper = rs[:-1], rs[1:]
     # F' > 0 at the right end of a non-empty interval  <=>  its root lies left of that end
     ok = (upper > lower) & (eta_k < upper)
@@ -159,35 +243,56 @@ def _solve_right_sorted(rs: np.ndarray, beta: float, alpha: float) -> float:
     return float(max(eta_k[j], lower[j]))
 
 
-def _left_kink_values(rs: np.ndarray, beta: float, alpha: float) -> np.ndarray:
+def _left_kink_values(rs: np.ndarray, beta: float, alpha: float, lw: Optional[np.ndarray] = None) -> np.ndarray:
     """``G(rs[j])`` for every ascending reward ``rs[j]`` -> shape ``(M,)``, in ``O(M)``.
 
     ``G(rs[j]) = rs[j] + alpha * log((M - j + T_j) / M)``,
     ``T_j = sum_{i<j} exp(c (rs[i] - rs[j]))``, ``c = 1 / (alpha beta)``
     (tied rewards contribute ``exp(0) = 1`` to either count, so ties are harmless).
+    With log-weights ``lw`` (same order, ``max lw == 0``; ``w = exp(lw)``):
+    ``G(rs[j]) = rs[j] + alpha * log((W_{>=j} + sum_{i<j} w_i exp(c (rs[i] - rs[j]))) / W)``.
     """
     m = rs.size
     c = 1.0 / (alpha * beta)
     cs = c * (rs - rs[0])  # >= 0
-    j = np.arange(m, dtype=np.float64)
+    if lw is None:
+        j = np.arange(m, dtype=np.float64)
+        if cs[-1] <= 1.0:
+            # T_j - j = j expm1(-cs_j) + exp(-cs_j) Q_j,  Q_j = sum_{i<j} expm1(cs_i)
+            q = np.concatenate(([0.0], np.cumsum(np.expm1(cs))[:-1]))
+            log_ratio = np.log1p((j * np.expm1(-cs) + np.exp(-cs) * q) / m)
+        else:
+            p = np.concatenate(([-np.inf], np.logaddexp.accumulate(cs)[:-1]))  # log sum_{i<j} exp(cs_i)
+            with np.errstate(divide="ignore"):
+                log_ratio = np.logaddexp(np.log(m - j), p - cs) - math.log(m)
+        return rs + alpha * log_ratio
     if cs[-1] <= 1.0:
-        # T_j - j = j expm1(-cs_j) + exp(-cs_j) Q_j,  Q_j = sum_{i<j} expm1(cs_i)
-        q = np.concatenate(([0.0], np.cumsum(np.expm1(cs))[:-1]))
-        log_ratio = np.log1p((j * np.expm1(-cs) + np.exp(-cs) * q) / m)
+        # ratio - 1 = sum_{i<j} w_i expm1(cs_i - cs_j) / W = (W_{<j} expm1(-cs_j) + exp(-cs_j) Q_j) / W,
+        # Q_j = sum_{i<j} w_i expm1(cs_i)
+        w = np.exp(lw)
+        total = w.sum()
+        wb = np.concatenate(([0.0], np.cumsum(w)[:-1]))
+        q = np.concatenate(([0.0], np.cumsum(w * np.expm1(cs))[:-1]))
+        log_ratio = np.log1p((wb * np.expm1(-cs) + np.exp(-cs) * q) / total)
     else:
-        p = np.concatenate(([-np.inf], np.logaddexp.accumulate(cs)[:-1]))  # log sum_{i<j} exp(cs_i)
-        with np.errstate(divide="ignore"):
-            log_ratio = np.logaddexp(np.log(m - j), p - cs) - math.log(m)
+        log_above = np.logaddexp.accumulate(lw[::-1])[::-1]  # log W_{>=j}
+        p = np.concatenate(([-np.inf], np.logaddexp.accumulate(lw + cs)[:-1]))  # log sum_{i<j} w_i exp(cs_i)
+        log_ratio = np.logaddexp(log_above, p - cs) - np.logaddexp.reduce(lw)
     return rs + alpha * log_ratio
 
 
-def _solve_left_sorted(rs: np.ndarray, beta: float, alpha: float) -> float:
+def _solve_left_sorted(rs: np.ndarray, beta: float, alpha: float, lw: Optional[np.ndarray] = None) -> float:
     """``argmax G`` for ascending rewards ``rs`` (shape ``(M,)``); always a sampled reward."""
-    return float(rs[int(np.argmax(_left_kink_values(rs, beta, alpha)))])
+    return float(rs[int(np.argmax(_left_kink_values(rs, beta, alpha, lw)))])
 
 
-def _solve_sorted(rs: np.ndarray, beta: float, alpha: float, tail: str) -> float:
-    return _solve_right_sorted(rs, beta, alpha) if tail == "right" else _solve_left_sorted(rs, beta, alpha)
+def _solve_sorted(rs: np.ndarray, beta: float, alpha: float, tail: str, lw: Optional[np.ndarray] = None) -> float:
+    """``eta*`` for ascending rewards ``rs`` with log-weights ``lw`` (same order, ``max == 0``) or ``None``."""
+    if lw is not None and lw.size and lw.max() != 0.0:
+        lw = lw - lw.max()
+    if tail == "right":
+        return _solve_right_sorted(rs, beta, alpha, lw)
+    return _solve_left_sorted(rs, beta, alpha, lw)
 
 
 # ---------------------------------------------------------------------------
@@ -202,18 +307,21 @@ class ThresholdResult:
         tail: ``"right"`` or ``"left"``.
         beta: tail level in ``(0, 1)``.
         alpha: KL weight ``> 0``.
-        n: number ``M`` of pre-trained rewards.
+        n: number ``M`` of rewards.
         eta: the threshold ``eta*`` (for the left tail, one of the sampled rewards).
         value: the optimal regularised objective ``F(eta*)`` (right) or ``G(eta*)``
             (left) = ``max_p CVaR_beta(p) - alpha KL(p || p_pre)``.
-        pre_cvar: empirical CVaR_beta of the pre-trained rewards (same tail).
-        pre_var: empirical VaR_beta (the beta-quantile) of the pre-trained rewards.
-        active_fraction: fraction of pre-trained samples on the gradient side of
-            ``eta*`` (``r > eta*`` right, ``r < eta*`` left), in ``[0, 1]``.
-        ess: effective sample size ``1 / sum w_i^2`` of the tilt weights, in ``[1, M]``.
+        pre_cvar: empirical CVaR_beta of the pre-trained rewards (same tail; importance
+            weighted when ``log_weights`` were given).
+        pre_var: empirical VaR_beta (the beta-quantile) of the pre-trained rewards (weighted likewise).
+        active_fraction: mass of the (importance-weighted) pre-trained distribution on the
+            gradient side of ``eta*`` (``r > eta*`` right, ``r < eta*`` left), in ``[0, 1]``.
+        ess: effective sample size ``1 / sum w_i^2`` of the normalised tilt weights
+            ``w_i ∝ v_i exp(pseudo_i / alpha)`` (``v`` the importance weights, if any), in ``[1, M]``.
         ess_fraction: ``ess / M``.
         predicted_cvar: CVaR_beta of the tilted optimum ``w`` (same tail).
-        predicted_kl: ``KL(w || uniform) = sum_i w_i log(M w_i)`` (nats).
+        predicted_kl: ``KL(w || v) = sum_i w_i log(w_i / v_i)`` (nats), ``v`` the normalised
+            importance weights (uniform ``1/M`` without them).
         tail_mass: tilted mass strictly beyond ``eta*`` (``r > eta*`` right, ``r < eta*``
             left); equals ``1 - beta`` (right) or ``beta`` (left) when ``eta*`` lies
             between sampled rewards.
@@ -225,7 +333,13 @@ class ThresholdResult:
         ci_level: coverage of ``eta_interval``.
         bootstrap: number of bootstrap resamples (0 = none).
         warnings: plain-English warnings (also emitted as :class:`TfftWarning`).
-        rewards: the pre-trained rewards, shape ``(M,)``, read-only, in input order.
+        rewards: the rewards, shape ``(M,)``, read-only, in input order.
+        active_count_fraction: plain fraction of samples on the gradient side of ``eta*``
+            (equals ``active_fraction`` without importance weights).
+        is_ess: effective sample size ``(sum v_i)^2 / sum v_i^2`` of the importance weights,
+            in ``[1, M]``, or ``None`` without them.
+        log_weights: the log importance weights as given, shape ``(M,)``, read-only, in
+            input order, or ``None``.
     """
 
     tail: str
@@ -249,16 +363,31 @@ class ThresholdResult:
     bootstrap: int = 0
     warnings: tuple[str, ...] = ()
     rewards: np.ndarray = field(default=None, repr=False, compare=False)
+    active_count_fraction: Optional[float] = None
+    is_ess: Optional[float] = None
+    log_weights: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
-    def weights(self, rewards: Any = None) -> np.ndarray:
-        """Normalised tilt weights ``w_i ∝ exp(pseudo(r_i) / alpha)``, shape ``(M,)``, float64.
+    def weights(self, rewards: Any = None, log_weights: Any = None) -> np.ndarray:
+        """Normalised tilt weights ``w_i ∝ v_i exp(pseudo(r_i) / alpha)``, shape ``(M,)``, float64.
+
+        ``v_i = exp(log_weights[i])`` are the importance weights (uniform if none).
 
         Args:
-            rewards: rewards to weight, shape ``(M,)``; defaults to the pre-trained
-                rewards the threshold was solved on (weights then follow their order).
+            rewards: rewards to weight, shape ``(M,)``; defaults to the rewards the
+                threshold was solved on (weights then follow their order), together with
+                their ``log_weights``.
+            log_weights: log importance weights for ``rewards``, shape ``(M,)``; defaults to
+                the stored ones when ``rewards`` is ``None``, else to uniform.
         """
-        r = self.rewards if rewards is None else as_float64(rewards)
+        if rewards is None:
+            r = self.rewards
+            lw = self.log_weights if log_weights is None else log_weights
+        else:
+            r, lw = as_float64(rewards), log_weights
         x = _exponent(r, self.eta, self.beta, self.alpha, self.tail)
+        lw = _check_log_weights(lw, r.size)
+        if lw is not None:
+            x = x + lw
         w = np.exp(x - x.max())
         return w / w.sum()
 
@@ -269,7 +398,7 @@ class ThresholdResult:
 
     def as_dict(self) -> dict:
         """Scalar fields as a flat dict (for a DataFrame row); ``eta_interval`` is split in two."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("rewards", "eta_interval", "warnings")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("rewards", "log_weights", "eta_interval", "warnings")}
         lo, hi = self.eta_interval if self.eta_interval is not None else (None, None)
         d.update(eta_low=lo, eta_high=hi, n_warnings=len(self.warnings))
         return d
@@ -290,11 +419,17 @@ class ThresholdResult:
             ("predicted KL (nats)", f"{self.predicted_kl:.4g}"),
             (f"active fraction ({side} eta*)", f"{100 * self.active_fraction:.3g}%"),
             ("ESS of tilt weights", f"{self.ess:.4g} of {self.n} ({100 * self.ess_fraction:.3g}%)"),
+        ]
+        if self.is_ess is not None:
+            rows.append(("ESS of importance weights", f"{self.is_ess:.4g} of {self.n} ({100 * self.is_ess / self.n:.3g}%)"))
+        rows += [
             (f"tilted mass {side} eta*", f"{self.tail_mass:.6g}   (incl. eta*: {self.tail_mass_incl:.6g}; "
                                           f"target {self.target_tail_mass:g})"),
         ]
         width = max(len(k) for k, _ in rows)
         head = f"TFFT threshold: {self.tail} tail, beta={self.beta:g}, alpha={self.alpha:g}, M={self.n}"
+        if self.is_ess is not None:
+            head += " (importance weighted)"
         lines = [head] + [f"  {k:<{width}}  {v}" for k, v in rows]
         if self.warnings:
             lines.append("  warnings:")
@@ -319,6 +454,7 @@ def solve_threshold(
     min_active_fraction: float = 0.01,
     min_ess_fraction: float = 0.01,
     ci_level: float = 0.95,
+    log_weights: Any = None,
 ) -> ThresholdResult:
     """Solve stage 1 exactly: ``eta* = argmin F`` (right) or ``argmax G`` (left).
 
@@ -339,13 +475,19 @@ def solve_threshold(
             on the gradient side of ``eta*``.
         min_ess_fraction: warn when the tilt weights' ESS is below this fraction of ``M``.
         ci_level: coverage of the bootstrap interval, in ``(0, 1)``.
+        log_weights: optional unnormalised log importance weights, shape ``(M,)``, finite
+            (e.g. ``log p_pre(x_i) - log q(x_i)`` for samples ``x_i`` of a fine-tuned model
+            ``q``, to refine ``eta*`` where pre-trained samples are scarce in the tail).
+            Every empirical mean then becomes the self-normalised weighted mean; the
+            bootstrap resamples (reward, log-weight) pairs.  ``None`` (or a constant) = uniform.
 
     Returns:
         A :class:`ThresholdResult`.
 
     Raises:
         ValueError: on ``beta`` outside ``(0, 1)``, non-finite or non-positive
-            ``alpha``, NaN/inf rewards, fewer than 2 rewards, or an unknown ``tail``.
+            ``alpha``, NaN/inf rewards, fewer than 2 rewards, an unknown ``tail``, or
+            ``log_weights`` of the wrong shape or with NaN/inf entries.
 
     Example:
         >>> import numpy as np
@@ -364,39 +506,71 @@ def solve_threshold(
         raise ValueError(f"bootstrap={bootstrap!r} must be an integer >= 0")
     if not 0.0 < ci_level < 1.0:
         raise ValueError(f"ci_level={ci_level!r} must lie in the open interval (0, 1)")
+    lw_in = _check_log_weights(log_weights, r.size)  # shifted to max 0
+    weighted = lw_in is not None
+    lw_keep = None
+    if weighted:  # stored as given (not shifted), read-only
+        lw_keep = np.array(log_weights.detach().cpu().double().numpy() if hasattr(log_weights, "detach")
+                           else log_weights, dtype=np.float64)
+        lw_keep.flags.writeable = False
 
-    rs = np.sort(r)
-    m = rs.size
-    eta = _solve_sorted(rs, beta, alpha, tail)
+    m = r.size
+    if weighted and not lw_in.any():  # constant log-weights: exactly the unweighted problem
+        lw_in = None
+    if lw_in is None:
+        rs, ls = np.sort(r), None
+    else:
+        order = np.argsort(r, kind="stable")
+        rs, ls = r[order], lw_in[order]
+    eta = _solve_sorted(rs, beta, alpha, tail, ls)
 
-    # diagnostics of the tilt w ∝ exp(x), x = pseudo / alpha, on the sorted rewards
+    # diagnostics of the tilt w ∝ v exp(x), x = pseudo / alpha, v the importance weights, on sorted rewards
     x = _exponent(rs, eta, beta, alpha, tail)
-    lme = float(_log_mean_exp_rows(x[None, :])[0])  # log mean exp(x)
+    lme = float(_log_mean_exp_rows(x[None, :], ls)[0])  # log E_v[exp(x)]
     value = eta + alpha * lme
-    w = np.exp(x - x.max())
+    a = x if ls is None else x + ls
+    w = np.exp(a - a.max())
     w /= w.sum()
     ess = 1.0 / float(np.dot(w, w))
-    kl = max(float(np.dot(w, x)) - lme, 0.0)  # sum w log(M w) = E_w[x] - log mean exp(x)
+    kl = max(float(np.dot(w, x)) - lme, 0.0)  # sum w log(w / v) = E_w[x] - log E_v[exp(x)]
     if tail == "right":
         beyond, at_or_beyond = rs > eta, rs >= eta
         predicted_cvar = -_lower_tail_mean(-rs[::-1], w[::-1], 1.0 - beta)
-        pre_cvar = -_lower_tail_mean(-rs[::-1], None, 1.0 - beta)
     else:
         beyond, at_or_beyond = rs < eta, rs <= eta
         predicted_cvar = _lower_tail_mean(rs, w, beta)
-        pre_cvar = _lower_tail_mean(rs, None, beta)
-    active = float(beyond.mean())
+    active_count = float(beyond.mean())
     tail_mass = float(w[beyond].sum())
     tail_mass_incl = float(w[at_or_beyond].sum())
-    pre_var = _quantile_sorted(rs, None, beta, tail)
+    is_ess = None
+    if ls is None:
+        if tail == "right":
+            pre_cvar = -_lower_tail_mean(-rs[::-1], None, 1.0 - beta)
+        else:
+            pre_cvar = _lower_tail_mean(rs, None, beta)
+        pre_var = _quantile_sorted(rs, None, beta, tail)
+        active = active_count
+        if weighted:
+            is_ess = float(m)
+    else:
+        v = np.exp(ls)  # max 1
+        v /= v.sum()
+        is_ess = 1.0 / float(np.dot(v, v))
+        active = min(float(v[beyond].sum()), 1.0)
+        # risk.cvar / risk.var with weights v, on the already sorted atoms
+        if tail == "right":
+            pre_cvar = -_lower_tail_mean(-rs[::-1], v[::-1], 1.0 - beta)
+        else:
+            pre_cvar = _lower_tail_mean(rs, v, beta)
+        pre_var = _quantile_sorted(rs, v, beta, tail)
 
     interval = se = None
     if bootstrap:
         rng = np.random.default_rng(seed)
-        etas = np.array([
-            _solve_sorted(rs[np.sort(rng.integers(0, m, size=m))], beta, alpha, tail)
-            for _ in range(int(bootstrap))
-        ])
+        etas = np.empty(int(bootstrap))
+        for b in range(int(bootstrap)):
+            idx = np.sort(rng.integers(0, m, size=m))  # indices into the sorted arrays: stays sorted
+            etas[b] = _solve_sorted(rs[idx], beta, alpha, tail, None if ls is None else ls[idx])
         lo, hi = np.quantile(etas, [(1 - ci_level) / 2, (1 + ci_level) / 2])
         interval = (float(lo), float(hi))
         se = float(etas.std(ddof=1)) if bootstrap > 1 else 0.0
@@ -406,15 +580,17 @@ def solve_threshold(
     if active < min_active_fraction:
         knob = "lower beta" if tail == "right" else "raise beta"
         amount = "none" if active == 0 else f"only {100 * active:.3g}%"
+        what = (f"the {m} pre-trained samples" if ls is None else
+                f"the importance-weighted pre-trained mass ({m} samples, {100 * active_count:.3g}% of them)")
         msgs.append(
-            f"{amount} of the {m} pre-trained samples lie {side} eta*={eta:.6g} "
+            f"{amount} of {what} {'lie' if ls is None else 'lies'} {side} eta*={eta:.6g} "
             f"(minimum {100 * min_active_fraction:g}%): the hinge gradient of the pseudo-reward "
             f"is zero almost everywhere, so fine-tuning gets almost no signal; "
             f"increase alpha (now {alpha:g}), {knob} (now {beta:g}), or draw more offline samples"
         )
     if ess / m < min_ess_fraction:
         msgs.append(
-            f"the tilt weights exp(pseudo-reward/alpha) have an effective sample size of "
+            f"the tilt weights {'' if ls is None else 'v * '}exp(pseudo-reward/alpha) have an effective sample size of "
             f"{ess:.3g} out of {m} ({100 * ess / m:.3g}%, minimum {100 * min_ess_fraction:g}%): "
             f"the predicted CVaR and KL rest on few samples and eta* is noisy; "
             f"increase alpha (now {alpha:g}) or draw more offline samples"
@@ -428,4 +604,5 @@ def solve_threshold(
         ess=ess, ess_fraction=ess / m, predicted_cvar=predicted_cvar, predicted_kl=kl,
         tail_mass=tail_mass, tail_mass_incl=tail_mass_incl, eta_interval=interval, eta_se=se, ci_level=ci_level,
         bootstrap=int(bootstrap), warnings=tuple(msgs), rewards=r,
+        active_count_fraction=active_count, is_ess=is_ess, log_weights=lw_keep,
     )
