@@ -46,7 +46,7 @@ from torch import nn
 from .adjoint import AdjointMatching, AMConfig, IdentityTransform, sample_importance
 from .checkpoint import atomic_write_text, load_checkpoint, load_tensors, save_checkpoint, save_tensors
 from .flow import FlowModel
-from .pseudo import PseudoReward
+from .pseudo import PseudoReward, TerminalTransform
 from .reward import RewardBatch, TerminalReward
 from .risk import cvar
 from .samplers import sample_ode, sample_sde
@@ -73,6 +73,9 @@ class TFFTConfig:
         smoothing: softplus temperature of the hinge (0 = exact hinge, the default).
         continuation: ``"auto"``, ``"alpha"``, ``"beta"`` or ``"none"``.
         min_active_fraction: below this stage-1 active fraction the continuation engages.
+        continuation_start_active: active fraction aimed at by the first stage of the beta/eta ramps.
+        adaptive_active: ``a_min`` of the adaptive continuation (0 = half the target tail mass,
+            i.e. ``(1 - beta)/2`` right, ``beta/2`` left); must be below that tail mass.
         continuation_stages: number of stages including the final one.
         final_stage_fraction: fraction of ``am.steps`` spent on the final (exact) stage.
         refine_threshold: ``"auto"`` (when the continuation ran), ``"always"`` or ``"never"``:
@@ -98,6 +101,8 @@ class TFFTConfig:
     smoothing: float = 0.0
     continuation: str = "auto"
     min_active_fraction: float = 0.02
+    continuation_start_active: float = 0.3
+    adaptive_active: float = 0.0
     continuation_stages: int = 4
     final_stage_fraction: float = 0.5
     refine_threshold: str = "auto"
@@ -118,8 +123,15 @@ class TFFTConfig:
             raise ValueError(f"offline_samples={self.offline_samples!r} must be an integer >= 2")
         if self.offline_sampler not in ("heun", "ode", "sde"):
             raise ValueError(f"offline_sampler={self.offline_sampler!r} must be one of 'heun', 'ode', 'sde'")
-        if self.continuation not in ("auto", "alpha", "beta", "none"):
-            raise ValueError(f"continuation={self.continuation!r} must be one of 'auto', 'alpha', 'beta', 'none'")
+        if self.continuation not in ("auto", "adaptive", "eta", "alpha", "beta", "none"):
+            raise ValueError(f"continuation={self.continuation!r} must be one of "
+                             "'auto', 'adaptive', 'eta', 'alpha', 'beta', 'none'")
+        tail_mass = 1 - self.beta if self.tail == "right" else self.beta
+        if self.adaptive_active == 0:
+            self.adaptive_active = tail_mass / 2
+        if not (0 < self.adaptive_active < tail_mass):
+            raise ValueError(f"adaptive_active={self.adaptive_active} must be in (0, {tail_mass:g}) "
+                             f"(below the target's tail mass)")
         if not (0 <= self.min_active_fraction < 1):
             raise ValueError(f"min_active_fraction={self.min_active_fraction} must be in [0, 1)")
         if not (isinstance(self.continuation_stages, int) and self.continuation_stages >= 1):
@@ -173,6 +185,43 @@ class TFFTResult:
     offline_rewards: Optional[np.ndarray]
     timings: dict
     trainer: AdjointMatching
+
+
+class AdaptiveHinge(TerminalTransform):
+    """The exact pseudo-reward with a batch-adaptive threshold: the ``"adaptive"`` continuation.
+
+    For each on-policy batch the hinge sits at
+
+        right: ``eta_b = min(eta*, Q_batch(1 - a_min))``,   left: ``eta_b = max(eta*, Q_batch(a_min))``,
+
+    so at least a fraction ``a_min`` of the batch is on the gradient side.  While the
+    model has too little mass beyond ``eta*``, ``eta_b`` lies inside it and the target
+    tilts *more* than ``p*`` (a strong, dense signal toward the tail); once the model's
+    own ``a_min``-tail lies beyond ``eta*``, ``eta_b = eta*`` and the target is exactly
+    ``p*``.  At the optimum the mass beyond ``eta*`` is ``1 - beta`` (right) or ``beta``
+    (left), so with ``a_min`` below it the fixed point is the exact TFFT target.
+    """
+
+    def __init__(self, exact: PseudoReward, a_min: float):
+        self.exact = exact
+        self.a_min = float(a_min)
+        self.last_eta = exact.eta
+
+    def _at(self, r) -> PseudoReward:
+        import dataclasses
+        rr = r.detach().double() if isinstance(r, torch.Tensor) else torch.as_tensor(r, dtype=torch.float64)
+        if self.exact.tail == "right":
+            eta_b = min(self.exact.eta, float(torch.quantile(rr, 1 - self.a_min)))
+        else:
+            eta_b = max(self.exact.eta, float(torch.quantile(rr, self.a_min)))
+        self.last_eta = eta_b
+        return dataclasses.replace(self.exact, eta=eta_b)
+
+    def value(self, r):
+        return self._at(r).value(r)
+
+    def grad(self, r):
+        return self._at(r).grad(r)
 
 
 def model_fingerprint(model: Any) -> str:
@@ -255,8 +304,14 @@ def plan_stages(rewards: np.ndarray, cfg: TFFTConfig, log: Callable[[str], None]
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     mode = cfg.continuation
     if mode == "auto":
-        mode = "alpha"
+        mode = "adaptive"
     starved = final.active_fraction < cfg.min_active_fraction
+    if mode == "adaptive":
+        if starved:
+            log(f"stage 1: active fraction {final.active_fraction:.3%} < {cfg.min_active_fraction:.1%}: "
+                f"adaptive continuation (the hinge follows the batch's {cfg.adaptive_active:.0%}-tail until the model "
+                f"reaches eta*={final.eta:.4g}; the final target is exact)")
+        return [Stage(cfg.alpha, cfg.beta, 0, total, final)]
     if mode == "none" or not starved or cfg.continuation_stages == 1:
         if starved:
             log(f"warning: active fraction {final.active_fraction:.3%} < {cfg.min_active_fraction:.1%} and "
@@ -269,6 +324,25 @@ def plan_stages(rewards: np.ndarray, cfg: TFFTConfig, log: Callable[[str], None]
             return solve_threshold(rewards, b, a, cfg.tail, min_active_fraction=0.0, min_ess_fraction=0.0)
 
     n = cfg.continuation_stages
+    if mode == "eta":
+        # thresholds from the pre-trained quantile with active fraction continuation_start_active up to eta*:
+        # each intermediate target tilts *more* than p*, so the model overshoots into the tail and the
+        # final stage starts with many active samples and relaxes onto the exact target.
+        q = 1 - cfg.continuation_start_active if cfg.tail == "right" else cfg.continuation_start_active
+        eta0 = float(np.quantile(rewards, q))
+        etas = [eta0 + (final.eta - eta0) * j / (n - 1) for j in range(n)]
+        final_steps = max(1, int(round(total * cfg.final_stage_fraction)))
+        pre = total - final_steps
+        bounds = [round(pre * j / (n - 1)) for j in range(n)] + [total]
+        import dataclasses
+        stages = [Stage(cfg.alpha, cfg.beta, int(bounds[j]), int(bounds[j + 1]),
+                        final if j == n - 1 else dataclasses.replace(final, eta=etas[j])) for j in range(n)]
+        stages = [s for s in stages if s.stop > s.start]
+        log(f"stage 1: active fraction {final.active_fraction:.3%} < {cfg.min_active_fraction:.1%}; "
+            f"continuation over eta in {len(stages)} stages:")
+        for st in stages:
+            log("  " + st.describe())
+        return stages
     if mode == "alpha":
         a0 = cfg.alpha
         for _ in range(40):
@@ -277,14 +351,18 @@ def plan_stages(rewards: np.ndarray, cfg: TFFTConfig, log: Callable[[str], None]
                 break
         params = [(a0 * (cfg.alpha / a0) ** (j / (n - 1)), cfg.beta) for j in range(n)]
     else:  # beta ramp toward the requested level at fixed alpha
-        b_easy = cfg.beta
-        for j in range(1, 41):
-            b_try = cfg.beta * (1 - j / 40) if cfg.tail == "right" else cfg.beta + (1 - cfg.beta) * j / 40
-            b_try = min(max(b_try, 1e-3), 1 - 1e-3)
-            b_easy = b_try
-            if solve(cfg.alpha, b_try).active_fraction >= cfg.min_active_fraction:
+        # tail masses (1-beta for right, beta for left) geometric from an easy level to the requested one;
+        # the easy level is the most extreme whose stage-1 active fraction reaches continuation_start_active.
+        m_final = 1 - cfg.beta if cfg.tail == "right" else cfg.beta
+        m_easy = m_final
+        for j in range(1, 61):
+            m_try = min(0.95, m_final * (0.95 / m_final) ** (j / 60))
+            b_try = 1 - m_try if cfg.tail == "right" else m_try
+            m_easy = m_try
+            if solve(cfg.alpha, b_try).active_fraction >= cfg.continuation_start_active:
                 break
-        params = [(cfg.alpha, b_easy + (cfg.beta - b_easy) * j / (n - 1)) for j in range(n)]
+        masses = [m_easy * (m_final / m_easy) ** (j / (n - 1)) for j in range(n)]
+        params = [(cfg.alpha, 1 - m if cfg.tail == "right" else m) for m in masses]
     final_steps = max(1, int(round(total * cfg.final_stage_fraction)))
     pre = total - final_steps
     bounds = [round(pre * j / (n - 1)) for j in range(n)] + [total]
@@ -350,10 +428,16 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         stages = [Stage(cfg.alpha, cfg.beta, 0, cfg.am.steps, None)]
     timings["stage1"] = time.perf_counter() - t1
 
+    adaptive = cfg.method == "tfft" and cfg.continuation in ("auto", "adaptive") and \
+        stages[-1].threshold.active_fraction < cfg.min_active_fraction
+
     def target(stage: Stage):
         if cfg.method == "expected":
             return IdentityTransform(), 1.0 / stage.alpha
-        return PseudoReward.from_threshold(stage.threshold, smoothing=cfg.smoothing), 1.0 / stage.alpha
+        exact = PseudoReward.from_threshold(stage.threshold, smoothing=cfg.smoothing)
+        if adaptive:
+            return AdaptiveHinge(exact, cfg.adaptive_active), 1.0 / stage.alpha
+        return exact, 1.0 / stage.alpha
 
     tr, lam = target(stages[0])
     trainer = AdjointMatching(base, reward, tr, lam, cfg.am, device=device, cond_sampler=cond_sampler)
@@ -390,8 +474,10 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             stages[last].threshold = _threshold_from_dict(trainer.extra["refined"], stages[last].threshold)
         while trainer.step_count < cfg.am.steps:
             j = max(i for i, s in enumerate(stages) if s.start <= trainer.step_count)
-            if (cfg.method == "tfft" and j == last and "refined" not in trainer.extra
-                    and (cfg.refine_threshold == "always" or (cfg.refine_threshold == "auto" and last > 0))):
+            refine_now = (j == last and (last > 0 or not adaptive)) or \
+                (adaptive and trainer.step_count >= int(cfg.am.steps * (1 - cfg.final_stage_fraction)))
+            if (cfg.method == "tfft" and refine_now and "refined" not in trainer.extra
+                    and (cfg.refine_threshold == "always" or (cfg.refine_threshold == "auto" and (last > 0 or adaptive)))):
                 t3 = time.perf_counter()
                 refined = refine_threshold(trainer.model, base, reward, stages[last].threshold, cfg,
                                            cond_sampler=cond_sampler, log=log)
@@ -402,6 +488,10 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             trainer.set_target(tr, lam)
             st = trainer.step(stage=j)
             d = st.__dict__
+            if isinstance(tr, AdaptiveHinge):
+                d["eta_used"] = tr.last_eta
+                if trainer.history and trainer.history[-1]["step"] == st.step:
+                    trainer.history[-1]["eta_used"] = tr.last_eta
             if cfg.method == "tfft" and j == len(stages) - 1:
                 low_active_run = low_active_run + 1 if st.active_fraction == 0 else 0
                 if low_active_run == 50:

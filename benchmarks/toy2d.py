@@ -1,0 +1,175 @@
+"""2D benchmark on the exact Gaussian-mixture flow (DESIGN.md §1 ground truth).
+
+For ``alpha`` in {1, 0.5} (0.5 is the starved case: ~1e-4 of the pre-trained mass
+above ``eta*``) and reward ``r = x_1``, runs pre-trained, expected-FT, TFFT-right
+(beta=0.9) and TFFT-left (beta=0.1) at the same step budget, and compares each
+with its exact target.  Also measures
+
+* the linear-reward Adjoint Matching fit (the expected-FT row): mean error and
+  total variation of the component weights against the closed-form tilted mixture;
+* the dead-hinge continuation choices in the starved case (none / alpha / beta);
+* the threshold solve at 10^6 rewards against ``scipy.optimize.minimize_scalar(method="bounded")``.
+
+Writes ``benchmarks/results/toy2d.csv`` / ``.md`` (and ``toy2d_continuation.*``,
+``toy2d.png``).  ``--quick`` runs a tiny budget (used by the tests).
+
+    python benchmarks/toy2d.py [--steps 2000] [--quick] [--out benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from tfftmol.core.adjoint import AMConfig  # noqa: E402
+from tfftmol.core.tfft import TFFTConfig  # noqa: E402
+from tfftmol.image2d.experiment import Toy2DConfig, run_toy2d  # noqa: E402
+from tfftmol.image2d.gmm import circle_gmm, population_threshold  # noqa: E402
+
+
+def _weights_tv(x, gmm, target):
+    k = target.assign(x)
+    emp = torch.bincount(k, minlength=len(target.weights)).double() / len(k)
+    return float(0.5 * (emp - target.weights.double()).abs().sum())
+
+
+def run_main(steps, offline, eval_samples, alphas, seed, out, quiet):
+    g = circle_gmm()
+    w = [1.0, 0.0]
+    rows = []
+    for alpha in alphas:
+        cfg = Toy2DConfig(alpha=alpha, eval_samples=eval_samples, eval_steps=100, kl_samples=min(2000, eval_samples),
+                          seed=seed,
+                          tfft=TFFTConfig(offline_samples=offline, bootstrap=50,
+                                          am=AMConfig(steps=steps, batch_size=256, loss_time_steps=0, hidden=128,
+                                                      lr=1e-3, grad_clip=0.0, ema=0.99)))
+        table, extras = run_toy2d(cfg, out_dir=None, progress=not quiet, log=(lambda s: None) if quiet else print)
+        table.insert(0, "alpha", alpha)
+        tgt = g.tilted_linear(torch.tensor(w), 1.0 / alpha)
+        for i, r in table.iterrows():
+            m = r["method"]
+            if m == "expected":
+                x = extras["samples"][m]
+                table.loc[i, "mean_error"] = float((x.mean(0) - tgt.mean()).norm())
+                table.loc[i, "weight_tv"] = _weights_tv(x, g, tgt)
+            if m.startswith("tfft"):
+                tail = "right" if m == "tfft-right" else "left"
+                beta = 0.9 if tail == "right" else 0.1
+                eta_pop, _ = population_threshold(g, w, alpha, beta, tail)
+                r1 = extras["rewards"][m]
+                table.loc[i, "eta_population"] = eta_pop
+                table.loc[i, "mass_beyond_eta_population"] = float((r1 > eta_pop).mean() if tail == "right" else (r1 < eta_pop).mean())
+                xt = g.sample_tilted_hinge(eval_samples, w, eta_pop, alpha, beta, tail, seed=seed)
+                rt = xt[:, 0].double().numpy()
+                from tfftmol.core.risk import cvar
+                own = cvar(rt, beta, tail)
+                table.loc[i, "exact_target_own_cvar"] = own
+                pre = table.loc[table.method == "pretrained", f"cvar_{tail}_{beta:g}"].iloc[0]
+                fin = r[f"cvar_{tail}_{beta:g}"]
+                table.loc[i, "own_cvar_rel_error"] = abs(fin - own) / abs(own)
+                table.loc[i, "gap_cut_vs_exact"] = (fin - pre) / (own - pre)
+                pre_mass = float((extras["rewards"]["pretrained"] > eta_pop).mean() if tail == "right"
+                                 else (extras["rewards"]["pretrained"] < eta_pop).mean())
+                table.loc[i, "pretrained_mass_beyond_eta_population"] = pre_mass
+        rows.append(table)
+        if out is not None and alpha == alphas[-1]:
+            from tfftmol.image2d.experiment import plot_toy2d
+            plot_toy2d(extras, cfg, Path(out) / "toy2d.png")
+    return pd.concat(rows, ignore_index=True)
+
+
+def run_continuation(steps, offline, eval_samples, seed, quiet):
+    """The starved case (right tail, beta=0.9, alpha=0.5) under each continuation setting."""
+    g = circle_gmm()
+    rows = []
+    eta_pop, _ = population_threshold(g, [1.0, 0.0], 0.5, 0.9, "right")
+    for cont, refine in [("none", "never"), ("alpha", "auto"), ("beta", "auto"), ("adaptive", "never"), ("adaptive", "auto")]:
+        cfg = Toy2DConfig(alpha=0.5, methods=["pretrained", "tfft-right"], eval_samples=eval_samples, eval_steps=100,
+                          kl_samples=min(2000, eval_samples), seed=seed,
+                          tfft=TFFTConfig(offline_samples=offline, continuation=cont, refine_threshold=refine, bootstrap=0,
+                                          am=AMConfig(steps=steps, batch_size=256, loss_time_steps=0, hidden=128,
+                                                      lr=1e-3, grad_clip=0.0, ema=0.99)))
+        table, extras = run_toy2d(cfg, out_dir=None, progress=not quiet, log=(lambda s: None) if quiet else print)
+        r = table[table.method == "tfft-right"].iloc[0]
+        r1 = extras["rewards"]["tfft-right"]
+        rows.append({"continuation": cont, "refine_threshold": refine, "eta_used": r["eta"], "eta_population": eta_pop,
+                     "cvar_right_0.9": r["cvar_right_0.9"], "mass_beyond_eta_population": float((r1 > eta_pop).mean()),
+                     "kl": r["kl"], "wall_s": r["wall_s"], "stages": r["stages"]})
+    return pd.DataFrame(rows)
+
+
+def run_threshold_speed(quick):
+    import threshold_speed
+    res = threshold_speed.run(n=10 ** 4 if quick else 10 ** 6, repeats=1 if quick else 5)
+    return pd.DataFrame(res["rows"])
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            cells.append(f"{v:.4g}" if isinstance(v, (float, np.floating)) and np.isfinite(v) else ("" if isinstance(v, float) else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--offline", type=int, default=1000000)
+    p.add_argument("--eval-samples", type=int, default=50000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--skip-continuation", action="store_true")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.quick:
+        a.steps, a.offline, a.eval_samples = 20, 5000, 2000
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    main_t = run_main(a.steps, a.offline, a.eval_samples, [1.0, 0.5], a.seed, out, a.quiet)
+    main_t.to_csv(out / "toy2d.csv", index=False)
+    md = [f"# toy2d benchmark\n\nExact 6-component circle GMM flow, r(x) = x_1, {a.steps} Adjoint Matching steps "
+          f"(batch 256, 50 SDE steps, all time steps in the loss, Adam 1e-3 cosine, EMA 0.99), offline batch "
+          f"M = {a.offline} (Heun, 50 steps), evaluation on {a.eval_samples} SDE samples at 100 steps.\n"]
+    keep = [c for c in ["alpha", "method", "mean", "cvar_right_0.9", "cvar_left_0.1", "kl", "wall_s", "time_ratio_vs_expected",
+                        "eta", "eta_population", "mass_beyond_eta", "mass_beyond_eta_population",
+                        "pretrained_mass_beyond_eta_population", "target_mean", "target_cvar_right_0.9",
+                        "target_cvar_left_0.1", "exact_target_own_cvar", "own_cvar_rel_error", "gap_cut_vs_exact",
+                        "mean_error", "weight_tv", "stages"] if c in main_t.columns]
+    md.append(to_markdown(main_t[keep]))
+    print(main_t[keep].to_string(index=False))
+    if not a.skip_continuation:
+        ct = run_continuation(a.steps, a.offline, a.eval_samples, a.seed, a.quiet)
+        ct.to_csv(out / "toy2d_continuation.csv", index=False)
+        md.append("\n## Dead-hinge continuation (right tail, beta=0.9, alpha=0.5)\n")
+        md.append(to_markdown(ct))
+        print(ct.to_string(index=False))
+    ts = run_threshold_speed(a.quick)
+    ts.to_csv(out / "toy2d_threshold_speed.csv", index=False)
+    md.append("\n## Threshold solve: exact sort-based solver vs scipy bounded search\n")
+    md.append(to_markdown(ts))
+    print(ts.to_string(index=False))
+    md.append(f"\nTotal benchmark time {time.perf_counter() - t0:.0f} s.\n")
+    (out / "toy2d.md").write_text("\n".join(md))
+    print(f"wrote {out / 'toy2d.csv'} and {out / 'toy2d.md'}")
+    return main_t
+
+
+if __name__ == "__main__":
+    main()
