@@ -138,3 +138,18 @@ def test_evaluate_fcd_optional():
 def test_all_exports_exist():
     for name in M.__all__:
         assert hasattr(M, name), name
+
+
+def test_decoder_results_keep_their_reasons():
+    import torch
+
+    from tfftmol.chem import graph
+
+    x = graph.encode(["CCO", "CCN"])
+    bad = x.clone()
+    nodes, edges = graph.split_state(bad)
+    edges[:, :, :] = -1.0
+    edges[:, :, 3] = 1.0  # every pair a triple bond: over-bonded
+    decoded = graph.decode(torch.cat([x, graph.join_state(nodes, edges)]))
+    v = M.validity(decoded)
+    assert v["validity"] == 0.5 and v["invalid_valence"] == 0.5

@@ -311,3 +311,25 @@ def test_result_summary_and_validity():
 def test_all_exports_exist():
     for name in R.__all__:
         assert hasattr(R, name), name
+
+
+def test_single_item_and_decoder_results():
+    from tfftmol.chem import graph
+
+    r = build_reward("qed")
+    assert len(r("CCO")) == 1 and r("CCO").valid[0]
+    decoded = graph.decode(graph.encode(["CCO", "c1ccoc1"]))
+    res = r(decoded)
+    np.testing.assert_allclose(res.values, [QED.qed(d.mol) for d in decoded])
+
+
+def test_parallel_falls_back_to_serial_in_daemon(monkeypatch):
+    class Broken:
+        def __init__(self, *a, **k):
+            raise AssertionError("daemonic processes are not allowed to have children")
+
+    monkeypatch.setattr(R, "ProcessPoolExecutor", Broken)
+    smiles = _many_smiles()
+    with pytest.warns(RuntimeWarning, match="serially"):
+        res = build_reward("qed")(smiles, n_jobs=2)
+    np.testing.assert_array_equal(res.values, build_reward("qed")(smiles).values)

@@ -93,6 +93,7 @@ import math
 import multiprocessing as mp
 import os
 import sys
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -126,6 +127,8 @@ __all__ = [
     "SimilarityReward",
     "SubstructureReward",
     "PropertyReward",
+    "QM9GapReward",
+    "QM9MuReward",
     "CallableReward",
     "WeightedSum",
     "REWARDS",
@@ -529,7 +532,7 @@ class Reward:
         Returns:
             :class:`RewardResult` of length ``len(mols)``.
         """
-        items = list(mols)
+        items = [mols] if isinstance(mols, (str, Chem.Mol)) else list(mols)
         n = len(items)
         keys = [self._key(it) for it in items]
         todo: list[str] = []
@@ -600,6 +603,10 @@ class Reward:
         try:
             with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_worker_init, initargs=initargs) as ex:
                 parts = list(ex.map(_worker_score, chunks))
+        except Exception as e:  # noqa: BLE001 - e.g. inside a daemonic worker: score serially instead
+            warnings.warn(f"reward {self.name!r}: parallel scoring failed ({type(e).__name__}: {e}); "
+                          "scoring serially", RuntimeWarning, stacklevel=3)
+            return self._score_smiles(smiles)
         finally:
             _WORKER_REWARD = None
         return [r for part in parts for r in part]
@@ -635,7 +642,14 @@ class Reward:
         return f"{type(self).__name__}({self.to_config()!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Reward) and self.to_config() == other.to_config()
+        if self is other:
+            return True
+        if not isinstance(other, Reward):
+            return False
+        try:
+            return self.to_config() == other.to_config()
+        except ValueError:  # a wrapped Python callable has no config
+            return False
 
     __hash__ = object.__hash__
 
