@@ -111,7 +111,7 @@ def test_refit_warm_start_and_replay(small_fit, data):
     report = sur.refit(x_all[600:900], y_new, epochs=1, replay_ratio=1.0)
     assert np.isfinite(report.r2) and report.n_train == 2 * 240  # fresh 240 + as many replayed
     assert any(not torch.equal(before[k], v) for k, v in sur.net.state_dict().items())
-    assert sur._buffer_x.shape[0] == 480 + 240
+    assert sur._buffer[0].shape[0] == 480 + 240
     assert len(sur.history) == 2
 
 
@@ -120,14 +120,14 @@ def test_replay_buffer_capped(data):
     y = np.arange(100, dtype=float)
     sur = Surrogate(seed=0, hidden=16, layers=1, replay_size=50)
     sur.fit(x[:100], y, epochs=1, valid_fraction=0.0)
-    assert sur._buffer_x.shape[0] == 50
+    assert sur._buffer[0].shape[0] == 50
     sur.refit(x[100:130], np.zeros(30), epochs=1, valid_fraction=0.0)
-    assert sur._buffer_x.shape[0] == 50
-    assert (sur._buffer_y[-30:] == 0).all()  # the fresh samples are always kept
+    assert sur._buffer[0].shape[0] == 50
+    assert (sur._buffer[1][-30:] == 0).all()  # the fresh samples are always kept
 
 
 def test_fits_with_invalid_penalised_samples(data):
-    """States decoding to invalid molecules carry the reward's penalty and are fitted like any sample."""
+    """States decoding to invalid molecules carry the reward's penalty: the surrogate becomes a hurdle model."""
     smiles, x = data
     n = 400
     xs = x[:n].clone()
@@ -137,10 +137,31 @@ def test_fits_with_invalid_penalised_samples(data):
     res = reward(graph.decode(xs))
     assert res.counts["ok"] < n and (res.values[~res.valid] == reward.penalty).all()
     sur = Surrogate(seed=0, hidden=32, layers=2)
-    report = sur.fit(xs, res.values, epochs=3)
-    pred = sur.predict(xs).numpy()
+    report = sur.fit(xs, res, epochs=3)  # a RewardResult carries values and the validity mask
+    assert sur.hurdle and sur.penalty == reward.penalty
+    pred, p_valid = sur.predict(xs).numpy(), sur.predict_valid(xs).numpy()
     assert pred[~res.valid].mean() < pred[res.valid].mean()
-    assert np.isfinite(report.r2)
+    assert p_valid[~res.valid].mean() < p_valid[res.valid].mean()
+    assert np.all(pred >= reward.penalty - 1e-5)  # s = p m + (1 - p) penalty with m above the penalty here
+    assert np.isfinite(report.r2) and np.isfinite(report.validity_accuracy)
+
+
+def test_hurdle_combination_formula(data):
+    smiles, x = data
+    res = build_reward("logp")(smiles[:200] + [None] * 50)
+    xs = torch.cat([x[:200], torch.randn(50, STATE_DIM, generator=torch.Generator().manual_seed(2))])
+    sur = Surrogate(seed=0, hidden=16, layers=1)
+    sur.fit(xs, res.values, valid=res.valid, epochs=1)
+    out = sur._raw(xs[:5])
+    p = torch.sigmoid(out[:, 1])
+    m = out[:, 0] * sur.y_std + sur.y_mean
+    torch.testing.assert_close(sur.predict(xs[:5]), p * m + (1 - p) * res.penalty)
+
+
+def test_mixed_penalties_rejected(data):
+    _, x = data
+    with pytest.raises(ValueError, match="same penalty"):
+        Surrogate().fit(x[:4], np.array([0.5, -1.0, -2.0, 0.4]), valid=np.array([True, False, False, True]))
 
 
 @pytest.mark.parametrize("pred,true,q,upper,expected", [
