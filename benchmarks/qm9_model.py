@@ -18,7 +18,7 @@ Measured (``n`` samples, default sampler and steps):
 - speed on one thread: molecules/s for sampling plus decoding at the default
   steps, molecule-steps/s of the velocity forward pass and of a VJP
   ``torch.autograd.grad((v * a).sum(), x)``;
-- with ``--sweep``, validity against the number of Euler steps.
+- with ``--sweep``, validity against the sampler and the number of steps.
 
 Writes ``<out-dir>/qm9_model.csv`` (one row per metric) and ``qm9_model.md``.
 """
@@ -110,6 +110,7 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--update-card", action="store_true")
     ap.add_argument("--card", type=Path, default=CARD_PATH)
     ap.add_argument("--sweep", default="", help="comma-separated step counts for a validity sweep, e.g. 10,20,30,50")
+    ap.add_argument("--sweep-samplers", default="ode", help="comma-separated samplers for the sweep, e.g. ode,sde")
     ap.add_argument("--sweep-n", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -160,14 +161,18 @@ def main(argv=None) -> pd.DataFrame:
     row["mol_per_s_full_run"] = n / t_sample
     row.update(speed(model, batch=256 if args.quick else 500, reps=2 if args.quick else 5, steps=args.steps,
                      n_sample=100 if args.quick else 1000))
+    row["load_avg_1min"] = os.getloadavg()[0]  # speed figures depend on other load on the machine
     row["parameters"] = sum(p.numel() for p in model.parameters())
     row["threads"] = args.threads
 
     sweep = []
-    for s in [int(v) for v in args.sweep.split(",") if v.strip()]:
-        r = model.sample(args.sweep_n, steps=s, sampler=args.sampler, seed=args.seed + 1)
-        sweep.append({"steps": s, "n": args.sweep_n, "validity": r.validity})
-        print(f"sweep: steps {s} validity {r.validity:.4f}")
+    for smp in [v.strip() for v in args.sweep_samplers.split(",") if v.strip()]:
+        for s in [int(v) for v in args.sweep.split(",") if v.strip()]:
+            t0 = time.perf_counter()
+            r = model.sample(args.sweep_n, steps=s, sampler=smp, seed=args.seed + 1)
+            sweep.append({"sampler": smp, "steps": s, "n": args.sweep_n, "validity": r.validity,
+                          "mol_per_s": args.sweep_n / (time.perf_counter() - t0)})
+            print(f"sweep: {smp} steps {s} validity {r.validity:.4f}")
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"metric": list(row), "value": list(row.values())})
@@ -177,8 +182,10 @@ def main(argv=None) -> pd.DataFrame:
           "| metric | value |", "|---|---|"]
     md += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in row.items()]
     if sweep:
-        md += ["", "Validity against Euler steps:", "", "| steps | n | validity |", "|---|---|---|"]
-        md += [f"| {s['steps']} | {s['n']} | {s['validity']:.4f} |" for s in sweep]
+        md += ["", "Validity against sampler and steps:", "", "| sampler | steps | n | validity | molecules/s |",
+               "|---|---|---|---|---|"]
+        md += [f"| {s['sampler']} | {s['steps']} | {s['n']} | {s['validity']:.4f} | {s['mol_per_s']:.0f} |"
+               for s in sweep]
     (args.out_dir / "qm9_model.md").write_text("\n".join(md) + "\n")
     print(table.to_string(index=False))
 
