@@ -42,14 +42,14 @@ def _weights_tv(x, gmm, target):
     return float(0.5 * (emp - target.weights.double()).abs().sum())
 
 
-def run_main(steps, offline, eval_samples, alphas, seed, out, quiet):
+def run_main(steps, offline, eval_samples, alphas, seed, out, quiet, refine=20000):
     g = circle_gmm()
     w = [1.0, 0.0]
     rows = []
     for alpha in alphas:
         cfg = Toy2DConfig(alpha=alpha, eval_samples=eval_samples, eval_steps=100, kl_samples=min(2000, eval_samples),
                           seed=seed,
-                          tfft=TFFTConfig(offline_samples=offline, bootstrap=50,
+                          tfft=TFFTConfig(offline_samples=offline, bootstrap=50, refine_samples=refine,
                                           am=AMConfig(steps=steps, batch_size=256, loss_time_steps=0, hidden=128,
                                                       lr=1e-3, grad_clip=0.0, ema=0.99)))
         table, extras = run_toy2d(cfg, out_dir=None, progress=not quiet, log=(lambda s: None) if quiet else print)
@@ -87,21 +87,21 @@ def run_main(steps, offline, eval_samples, alphas, seed, out, quiet):
     return pd.concat(rows, ignore_index=True)
 
 
-def run_continuation(steps, offline, eval_samples, seed, quiet):
+def run_continuation(steps, offline, eval_samples, seed, quiet, refine=20000):
     """The starved case (right tail, beta=0.9, alpha=0.5) under each continuation setting."""
     g = circle_gmm()
     rows = []
     eta_pop, _ = population_threshold(g, [1.0, 0.0], 0.5, 0.9, "right")
-    for cont, refine in [("none", "never"), ("alpha", "auto"), ("beta", "auto"), ("adaptive", "never"), ("adaptive", "auto")]:
+    for cont, rmode in [("none", "never"), ("alpha", "auto"), ("beta", "auto"), ("adaptive", "never"), ("adaptive", "auto")]:
         cfg = Toy2DConfig(alpha=0.5, methods=["pretrained", "tfft-right"], eval_samples=eval_samples, eval_steps=100,
                           kl_samples=min(2000, eval_samples), seed=seed,
-                          tfft=TFFTConfig(offline_samples=offline, continuation=cont, refine_threshold=refine, bootstrap=0,
+                          tfft=TFFTConfig(offline_samples=offline, continuation=cont, refine_threshold=rmode, bootstrap=0, refine_samples=refine,
                                           am=AMConfig(steps=steps, batch_size=256, loss_time_steps=0, hidden=128,
                                                       lr=1e-3, grad_clip=0.0, ema=0.99)))
         table, extras = run_toy2d(cfg, out_dir=None, progress=not quiet, log=(lambda s: None) if quiet else print)
         r = table[table.method == "tfft-right"].iloc[0]
         r1 = extras["rewards"]["tfft-right"]
-        rows.append({"continuation": cont, "refine_threshold": refine, "eta_used": r["eta"], "eta_population": eta_pop,
+        rows.append({"continuation": cont, "refine_threshold": rmode, "eta_used": r["eta"], "eta_population": eta_pop,
                      "cvar_right_0.9": r["cvar_right_0.9"], "mass_beyond_eta_population": float((r1 > eta_pop).mean()),
                      "kl": r["kl"], "wall_s": r["wall_s"], "stages": r["stages"]})
     return pd.DataFrame(rows)
@@ -131,6 +131,7 @@ def main(argv=None):
     p.add_argument("--offline", type=int, default=1000000)
     p.add_argument("--eval-samples", type=int, default=50000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refine", type=int, default=20000, help="samples for the threshold refinement")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip-continuation", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))
@@ -138,11 +139,11 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.quick:
-        a.steps, a.offline, a.eval_samples = 20, 5000, 2000
+        a.steps, a.offline, a.eval_samples, a.refine = 10, 3000, 1000, 1000
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    main_t = run_main(a.steps, a.offline, a.eval_samples, [1.0, 0.5], a.seed, out, a.quiet)
+    main_t = run_main(a.steps, a.offline, a.eval_samples, [1.0, 0.5], a.seed, out, a.quiet, a.refine)
     main_t.to_csv(out / "toy2d.csv", index=False)
     md = [f"# toy2d benchmark\n\nExact 6-component circle GMM flow, r(x) = x_1, {a.steps} Adjoint Matching steps "
           f"(batch 256, 50 SDE steps, all time steps in the loss, Adam 1e-3 cosine, EMA 0.99), offline batch "
@@ -155,7 +156,7 @@ def main(argv=None):
     md.append(to_markdown(main_t[keep]))
     print(main_t[keep].to_string(index=False))
     if not a.skip_continuation:
-        ct = run_continuation(a.steps, a.offline, a.eval_samples, a.seed, a.quiet)
+        ct = run_continuation(a.steps, a.offline, a.eval_samples, a.seed, a.quiet, a.refine)
         ct.to_csv(out / "toy2d_continuation.csv", index=False)
         md.append("\n## Dead-hinge continuation (right tail, beta=0.9, alpha=0.5)\n")
         md.append(to_markdown(ct))

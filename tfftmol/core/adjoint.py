@@ -211,7 +211,9 @@ class AdjointMatching:
                 raise ValueError("correction='copy' needs an nn.Module base model; use 'residual'")
             self.model = copy.deepcopy(base).to(self.device)
         else:
-            self.model = ResidualFlow(base, c.hidden, c.layers).to(self.device)
+            with torch.random.fork_rng(devices=[]):  # a seeded initialisation: same config, same numbers
+                torch.manual_seed(c.seed)
+                self.model = ResidualFlow(base, c.hidden, c.layers).to(self.device)
         if isinstance(base, nn.Module):
             for p in base.parameters():
                 p.requires_grad_(False)

@@ -93,7 +93,7 @@ def train_flow_matching(model: MLPFlow, data: torch.Tensor, steps: int = 3000, b
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
