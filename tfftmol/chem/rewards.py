@@ -75,9 +75,12 @@ reward.  Unknown names or keys raise ``ValueError`` listing the valid ones.
 
 Speed
 -----
-``reward(mols, n_jobs=k)`` scores cache misses in ``k`` worker processes
-(SMILES are sent, not Mols) and caches per-molecule outcomes in an in-memory
-LRU dictionary keyed by canonical SMILES.  Property-model rewards score their
+``reward(mols, n_jobs=k)`` scores cache misses in ``k`` worker processes and
+caches per-molecule outcomes in an in-memory LRU dictionary keyed by
+canonical SMILES.  Workers receive SMILES strings, not Mols, and do the
+canonicalisation themselves (input strings are remembered, so a repeated
+string is a cache hit without touching RDKit); only ``Mol`` inputs without a
+``.smiles`` are written to SMILES in the calling process.  Property-model rewards score their
 batch in-process (one batched forward pass) whatever ``n_jobs`` says.
 
 Example:
@@ -236,6 +239,38 @@ def canonical_smiles(item: Any) -> Optional[str]:
         return Chem.MolToSmiles(back)
     except Exception:  # noqa: BLE001
         return None
+
+
+def _canonical_and_mol(smiles: str) -> tuple[Optional[str], Optional[Chem.Mol]]:
+    """Canonical SMILES of a SMILES string and the molecule parsed from it (the one rewards score)."""
+    try:
+        with rdBase.BlockLogs():
+            mol = Chem.MolFromSmiles(smiles)
+            if mol is None or mol.GetNumAtoms() == 0:
+                return None, None
+            key = Chem.MolToSmiles(mol)
+            if key == smiles:  # already canonical: score the molecule just parsed
+                return key, mol
+            back = Chem.MolFromSmiles(key)
+            if back is None or back.GetNumAtoms() == 0:
+                return None, None
+            key = Chem.MolToSmiles(back)
+            mol = Chem.MolFromSmiles(key)  # the reward is a function of the key alone
+        return (key, mol) if mol is not None else (None, None)
+    except Exception:  # noqa: BLE001
+        return None, None
+
+
+def _as_smiles(item: Any) -> Optional[str]:
+    """The SMILES string carried by an item (a string, or an object with ``.smiles`` and a non-``None`` ``.mol``)."""
+    if isinstance(item, str):
+        return item
+    if item is None or isinstance(item, Chem.Mol):
+        return None
+    smi = getattr(item, "smiles", None)
+    if isinstance(smi, str) and smi and getattr(item, "mol", None) is not None:
+        return smi
+    return None
 
 
 _SASCORER = None
@@ -413,9 +448,9 @@ def _worker_init(reward: Optional["Reward"]) -> None:
         torch.set_num_threads(1)
 
 
-def _worker_score(smiles: list[str]) -> list[tuple[float, str, str]]:
+def _worker_score(smiles: list[str]) -> list[tuple[Optional[str], float, str, str]]:
     assert _WORKER_REWARD is not None
-    return _WORKER_REWARD._score_smiles(smiles)
+    return _WORKER_REWARD._score_strings(smiles)
 
 
 class Reward:
@@ -508,24 +543,30 @@ class Reward:
                 out.append((v, "ok", ""))
         return out
 
-    def _score_smiles(self, smiles: list[str]) -> list[tuple[float, str, str]]:
-        """Score canonical SMILES (parsed here, so workers receive strings only)."""
-        mols, idx, out = [], [], [(float("nan"), "decode_failed", "canonical SMILES did not parse")] * len(smiles)
-        with rdBase.BlockLogs():
-            for i, s in enumerate(smiles):
-                m = Chem.MolFromSmiles(s)
-                if m is not None:
-                    mols.append(m)
-                    idx.append(i)
+    def _score_strings(self, smiles: list[str]) -> list[tuple[Optional[str], float, str, str]]:
+        """Canonicalise and score SMILES strings (this runs in the workers, which receive strings only).
+
+        Returns ``(canonical SMILES or None, value, reason, message)`` per string.
+        """
+        keys, mols, idx = [], [], []
+        for i, smi in enumerate(smiles):
+            key, mol = _canonical_and_mol(smi)
+            keys.append(key)
+            if mol is not None:
+                mols.append(mol)
+                idx.append(i)
+        out: list[tuple[Optional[str], float, str, str]] = [
+            (None, float("nan"), "decode_failed", "molecule did not decode")] * len(smiles)
         for i, r in zip(idx, self._score_mols(mols)):
-            out[i] = r
+            out[i] = (keys[i], *r)
         return out
 
     def __call__(self, mols: Iterable[Any], n_jobs: Optional[int] = 1) -> RewardResult:
         """Score a batch.
 
         Args:
-            mols: sequence of ``Mol`` / SMILES / ``None`` / objects with ``.mol``.
+            mols: sequence of ``Mol`` / SMILES / ``None`` / objects with ``.mol``
+                (and optionally ``.smiles``, used instead of re-writing ``.mol``).
             n_jobs: worker processes for cache misses; ``1`` (default) is serial,
                 ``None`` or ``-1`` uses every CPU.  Results do not depend on it.
 
@@ -534,15 +575,38 @@ class Reward:
         """
         items = [mols] if isinstance(mols, (str, Chem.Mol)) else list(mols)
         n = len(items)
-        keys = [self._key(it) for it in items]
+        keys: list[Optional[str]] = [None] * n
+        pending: dict[str, list[int]] = {}  # SMILES strings whose canonical form is not known yet
+        for i, it in enumerate(items):
+            smi = _as_smiles(it)
+            if smi is None:
+                keys[i] = canonical_smiles(it)  # Mol inputs: written to SMILES here, scored from the string
+            elif smi in self._alias:
+                keys[i] = self._alias[smi]
+            elif smi in self._cache:  # cache keys are canonical
+                keys[i] = smi
+            else:
+                pending.setdefault(smi, []).append(i)
         todo: list[str] = []
         seen: set[str] = set()
         for k in keys:
             if k is not None and k not in seen and k not in self._cache:
                 seen.add(k)
                 todo.append(k)
-        computed = dict(zip(todo, self._compute(todo, n_jobs)))
-        self.cache_misses += len(todo)
+        todo += [smi for smi in pending if smi not in seen]
+        computed: dict[str, tuple[float, str, str]] = {}
+        resolved: dict[str, Optional[str]] = {}
+        for smi, (key, v, reason, msg) in zip(todo, self._compute(todo, n_jobs)):
+            resolved[smi] = key
+            if key is not None:
+                computed[key] = (v, reason, msg)
+            if smi in pending and self.cache_size:
+                self._remember_alias(smi, key)
+        for smi, idx in pending.items():
+            key = resolved.get(smi, smi)  # absent from todo: it equals a canonical key scored above
+            for i in idx:
+                keys[i] = key
+        self.cache_misses += len(computed)
         penalty = self.penalty
         values = np.full(n, penalty, dtype=np.float64)
         raw = np.full(n, np.nan, dtype=np.float64)
@@ -573,23 +637,17 @@ class Reward:
         valid = np.array([r == "ok" for r in reasons], dtype=bool)
         return RewardResult(values, valid, raw, reasons, counts, messages, penalty)
 
-    def _key(self, item: Any) -> Optional[str]:
-        """Canonical SMILES of an item, remembering string inputs so cache hits skip RDKit."""
-        if not isinstance(item, str) or not self.cache_size:
-            return canonical_smiles(item)
-        try:
-            return self._alias[item]
-        except KeyError:
-            key = self._alias[item] = canonical_smiles(item)
-            if len(self._alias) > self.cache_size:
-                self._alias.pop(next(iter(self._alias)))
-            return key
+    def _remember_alias(self, smiles: str, key: Optional[str]) -> None:
+        """Remember the canonical form of an input string (bounded like the cache)."""
+        self._alias[smiles] = key
+        if len(self._alias) > self.cache_size:
+            self._alias.pop(next(iter(self._alias)))
 
-    def _compute(self, smiles: list[str], n_jobs: Optional[int]) -> list[tuple[float, str, str]]:
+    def _compute(self, smiles: list[str], n_jobs: Optional[int]) -> list[tuple[Optional[str], float, str, str]]:
         if n_jobs is None or n_jobs < 0:
             n_jobs = os.cpu_count() or 1
         if n_jobs <= 1 or len(smiles) < _MIN_PARALLEL or not self.parallel_ok:
-            return self._score_smiles(smiles)
+            return self._score_strings(smiles)
         n_chunks = min(len(smiles), 4 * n_jobs)
         bounds = np.linspace(0, len(smiles), n_chunks + 1).astype(int)
         chunks = [smiles[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -606,7 +664,7 @@ class Reward:
         except Exception as e:  # noqa: BLE001 - e.g. inside a daemonic worker: score serially instead
             warnings.warn(f"reward {self.name!r}: parallel scoring failed ({type(e).__name__}: {e}); "
                           "scoring serially", RuntimeWarning, stacklevel=3)
-            return self._score_smiles(smiles)
+            return self._score_strings(smiles)
         finally:
             _WORKER_REWARD = None
         return [r for part in parts for r in part]
