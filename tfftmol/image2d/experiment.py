@@ -98,7 +98,7 @@ def run_toy2d(cfg: Toy2DConfig, out_dir: str | Path | None = None, progress: boo
 
     base = load_pretrained(cfg.model)
     reward = make_reward(cfg.reward)
-    rows, extras = [], {"samples": {}, "targets": {}, "thresholds": {}, "rewards": {}}
+    rows, extras = [], {"samples": {}, "targets": {}, "thresholds": {}, "rewards": {}, "target_rewards": {}}
     br, bl = cfg.beta_right, cfg.beta_left
     eval_gen = lambda: torch.Generator().manual_seed(cfg.seed + 12345)
     cache = Path(out_dir) / "cache" if out_dir is not None else None
@@ -147,6 +147,7 @@ def run_toy2d(cfg: Toy2DConfig, out_dir: str | Path | None = None, progress: boo
         rows.append(row)
         extras["samples"][method], extras["rewards"][method] = x, r
         extras["targets"][method], extras["thresholds"][method] = xt, res.threshold
+        extras["target_rewards"][method] = rt
     table = pd.DataFrame(rows)
     if "expected" in times:
         for m in ("tfft-right", "tfft-left"):
@@ -188,6 +189,9 @@ def plot_toy2d(extras: dict, cfg: Toy2DConfig, path: str | Path) -> None:
         if pre_r is not None and m != "pretrained":
             ax.hist(pre_r, bins=bins, density=True, color="C0", alpha=0.35, label="pre-trained")
         ax.hist(r, bins=bins, density=True, color="C3" if m != "pretrained" else "C0", alpha=0.6, label=m)
+        if m in extras.get("target_rewards", {}):
+            ax.hist(extras["target_rewards"][m], bins=bins, density=True, histtype="step", color="k", lw=1,
+                    label="target p*")
         thr = extras["thresholds"].get(m)
         if thr is not None:
             ax.axvline(thr.eta, color="k", ls="--", lw=1, label="eta*")
