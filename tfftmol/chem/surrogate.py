@@ -35,6 +35,15 @@ samples of the shipped QM9 flow this raised the held-out Spearman from 0.59 to
 0.85 (QED) against a single regression on the penalised rewards, whose
 capacity went to the valid/invalid split.
 
+Caveat, measured on samples of the shipped flow (``benchmarks/rewards.py``):
+the surrogate's *values* rank the 144 single-slot edits of a molecule well
+(Spearman ~0.7-0.8 against the true reward change), but its first-order
+prediction ``grad s . (x' - x)`` ranks them poorly (~0.1-0.2, also with a
+straight-through gradient in class-probability space), and a few normalised
+gradient-ascent steps that flip slots lower the true reward.  The gradient
+is a local signal for the continuous flow state, not a recipe for discrete
+edits.
+
 Held-out report (:class:`SurrogateReport`): R^2, Spearman rho, and the tail
 precisions the fine-tune depends on: with ``q_hi`` / ``q_lo`` the 0.9 / 0.1
 quantiles of the held-out *true* rewards,
@@ -157,11 +166,17 @@ class SurrogateNet(nn.Module):
         out = out.transpose(1, 2)  # (B, N, heads, C)
         return out.reshape(b, n, nh * c) + conv.lin_skip(h)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def soft_classes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-slot ``softmax(x / T)``: atom classes ``(B, 9, 5)`` and bond classes ``(B, 36, 4)``."""
         nodes, edges = split_state(x)
-        b = x.shape[0]
-        p_node = torch.softmax(nodes / self.temperature, dim=-1)  # (B, 9, 5) soft atom classes
-        p_edge = torch.softmax(edges / self.temperature, dim=-1)  # (B, 36, 4) soft bond classes
+        return torch.softmax(nodes / self.temperature, dim=-1), torch.softmax(edges / self.temperature, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_probs(*self.soft_classes(x))
+
+    def forward_probs(self, p_node: torch.Tensor, p_edge: torch.Tensor) -> torch.Tensor:
+        """The network on soft classes ``p_node (B, 9, 5)``, ``p_edge (B, 36, 4)``; returns ``(B, 2)``."""
+        b = p_node.shape[0]
         e = p_node.new_zeros(b, N_NODES, N_NODES, EDGE_CLASSES)  # (B, 9, 9, 4) symmetric soft bonds
         e[..., 0] = 1.0  # the diagonal reads "no bond" (never used as a message)
         e[:, self._iu[0], self._iu[1]] = p_edge
@@ -183,7 +198,7 @@ class SurrogateNet(nn.Module):
                 h = norm(h + torch.nn.functional.silu(self._dense_conv(conv, h, e)))
         else:
             h = self.embed(feats).reshape(b * N_NODES, -1)  # (B*9, H)
-            offset = (torch.arange(b, device=x.device) * N_NODES).repeat_interleave(2 * N_PAIRS)  # (B*72,)
+            offset = (torch.arange(b, device=p_node.device) * N_NODES).repeat_interleave(2 * N_PAIRS)  # (B*72,)
             edge_index = self._pair_ei.repeat(1, b) + offset  # (2, B*72), both directions of each pair
             edge_attr = torch.cat([p_edge, p_edge], dim=1).reshape(b * 2 * N_PAIRS, EDGE_CLASSES)  # (B*72, 4)
             for conv, norm in zip(self.convs, self.norms):
