@@ -199,3 +199,13 @@ def test_state_dict_round_trip(small_fit, tmp_path):
     other = Surrogate(seed=5, hidden=32, layers=2)
     other.load_state_dict(load_file(str(path)))
     torch.testing.assert_close(other.predict(x[:8]), sur.predict(x[:8]))
+
+
+def test_forward_probs_matches_forward():
+    torch.manual_seed(0)
+    net = SurrogateNet(hidden=16, layers=1)
+    x = torch.randn(3, STATE_DIM)
+    p_node, p_edge = net.soft_classes(x)
+    assert p_node.shape == (3, 9, 5) and p_edge.shape == (3, 36, 4)
+    torch.testing.assert_close(p_node.sum(-1), torch.ones(3, 9))
+    torch.testing.assert_close(net.forward_probs(p_node, p_edge), net(x))
