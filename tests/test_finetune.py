@@ -231,3 +231,23 @@ def test_surrogate_state_survives_a_checkpoint(tmp_path):
     torch.testing.assert_close(a.surrogate.predict(x_new), b.surrogate.predict(x_new))
     assert [(r["step"], r["kind"]) for r in b.reports] == [(0, "fit"), (1, "refit")]
     assert b.reports[1]["r2"] == pytest.approx(a.reports[1]["r2"], nan_ok=True)
+
+
+def test_property_targets_benchmark_quick(tiny_model, tmp_path):
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "property_targets.py"), "--quick",
+                           "--model", tiny_model, "--out", str(out), "--runs", str(runs)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_csv(out / "property_targets.csv")
+    assert set(df["target"]) == {"qed_right", "qed_left_validity", "gap_right", "sa_left"}
+    assert set(df["method"]) == {"pretrained", "expected", "tfft"} and set(df["seed"]) == {0, 1}
+    for col in ["reward_mean", "reward_cvar_right_0.9", "reward_cvar_left_0.1", "validity", "uniqueness",
+                "novelty", "int_div", "kl", "train_seconds"]:
+        assert col in df.columns, col
+    # equal budgets: the same alpha and number of steps for both fine-tunes of a target
+    ft_rows = df[df.method != "pretrained"]
+    assert (ft_rows.groupby("target")[["alpha", "steps"]].nunique() == 1).all().all()
+    md = (out / "property_targets.md").read_text()
+    assert "±" in md and "time_ratio_tfft_over_expected" in md and "Quick mode" in md
