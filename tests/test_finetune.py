@@ -251,3 +251,20 @@ def test_property_targets_benchmark_quick(tiny_model, tmp_path):
     assert (ft_rows.groupby("target")[["alpha", "steps"]].nunique() == 1).all().all()
     md = (out / "property_targets.md").read_text()
     assert "±" in md and "time_ratio_tfft_over_expected" in md and "Quick mode" in md
+
+
+def test_cli_finetune_prints_the_before_after_table(tiny_model, tmp_path, capsys):
+    from tfftmol.cli import main
+
+    cfg = tiny_config(tiny_model, tmp_path / "runs", name="cli", eval_samples=16, kl_samples=0)
+    cfg["tfft"]["am"]["steps"] = 2
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "elsewhere"
+    assert main(["finetune", "--config", str(path), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "pretrained" in printed and "reward_cvar_right_0.9" in printed
+    assert (out / "cli" / "report.md").is_file()
+    # a finished run resumed is evaluated again without training
+    assert main(["finetune", "--config", str(path), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert "resumed from checkpoint at step 2" in capsys.readouterr().out
