@@ -1,7 +1,8 @@
 """QM9 property predictor: HOMO-LUMO gap (eV) and dipole moment (Debye).
 
-A deepchem ``MultitaskRegressor`` (a multilayer perceptron) on ECFP4 bit
-fingerprints (deepchem ``CircularFingerprint``, radius 2, 2048 bits), trained
+A deepchem ``MultitaskRegressor`` (a multilayer perceptron, 2048-512-256-2)
+on ECFP4 count fingerprints (deepchem ``CircularFingerprint``, radius 2, 2048
+hashed counts), trained
 by ``scripts/train_property_model.py`` on the QM9 DFT labels with a scaffold
 split.  The package ships
 
@@ -90,12 +91,13 @@ class PropertyModel:
         self._featurizer = dc.feat.CircularFingerprint(size=int(fz["size"]), radius=int(fz["radius"]),
                                                        chiral=bool(fz.get("chiral", False)),
                                                        bonds=bool(fz.get("bonds", True)),
-                                                       features=bool(fz.get("features", False)))
+                                                       features=bool(fz.get("features", False)),
+                                                       is_counts_based=bool(fz.get("is_counts_based", False)))
         self.module = regressor.model
         self.module.eval()
 
     def featurize(self, mols: Sequence[Any]) -> np.ndarray:
-        """ECFP bits, shape ``(n, size)`` float32.  Items are RDKit ``Mol`` or SMILES; all must be valid."""
+        """ECFP features (bits or counts, as in the card), shape ``(n, size)`` float32.  Items are RDKit ``Mol`` or SMILES; all must be valid."""
         from tfftmol.chem.rewards import to_mol
 
         parsed = [to_mol(m) for m in mols]
