@@ -2,9 +2,9 @@
 
 A deepchem ``MultitaskRegressor`` on ECFP4 counts (``CircularFingerprint``,
 radius 2, 2048 hashed counts; ``--bits`` for bits), both targets standardised
-on the training split, trained
-on the scaffold split of :func:`tfftmol.chem.data.load_qm9`; the epoch with
-the lowest validation MAE on the gap is kept.  Writes
+on the training split, trained on the scaffold split of
+:func:`tfftmol.chem.data.load_qm9`; the epoch with the lowest validation MAE on
+the gap is kept.  Writes
 
     tfftmol/chem/weights/qm9-property.safetensors   (torch state dict, no pickle)
     tfftmol/chem/weights/qm9-property.card.json     (featuriser, tasks, split, budget, MAEs)
