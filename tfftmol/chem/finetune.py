@@ -686,6 +686,11 @@ def write_report(cfg: MolFinetuneConfig, res: TFFTResult, metrics: pd.DataFrame,
              f"KL(p_ft || p_pre) in nats ({cfg.kl_samples} trajectories).", ""]
     if res.threshold is not None:
         lines += ["## Stage 1", "", "```", res.threshold.summary(), "```", ""]
+        if tail_col in metrics.columns and len(metrics) == 2:
+            pre, post = (float(v) for v in metrics[tail_col])
+            lines += [f"Achieved against predicted: `{tail_col}` {pre:.4g} (pretrained) -> {post:.4g} (fine-tuned) "
+                      f"at KL {kl:.3g}; the exact optimum of this alpha predicts {res.threshold.predicted_cvar:.4g} "
+                      f"at KL {res.threshold.predicted_kl:.3g} (on the offline batch's rewards).", ""]
         if len(res.stages) > 1:
             lines += ["Continuation stages:", ""] + [f"- {s.describe()}" for s in res.stages] + [""]
     if surrogate_reports:
