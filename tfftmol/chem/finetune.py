@@ -735,23 +735,29 @@ def _plots(cfg: MolFinetuneConfig, res: TFFTResult, samples: pd.DataFrame, pre_s
     d = cfg.run_dir
     out = {}
     tail, beta = cfg.tfft.tail, cfg.tfft.beta
-    # reward histograms, pre vs post, with the tail shaded and eta* marked
+    # reward histograms of the valid molecules, pre vs post (bar heights are fractions of *all* samples, so the
+    # invalid fraction, given in the legend, is the mass missing from each histogram); tail shaded, eta* marked
     fig, ax = plt.subplots(figsize=(7, 4))
     r_pre, r_ft = pre_samples["reward"].to_numpy(float), samples["reward"].to_numpy(float)
-    lo, hi = float(min(r_pre.min(), r_ft.min())), float(max(r_pre.max(), r_ft.max()))
-    bins = np.linspace(lo, hi + 1e-9, 50) if hi > lo else 10
-    ax.hist(r_pre, bins=bins, alpha=0.5, density=True, label="pretrained")
-    ax.hist(r_ft, bins=bins, alpha=0.5, density=True, label=cfg.tfft.method)
+    ok_pre, ok_ft = pre_samples["valid"].to_numpy(bool), samples["valid"].to_numpy(bool)
+    both = np.concatenate([r_pre[ok_pre], r_ft[ok_ft]])
+    lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+    bins = np.linspace(lo, hi + 1e-9, 40) if hi > lo else 10
+    for r, ok, label in ((r_pre, ok_pre, "pretrained"), (r_ft, ok_ft, cfg.tfft.method)):
+        if len(r):
+            ax.hist(r[ok], bins=bins, alpha=0.5, weights=np.full(int(ok.sum()), 1.0 / len(r)),
+                    label=f"{label} (invalid {1 - ok.mean():.1%})")
     q = float(var(r_pre, beta, tail)) if len(r_pre) else np.nan
     if np.isfinite(q):
         if tail == "right":
-            ax.axvspan(q, hi, color="grey", alpha=0.15, label=f"pretrained top {1 - beta:.0%} (VaR {q:.3g})")
+            ax.axvspan(max(q, lo), hi, color="grey", alpha=0.15, label=f"pretrained top {1 - beta:.0%} (VaR {q:.3g})")
         else:
-            ax.axvspan(lo, q, color="grey", alpha=0.15, label=f"pretrained bottom {beta:.0%} (VaR {q:.3g})")
+            ax.axvspan(lo, max(q, lo), color="grey", alpha=0.15,
+                       label=f"pretrained bottom {beta:.0%} (VaR {q:.3g}; invalid count here)")
     if eta is not None:
         ax.axvline(eta, color="k", ls="--", label=f"eta* = {eta:.3g}")
-    ax.set_xlabel("true reward (invalid = penalty)")
-    ax.set_ylabel("density")
+    ax.set_xlabel("true reward of valid molecules")
+    ax.set_ylabel("fraction of samples")
     ax.set_title(f"{cfg.name}: {tail}-CVaR beta={beta:g}")
     ax.legend(fontsize=8)
     fig.tight_layout()
