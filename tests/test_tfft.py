@@ -8,8 +8,8 @@ Fast-test budget: M = 20,000 offline samples, 300 steps, batch 256, 30 SDE steps
 times, Adam 2e-3, EMA 0.95.  Measured at that budget (seed 0, "gap cut" = fraction of the
 pre-trained model's gap to the target closed):
 
-* right, beta=0.9, alpha=1: right-CVaR_0.9 2.19 -> 2.57 (target 2.94; gap cut 0.51), mass
-  above eta* 0.009 -> 0.052 (target 0.10), left-CVaR_0.1 moved by 0.017;
+* right, beta=0.9, alpha=1: right-CVaR_0.9 2.19 -> 2.68 (target 2.94; gap cut 0.65), mass
+  above eta* 0.009 -> 0.066 (target 0.10), left-CVaR_0.1 moved by 0.03;
 * left, beta=0.1, alpha=1: left-CVaR_0.1 -2.18 -> 0.84 (target 0.88; gap cut 0.98), mass
   below eta* 0.098 (target 0.10);
 * starved right, alpha=0.5: mass above eta* 0.0003 -> 0.024 (80x).

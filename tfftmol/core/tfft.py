@@ -74,8 +74,12 @@ class TFFTConfig:
         continuation: ``"auto"``, ``"alpha"``, ``"beta"`` or ``"none"``.
         min_active_fraction: below this stage-1 active fraction the continuation engages.
         continuation_start_active: active fraction aimed at by the first stage of the beta/eta ramps.
-        adaptive_active: ``a_min`` of the adaptive continuation (0 = half the target tail mass,
-            i.e. ``(1 - beta)/2`` right, ``beta/2`` left); must be below that tail mass.
+        adaptive_active: ``a_min`` of the adaptive continuation (0 = three quarters of the target
+            tail mass, i.e. ``0.75 (1 - beta)`` right, ``0.75 beta`` left); must be below that tail
+            mass.  Measured on the starved GMM case (300 steps): the model's tail mass tracks
+            ``a_min`` while it climbs, so larger is faster (gap to the target cut by 0.51 at
+            ``a_min = 0.05``, 0.65 at 0.075, 0.72 at 0.09 with ``1 - beta = 0.1``); it stays below
+            the tail mass so that at the optimum the hinge is exactly ``eta*``.
         continuation_stages: number of stages including the final one.
         final_stage_fraction: fraction of ``am.steps`` spent on the final (exact) stage.
         refine_threshold: ``"auto"`` (when the continuation ran), ``"always"`` or ``"never"``:
@@ -128,7 +132,7 @@ class TFFTConfig:
                              "'auto', 'adaptive', 'eta', 'alpha', 'beta', 'none'")
         tail_mass = 1 - self.beta if self.tail == "right" else self.beta
         if self.adaptive_active == 0:
-            self.adaptive_active = tail_mass / 2
+            self.adaptive_active = 0.75 * tail_mass
         if not (0 < self.adaptive_active < tail_mass):
             raise ValueError(f"adaptive_active={self.adaptive_active} must be in (0, {tail_mass:g}) "
                              f"(below the target's tail mass)")
