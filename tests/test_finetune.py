@@ -268,3 +268,21 @@ def test_cli_finetune_prints_the_before_after_table(tiny_model, tmp_path, capsys
     # a finished run resumed is evaluated again without training
     assert main(["finetune", "--config", str(path), "--out", str(out), "--quiet", "--resume"]) == 0
     assert "resumed from checkpoint at step 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, reward, tail, beta", [
+    ("qed_right", "qed", "right", 0.9),
+    ("qed_left_validity", "qed", "left", 0.1),
+    ("gap_right", "qm9_gap", "right", 0.9),
+    ("sa_left", "sa", "left", 0.1),
+])
+def test_shipped_configs_validate(name, reward, tail, beta, capsys):
+    from tfftmol.cli import main
+
+    cfg = ft.load_config(ROOT / "configs" / f"{name}.yaml")
+    assert (cfg.name, cfg.model, cfg.reward["name"], cfg.tfft.tail, cfg.tfft.beta) == \
+        (name, "qm9-graph", reward, tail, beta)
+    if name == "sa_left":  # lower SA is better: the reward is -SA
+        assert cfg.reward["transform"] == [{"affine": {"scale": -1.0}}]
+    assert main(["finetune", "--config", str(ROOT / "configs" / f"{name}.yaml"), "--check"]) == 0
+    assert "config OK" in capsys.readouterr().out

@@ -4,7 +4,7 @@
     tfftmol sample  --model qm9-graph -n 1000 -o out.csv [--steps 50] [--sampler ode|sde]
     tfftmol models
     tfftmol demo
-    tfftmol finetune --config configs/<name>.yaml [--resume] [--out runs]
+    tfftmol finetune --config configs/<name>.yaml [--resume] [--out runs] [--check]
     tfftmol demo-mol [--out runs/demo-mol]     (QED right-CVaR on qm9-graph, ~10 minutes)
 """
 from __future__ import annotations
@@ -107,6 +107,12 @@ def _finetune(a) -> int:
         cfg = load_config(a.config, **overrides)
     except ConfigError as e:
         raise SystemExit(f"tfftmol finetune: bad config {a.config}: {e}") from None
+    if a.check:
+        from .core.config import dump_yaml
+
+        print(dump_yaml(cfg), end="")
+        print(f"# config OK; the report would go to {cfg.run_dir}")
+        return 0
     return _run_finetune(cfg, a.resume, a.quiet)
 
 
@@ -191,6 +197,7 @@ def main(argv=None) -> int:
     f.add_argument("--config", required=True, help="YAML file of a MolFinetuneConfig, e.g. configs/qed_right.yaml")
     f.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     f.add_argument("--out", default=None, help="parent directory of the report (overrides out_dir)")
+    f.add_argument("--check", action="store_true", help="validate the config, print it in full and exit")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.add_argument("--threads", type=int, default=1)
     f.set_defaults(fn=_finetune)
