@@ -324,7 +324,8 @@ class MolecularReward:
         """True rewards and validity as in :meth:`evaluate`, plus ``grad_x s(x)`` ``(B, 189)`` from the surrogate."""
         rb = self.evaluate(x)
         _, g = self.surrogate.grad(x.detach())
-        self._pending.append((x.detach().cpu().float(), rb.values.clone(), rb.valid.clone()))
+        if self.refit_every:  # kept for the next refit
+            self._pending.append((x.detach().cpu().float(), rb.values.clone(), rb.valid.clone()))
         return RewardBatch(rb.values.to(x.device), rb.valid.to(x.device), g.to(x.device, x.dtype))
 
     # -- surrogate ------------------------------------------------------------------
