@@ -44,7 +44,7 @@ from rdkit.Chem import QED, Crippen, Descriptors  # noqa: E402
 
 from tfftmol.chem import metrics  # noqa: E402
 from tfftmol.chem.data import load_qm9  # noqa: E402
-from tfftmol.chem.qm9_model import CARD_PATH, DEFAULT_STEPS, load_qm9_graph  # noqa: E402
+from tfftmol.chem.qm9_model import CARD_PATH, DEFAULT_SAMPLER, DEFAULT_STEPS, load_qm9_graph  # noqa: E402
 
 RDLogger.DisableLog("rdApp.*")
 PROPS = ("qed", "logp", "sa", "mw")
@@ -73,7 +73,7 @@ def properties(mols: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(PROPS))
 
 
-def speed(model, batch: int, reps: int, steps: int, n_sample: int) -> dict:
+def speed(model, batch: int, reps: int, steps: int, n_sample: int, sampler: str = DEFAULT_SAMPLER) -> dict:
     """Molecules/s (sample + decode) and molecule-steps/s of the forward pass and the VJP."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 189, generator=g)
@@ -92,7 +92,7 @@ def speed(model, batch: int, reps: int, steps: int, n_sample: int) -> dict:
         torch.autograd.grad((v * a).sum(), xx)
     vjp = reps * batch / (time.perf_counter() - t0)
     t0 = time.perf_counter()
-    model.sample(n_sample, steps=steps, seed=1, batch_size=min(n_sample, 1000))
+    model.sample(n_sample, steps=steps, sampler=sampler, seed=1, batch_size=min(n_sample, 1000))
     mps = n_sample / (time.perf_counter() - t0)
     return {"mol_per_s_sample_decode": mps, "mol_steps_per_s_forward": fwd, "mol_steps_per_s_vjp": vjp,
             "speed_batch": batch}
@@ -103,7 +103,7 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--quick", action="store_true", help="~200 samples, small reference sets")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    ap.add_argument("--sampler", default="ode", choices=["ode", "heun", "sde"])
+    ap.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=["ode", "heun", "sde"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", type=Path, default=None, help="safetensors file (default: the shipped one)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -160,7 +160,7 @@ def main(argv=None) -> pd.DataFrame:
 
     row["mol_per_s_full_run"] = n / t_sample
     row.update(speed(model, batch=256 if args.quick else 500, reps=2 if args.quick else 5, steps=args.steps,
-                     n_sample=100 if args.quick else 1000))
+                     n_sample=100 if args.quick else 1000, sampler=args.sampler))
     row["load_avg_1min"] = os.getloadavg()[0]  # speed figures depend on other load on the machine
     row["parameters"] = sum(p.numel() for p in model.parameters())
     row["threads"] = args.threads

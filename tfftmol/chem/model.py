@@ -210,4 +210,5 @@ class GraphTransformerFlow(VelocityModule):
         ln, le = self.logits(xt, t)
         node_ce = F.cross_entropy(ln.reshape(-1, N_NODE_CLASSES), x1_nodes.reshape(-1).long())
         edge_ce = F.cross_entropy(le.reshape(-1, N_EDGE_CLASSES), x1_edges.reshape(-1).long())
-        return {"loss": node_ce + edge_weight * edge_ce, "node_ce": float(node_ce.detach()), "edge_ce": float(edge_ce.detach())}
+        return {"loss": node_ce + edge_weight * edge_ce,
+                "node_ce": float(node_ce.detach()), "edge_ce": float(edge_ce.detach())}

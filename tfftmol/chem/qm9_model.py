@@ -30,12 +30,13 @@ from .graph import DecodeResult, decode
 from .model import GraphTransformerConfig, GraphTransformerFlow
 
 __all__ = ["QM9GraphFlow", "SampleResult", "load_qm9_graph", "save_qm9_graph", "sample_to_csv",
-           "WEIGHTS_PATH", "CARD_PATH", "DEFAULT_STEPS"]
+           "WEIGHTS_PATH", "CARD_PATH", "DEFAULT_STEPS", "DEFAULT_SAMPLER"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_PATH = WEIGHTS_DIR / "qm9-graph.safetensors"
 CARD_PATH = WEIGHTS_DIR / "qm9-graph.card.json"
 DEFAULT_STEPS = 30
+DEFAULT_SAMPLER = "sde"  # measured: higher validity than the ODE at 30 steps (see the model card)
 SAMPLERS = ("ode", "heun", "sde")
 
 
@@ -87,16 +88,16 @@ class QM9GraphFlow(GraphTransformerFlow):
         return decode(x)
 
     @torch.no_grad()
-    def sample(self, n: int, steps: int = DEFAULT_STEPS, sampler: str = "ode", seed: Optional[int] = None,
+    def sample(self, n: int, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: Optional[int] = None,
                batch_size: int = 1000, generator: Optional[torch.Generator] = None) -> SampleResult:
         """Draw ``n`` molecules.
 
         Args:
             n: number of samples (>= 0).
             steps: uniform time steps ``N`` (``h = 1/N``).
-            sampler: ``"ode"`` (Euler on ``dX = v dt``), ``"heun"`` (Heun on the
-                ODE) or ``"sde"`` (Euler-Maruyama on the memoryless SDE, the
-                process the fine-tuner samples).
+            sampler: ``"sde"`` (default: Euler-Maruyama on the memoryless SDE, the
+                process the fine-tuner samples), ``"ode"`` (Euler on ``dX = v dt``)
+                or ``"heun"`` (Heun on the ODE).
             seed: seeds a fresh generator (ignored if ``generator`` is given).
             batch_size: molecules per batch.
 
@@ -138,6 +139,7 @@ def save_qm9_graph(model: GraphTransformerFlow, path: Union[str, Path] = WEIGHTS
     state = {k: v.detach().contiguous().cpu().float() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 
@@ -163,7 +165,7 @@ def load_qm9_graph(device: Union[str, torch.device] = "cpu", path: Union[str, Pa
 
 
 def sample_to_csv(model: QM9GraphFlow, n: int, out_path: Union[str, Path], steps: int = DEFAULT_STEPS,
-                  sampler: str = "ode", seed: Optional[int] = 0) -> pd.DataFrame:
+                  sampler: str = DEFAULT_SAMPLER, seed: Optional[int] = 0) -> pd.DataFrame:
     """Sample ``n`` molecules and write ``smiles, valid, reason`` to ``out_path`` (CSV); returns the frame."""
     df = model.sample(n, steps=steps, sampler=sampler, seed=seed).to_frame()
     out_path = Path(out_path)
