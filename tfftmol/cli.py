@@ -119,7 +119,7 @@ def _finetune(a) -> int:
 # budget of `tfftmol demo-mol`: about 10 minutes on 2 busy CPU cores (measured with the shipped qm9-graph on one
 # thread under load: offline batch ~40 s, surrogate fit ~13 s, ~2 s per Adjoint Matching step, evaluation ~25 s)
 DEMO_MOL_BUDGET = {
-    "tfft": {"offline_samples": 2000, "offline_steps": 30, "offline_sampler": "ode", "bootstrap": 50,
+    "tfft": {"offline_samples": 2000, "offline_steps": 30, "offline_sampler": "sde", "bootstrap": 50,
              "refine_samples": 500, "am": {"steps": 150, "batch_size": 32, "time_steps": 30, "loss_time_steps": 8}},
     "surrogate": {"epochs": 15, "patience": 4, "refit_epochs": 2},
     "refit_every": 25, "eval_samples": 1000, "eval_steps": 30, "kl_samples": 200, "checkpoint_every": 25,

@@ -137,7 +137,9 @@ class MolFinetuneConfig:
             since the last refit (0 = never refit).
         eval_samples: fresh molecules drawn from each of the pre-trained and fine-tuned models.
         eval_steps: integration steps of the evaluation sampler.
-        eval_sampler: ``"ode"`` (Euler), ``"heun"`` or ``"sde"`` (memoryless SDE).
+        eval_sampler: ``"sde"`` (default: the memoryless SDE, the process the fine-tuner samples and
+            the KL estimate refers to; also the shipped model's most valid sampler), ``"ode"`` (Euler)
+            or ``"heun"``.
         kl_samples: trajectories for the control-cost KL estimate (0 = skip).
         seed: the one seed of the run (offline batch, fine-tune, surrogate, evaluation).
         device: torch device.
@@ -156,8 +158,8 @@ class MolFinetuneConfig:
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
     refit_every: int = 50
     eval_samples: int = 1000
-    eval_steps: int = 50
-    eval_sampler: str = "ode"
+    eval_steps: int = 30
+    eval_sampler: str = "sde"
     kl_samples: int = 500
     seed: int = 0
     device: str = "cpu"
@@ -410,7 +412,7 @@ def _json_safe(obj):
 # Sampling and evaluation
 # ----------------------------------------------------------------------------
 @torch.no_grad()
-def sample_molecules(model, n: int, steps: int = 50, sampler: str = "ode", seed: int = 0, batch_size: int = 500,
+def sample_molecules(model, n: int, steps: int = 30, sampler: str = "sde", seed: int = 0, batch_size: int = 500,
                      progress: bool = False, desc: str = "sampling") -> tuple[torch.Tensor, list]:
     """Draw ``n`` states ``(n, 189)`` from a flow (pre-trained or fine-tuned) and decode them.
 
