@@ -594,3 +594,17 @@ def test_invalid_log_weights_raise_with_value_and_range(log_weights, match):
         solve_threshold(R, beta=0.9, alpha=1.0, tail="right", log_weights=log_weights)
     with pytest.raises(ValueError, match=match):
         objective(R, 0.5, 0.9, 1.0, "right", log_weights=log_weights)
+
+
+@pytest.mark.parametrize("tail,beta,alpha", [("right", 0.9, 1.0), ("left", 0.1, 1.0), ("right", 0.95, 0.05)])
+def test_solve_eta_equals_the_full_solver(tail, beta, alpha):
+    from tfftmol.core.threshold import solve_eta
+
+    r = np.random.default_rng(4).normal(size=5000)
+    lw = np.random.default_rng(5).normal(size=5000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for w in (None, lw):
+            full = solve_threshold(r, beta, alpha, tail, log_weights=w)
+            eta, value = solve_eta(r, beta, alpha, tail, log_weights=w)
+            assert eta == full.eta and value == pytest.approx(full.value, rel=1e-12)

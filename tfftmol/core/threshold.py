@@ -61,7 +61,7 @@ import numpy as np
 
 from .risk import _lower_tail_mean, _quantile_sorted, as_float64, check_beta, check_tail
 
-__all__ = ["ThresholdResult", "TfftWarning", "solve_threshold", "objective"]
+__all__ = ["solve_eta", "ThresholdResult", "TfftWarning", "solve_threshold", "objective"]
 
 
 class TfftWarning(UserWarning):
@@ -443,6 +443,30 @@ class ThresholdResult:
 # ---------------------------------------------------------------------------
 # public solver
 # ---------------------------------------------------------------------------
+
+def solve_eta(rewards: Any, beta: float, alpha: float, tail: str = "right", log_weights: Any = None) -> tuple[float, float]:
+    """``(eta*, value)`` only: the sort and the exact per-interval solve, without diagnostics.
+
+    Same maths, validation and result as :func:`solve_threshold` (``eta`` and ``value``
+    agree bit for bit); use it inside loops (bootstraps, sweeps) where the diagnostics
+    are not needed.
+    """
+    tail = check_tail(tail)
+    beta = check_beta(beta)
+    alpha = _check_alpha(alpha)
+    r = as_float64(rewards, min_size=2)
+    lw = _check_log_weights(log_weights, r.size)
+    if lw is not None and not lw.any():
+        lw = None
+    if lw is None:
+        rs, ls = np.sort(r), None
+    else:
+        order = np.argsort(r, kind="stable")
+        rs, ls = r[order], lw[order]
+    eta = _solve_sorted(rs, beta, alpha, tail, ls)
+    x = _exponent(rs, eta, beta, alpha, tail)
+    return eta, eta + alpha * float(_log_mean_exp_rows(x[None, :], ls)[0])
+
 
 def solve_threshold(
     rewards: Any,
