@@ -9,10 +9,20 @@ from .core import (AMConfig, DifferentiableReward, FlowModel, PseudoReward, TFFT
                    ThresholdResult, TfftWarning, cvar, run_tfft, sample_ode, sample_sde, solve_threshold, var)
 from .pretrained import available_models, load_pretrained, model_card
 
+
+def finetune(config, **kwargs):
+    """Molecular TFFT end to end (``tfftmol.chem.finetune.finetune``); imports the chemistry stack on demand.
+
+    ``config`` is a ``MolFinetuneConfig``, a dict or a YAML path; see ``tfftmol finetune --help``.
+    """
+    from .chem.finetune import finetune as _finetune
+
+    return _finetune(config, **kwargs)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "AMConfig", "DifferentiableReward", "FlowModel", "PseudoReward", "TFFTConfig", "TFFTResult",
     "ThresholdResult", "TfftWarning", "cvar", "run_tfft", "sample_ode", "sample_sde", "solve_threshold", "var",
-    "available_models", "load_pretrained", "model_card", "__version__",
+    "available_models", "load_pretrained", "model_card", "finetune", "__version__",
 ]

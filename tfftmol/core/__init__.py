@@ -7,21 +7,21 @@ TFFT two-stage driver.
 from .adjoint import AMConfig, AdjointMatching, IdentityTransform, ResidualFlow, estimate_kl, lean_adjoint
 from .config import ConfigError, from_dict, load_yaml, to_dict
 from .flow import FlowModel, VelocityModule, gaussian_prior
-from .pseudo import ExpectedReward, PseudoReward
+from .pseudo import ExpectedReward, PseudoReward, TerminalTransform
 from .reward import DifferentiableReward, RewardBatch, TerminalReward
 from .risk import cvar, var
 from .samplers import Trajectory, sample_ode, sample_sde, sigma_memoryless
-from .threshold import ThresholdResult, TfftWarning, solve_threshold
+from .threshold import ThresholdResult, TfftWarning, objective, solve_eta, solve_threshold
 from .tfft import Stage, TFFTConfig, TFFTResult, offline_batch, plan_stages, run_tfft
 
 __all__ = [
     "AMConfig", "AdjointMatching", "IdentityTransform", "ResidualFlow", "estimate_kl", "lean_adjoint",
     "ConfigError", "from_dict", "load_yaml", "to_dict",
     "FlowModel", "VelocityModule", "gaussian_prior",
-    "ExpectedReward", "PseudoReward",
+    "ExpectedReward", "PseudoReward", "TerminalTransform",
     "DifferentiableReward", "RewardBatch", "TerminalReward",
     "cvar", "var",
     "Trajectory", "sample_ode", "sample_sde", "sigma_memoryless",
-    "ThresholdResult", "TfftWarning", "solve_threshold",
+    "ThresholdResult", "TfftWarning", "objective", "solve_eta", "solve_threshold",
     "Stage", "TFFTConfig", "TFFTResult", "offline_batch", "plan_stages", "run_tfft",
 ]
