@@ -182,8 +182,9 @@ def main(argv=None) -> int:
     s.add_argument("--model", default="qm9-graph")
     s.add_argument("-n", type=int, default=1000)
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--sampler", choices=["ode", "sde"], default="ode")
+    s.add_argument("--steps", type=int, default=30, help="integration steps (default 30, the model card's setting)")
+    s.add_argument("--sampler", choices=["ode", "heun", "sde"], default="sde",
+                   help="memoryless SDE (default: the most valid at 30 steps), Euler ODE or Heun ODE")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=_sample)
