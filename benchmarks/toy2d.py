@@ -134,6 +134,7 @@ def main(argv=None):
     p.add_argument("--refine", type=int, default=20000, help="samples for the threshold refinement")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip-continuation", action="store_true")
+    p.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.5])
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
@@ -143,7 +144,7 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    main_t = run_main(a.steps, a.offline, a.eval_samples, [1.0, 0.5], a.seed, out, a.quiet, a.refine)
+    main_t = run_main(a.steps, a.offline, a.eval_samples, a.alphas, a.seed, out, a.quiet, a.refine)
     main_t.to_csv(out / "toy2d.csv", index=False)
     md = [f"# toy2d benchmark\n\nExact 6-component circle GMM flow, r(x) = x_1, {a.steps} Adjoint Matching steps "
           f"(batch 256, 50 SDE steps, all time steps in the loss, Adam 1e-3 cosine, EMA 0.99), offline batch "
