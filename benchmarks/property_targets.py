@@ -52,10 +52,10 @@ QUICK = {
 
 
 def _merge(base: dict, patch: dict) -> dict:
-    out = dict(base)
-    for k, v in patch.items():
-        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) and k != "reward" else v
-    return out
+    """Budget patches merge into a config section by section; the reward spec is replaced whole."""
+    from tfftmol.core.config import merge
+
+    return merge(base, patch, opaque=("reward",))
 
 
 def run(targets: list[str], seeds: list[int], quick: bool, model: str | None, steps: int | None,

@@ -131,10 +131,10 @@ DEMO_MOL_BUDGET = {
 
 
 def _merge(base: dict, patch: dict) -> dict:
-    out = dict(base)
-    for k, v in patch.items():
-        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) and k != "reward" else v
-    return out
+    """Budget patches merge into a config section by section; the reward spec is replaced whole."""
+    from tfftmol.core.config import merge
+
+    return merge(base, patch, opaque=("reward",))
 
 
 def _demo_mol(a) -> int:

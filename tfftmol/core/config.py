@@ -14,7 +14,7 @@ from typing import Any, Mapping, Type, TypeVar
 
 import yaml
 
-__all__ = ["from_dict", "to_dict", "load_yaml", "dump_yaml", "ConfigError"]
+__all__ = ["from_dict", "to_dict", "load_yaml", "dump_yaml", "merge", "ConfigError"]
 
 T = TypeVar("T")
 
@@ -98,3 +98,11 @@ def dump_yaml(obj, path: str | Path | None = None) -> str:
     if path is not None:
         Path(path).write_text(text)
     return text
+
+
+def merge(base: Mapping[str, Any], patch: Mapping[str, Any], opaque: tuple[str, ...] = ()) -> dict:
+    """Deep-merge ``patch`` into a copy of ``base`` (nested mappings merge; keys in ``opaque`` are replaced whole)."""
+    out = dict(base)
+    for k, v in patch.items():
+        out[k] = merge(out.get(k) or {}, v, opaque) if isinstance(v, Mapping) and k not in opaque else v
+    return out

@@ -444,6 +444,21 @@ class ThresholdResult:
 # public solver
 # ---------------------------------------------------------------------------
 
+def _sort_and_solve(r: np.ndarray, lw: Optional[np.ndarray], beta: float, alpha: float, tail: str):
+    """Sort the rewards (with their log-weights) once and solve: ``(sorted r, sorted log w or None, eta*)``.
+
+    Constant log-weights are exactly the unweighted problem and take its path.
+    """
+    if lw is not None and not lw.any():
+        lw = None
+    if lw is None:
+        rs, ls = np.sort(r), None
+    else:
+        order = np.argsort(r, kind="stable")
+        rs, ls = r[order], lw[order]
+    return rs, ls, _solve_sorted(rs, beta, alpha, tail, ls)
+
+
 def solve_eta(rewards: Any, beta: float, alpha: float, tail: str = "right", log_weights: Any = None) -> tuple[float, float]:
     """``(eta*, value)`` only: the sort and the exact per-interval solve, without diagnostics.
 
@@ -455,15 +470,7 @@ def solve_eta(rewards: Any, beta: float, alpha: float, tail: str = "right", log_
     beta = check_beta(beta)
     alpha = _check_alpha(alpha)
     r = as_float64(rewards, min_size=2)
-    lw = _check_log_weights(log_weights, r.size)
-    if lw is not None and not lw.any():
-        lw = None
-    if lw is None:
-        rs, ls = np.sort(r), None
-    else:
-        order = np.argsort(r, kind="stable")
-        rs, ls = r[order], lw[order]
-    eta = _solve_sorted(rs, beta, alpha, tail, ls)
+    rs, ls, eta = _sort_and_solve(r, _check_log_weights(log_weights, r.size), beta, alpha, tail)
     x = _exponent(rs, eta, beta, alpha, tail)
     return eta, eta + alpha * float(_log_mean_exp_rows(x[None, :], ls)[0])
 
@@ -539,14 +546,7 @@ def solve_threshold(
         lw_keep.flags.writeable = False
 
     m = r.size
-    if weighted and not lw_in.any():  # constant log-weights: exactly the unweighted problem
-        lw_in = None
-    if lw_in is None:
-        rs, ls = np.sort(r), None
-    else:
-        order = np.argsort(r, kind="stable")
-        rs, ls = r[order], lw_in[order]
-    eta = _solve_sorted(rs, beta, alpha, tail, ls)
+    rs, ls, eta = _sort_and_solve(r, lw_in, beta, alpha, tail)
 
     # diagnostics of the tilt w ∝ v exp(x), x = pseudo / alpha, v the importance weights, on sorted rewards
     x = _exponent(rs, eta, beta, alpha, tail)
