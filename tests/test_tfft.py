@@ -206,3 +206,22 @@ def test_config_yaml_round_trip(tmp_path):
     dump_yaml(cfg, tmp_path / "c.yaml")
     back = from_dict(TFFTConfig, load_yaml(tmp_path / "c.yaml"))
     assert back == cfg and to_dict(back)["am"]["steps"] == 77
+
+
+@pytest.mark.parametrize("mode", ["eta", "alpha", "beta"])
+def test_continuation_plans_end_at_the_exact_target(mode):
+    """Stages tile the step budget; only the knob of ``mode`` moves; the last stage is the requested problem."""
+    from tfftmol.core.tfft import plan_stages
+
+    r = np.random.default_rng(0).normal(size=20000)
+    cfg = TFFTConfig(alpha=0.05, beta=0.9, continuation=mode, am=AMConfig(steps=100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TfftWarning)
+        st = plan_stages(r, cfg, log=lambda s: None)
+    assert len(st) == 4 and st[0].start == 0 and st[-1].stop == 100
+    assert all(a.stop == b.start for a, b in zip(st, st[1:]))
+    assert (st[-1].alpha, st[-1].beta) == (0.05, 0.9) and st[-1].stop - st[-1].start == 50
+    etas = [s.threshold.eta for s in st]
+    assert etas == sorted(etas) and etas[0] < etas[-1]  # easier (lower) thresholds first
+    assert all(s.alpha == 0.05 for s in st) == (mode != "alpha")
+    assert all(s.beta == 0.9 for s in st) == (mode != "beta")

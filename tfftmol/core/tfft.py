@@ -328,26 +328,17 @@ def plan_stages(rewards: np.ndarray, cfg: TFFTConfig, log: Callable[[str], None]
             return solve_threshold(rewards, b, a, cfg.tail, min_active_fraction=0.0, min_ess_fraction=0.0)
 
     n = cfg.continuation_stages
+    import dataclasses
+
     if mode == "eta":
         # thresholds from the pre-trained quantile with active fraction continuation_start_active up to eta*:
         # each intermediate target tilts *more* than p*, so the model overshoots into the tail and the
         # final stage starts with many active samples and relaxes onto the exact target.
         q = 1 - cfg.continuation_start_active if cfg.tail == "right" else cfg.continuation_start_active
         eta0 = float(np.quantile(rewards, q))
-        etas = [eta0 + (final.eta - eta0) * j / (n - 1) for j in range(n)]
-        final_steps = max(1, int(round(total * cfg.final_stage_fraction)))
-        pre = total - final_steps
-        bounds = [round(pre * j / (n - 1)) for j in range(n)] + [total]
-        import dataclasses
-        stages = [Stage(cfg.alpha, cfg.beta, int(bounds[j]), int(bounds[j + 1]),
-                        final if j == n - 1 else dataclasses.replace(final, eta=etas[j])) for j in range(n)]
-        stages = [s for s in stages if s.stop > s.start]
-        log(f"stage 1: active fraction {final.active_fraction:.3%} < {cfg.min_active_fraction:.1%}; "
-            f"continuation over eta in {len(stages)} stages:")
-        for st in stages:
-            log("  " + st.describe())
-        return stages
-    if mode == "alpha":
+        params = [(cfg.alpha, cfg.beta)] * n
+        thresholds = [dataclasses.replace(final, eta=eta0 + (final.eta - eta0) * j / (n - 1)) for j in range(n - 1)]
+    elif mode == "alpha":
         a0 = cfg.alpha
         for _ in range(40):
             a0 *= 2.0
@@ -367,16 +358,17 @@ def plan_stages(rewards: np.ndarray, cfg: TFFTConfig, log: Callable[[str], None]
                 break
         masses = [m_easy * (m_final / m_easy) ** (j / (n - 1)) for j in range(n)]
         params = [(cfg.alpha, 1 - m if cfg.tail == "right" else m) for m in masses]
+    if mode != "eta":
+        thresholds = [solve(a, b) for a, b in params[:-1]]
+    thresholds.append(final)  # the last stage is always the exact requested target
     final_steps = max(1, int(round(total * cfg.final_stage_fraction)))
     pre = total - final_steps
     bounds = [round(pre * j / (n - 1)) for j in range(n)] + [total]
-    stages = []
-    for j, (a, b) in enumerate(params):
-        thr = final if j == n - 1 else solve(a, b)
-        stages.append(Stage(float(a), float(b), int(bounds[j]), int(bounds[j + 1]), thr))
+    stages = [Stage(float(a), float(b), int(bounds[j]), int(bounds[j + 1]), thresholds[j])
+              for j, (a, b) in enumerate(params)]
     stages = [s for s in stages if s.stop > s.start]
     log(f"stage 1: active fraction {final.active_fraction:.3%} < {cfg.min_active_fraction:.1%}; "
-        f"continuation over {cfg.continuation if cfg.continuation != 'auto' else 'alpha'} in {len(stages)} stages:")
+        f"continuation over {mode} in {len(stages)} stages:")
     for s in stages:
         log("  " + s.describe())
     return stages
