@@ -21,6 +21,9 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "toy2d-moons": ("tfftmol.image2d.pretrained:load_toy2d", "image2d/weights/toy2d-moons.card.json"),
     "toy2d-ring": ("tfftmol.image2d.pretrained:load_toy2d", "image2d/weights/toy2d-ring.card.json"),
     "gmm-exact": ("tfftmol.image2d.pretrained:load_gmm_exact", ""),
+    "digits-flow": ("tfftmol.image2d.digits_pretrained:load_digits_flow", "image2d/weights/digits-flow.card.json"),
+    "digits-classifier": ("tfftmol.image2d.digits_pretrained:load_digits_classifier",
+                          "image2d/weights/digits-classifier.card.json"),
 }
 
 
