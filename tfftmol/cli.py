@@ -6,6 +6,7 @@
     tfftmol demo
     tfftmol finetune --config configs/<name>.yaml [--resume] [--out runs] [--check]
     tfftmol demo-mol [--out runs/demo-mol]     (QED right-CVaR on qm9-graph, ~10 minutes)
+    tfftmol tune --config configs/tune_<name>.yaml --study NAME [--storage URL] [--n-trials N]
 """
 from __future__ import annotations
 
@@ -214,6 +215,10 @@ def main(argv=None) -> int:
     dm.add_argument("--quiet", action="store_true")
     dm.add_argument("--threads", type=int, default=1)
     dm.set_defaults(fn=_demo_mol)
+
+    from .tuning.cli import add_parser as _add_tune_parser  # argparse only; the study code loads on use
+
+    _add_tune_parser(sub)
 
     a = p.parse_args(argv)
     return a.fn(a)
