@@ -329,7 +329,7 @@ def _plots(study: optuna.Study, cfg: TuneConfig, d: Path, log: Callable[[str], N
             study, params=["beta", "alpha"], target=(lambda t: t.values[0]) if cfg.multi_objective else None,
             target_name=names[0])))
     if cfg.multi_objective and complete:
-        jobs.append(("pareto", lambda: ovm.plot_pareto_front(
+        jobs.append(("pareto_front", lambda: ovm.plot_pareto_front(
             study, target_names=names[:3], targets=(lambda t: t.values[:3]) if len(names) > 3 else None,
             include_dominated_trials=True)))
     for name, make in jobs:

@@ -1,0 +1,203 @@
+"""Optuna studies over beta and alpha on the exact 2D GMM flow (tiny budgets, seconds per trial)."""
+import math
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from tfftmol.core.config import ConfigError
+from tfftmol.tuning import apply_params, load_tune_config, run_study
+
+TS = optuna.trial.TrialState
+
+
+def toy_config(**over):
+    """A 2D study: r(x) = x_1 on the exact GMM, right-CVaR_0.9 objective, ~0.5 s per trial."""
+    cfg = {
+        "kind": "toy2d",
+        "base": {"model": "gmm-exact", "reward": {"name": "linear", "w": [1.0, 0.0]}, "alpha": 1.0,
+                 "beta_right": 0.9, "eval_samples": 3000, "eval_steps": 20, "kl_samples": 400,
+                 "tfft": {"offline_samples": 5000, "offline_steps": 20, "bootstrap": 0,
+                          "am": {"steps": 60, "batch_size": 64, "time_steps": 20, "loss_time_steps": 6,
+                                 "lr": 0.003, "grad_clip": 0.0}}},
+        "space": {"beta": [0.8, 0.95], "alpha": [0.05, 2.0]},
+        "objectives": [{"metric": "cvar", "direction": "maximize"}],
+        "eval_tail": "right", "eval_beta": 0.9,
+        "sampler": "tpe", "seed": 0, "n_startup_trials": 4, "pruner": "none",
+        "heartbeat_interval": 1, "grace_period": 3,
+    }
+    cfg.update(over)
+    return cfg
+
+
+KL_MAX = 0.3
+
+
+@pytest.fixture(scope="module")
+def constrained(tmp_path_factory):
+    """8 trials maximising right-CVaR_0.9 subject to KL <= 0.3; trial 0 is the defaults (alpha=1, beta=0.9)."""
+    out = tmp_path_factory.mktemp("tune")
+    cfg = toy_config(constraints=[{"metric": "kl", "max": KL_MAX}])
+    return run_study(cfg, "constrained", n_trials=8, out_dir=out, log=lambda s: None)
+
+
+def test_study_beats_the_default_config(constrained):
+    res = constrained
+    trials = res.study.get_trials(states=(TS.COMPLETE,))
+    default = [t for t in trials if t.user_attrs.get("default")]
+    assert len(default) == 1 and default[0].number == 0
+    assert default[0].params == {"beta": 0.9, "alpha": 1.0}
+    # the default is feasible (KL ~0.1), the study found a feasible setting with a clearly higher tail
+    assert res.default_values is not None and default[0].user_attrs["kl"] <= KL_MAX
+    assert res.best_values[0] > res.default_values[0] + 0.1
+    # and it did so by lowering alpha (a stronger tilt), the direction the maths says raises the tail
+    assert res.best_params["alpha"] < 1.0
+
+
+def test_constraint_is_honoured(constrained):
+    res = constrained
+    trials = res.study.get_trials(states=(TS.COMPLETE,))
+    assert len(trials) == 8
+    for t in trials:  # the recorded constraint is kl - max: feasible iff KL <= 0.3
+        (c,) = t.constraints.values()
+        assert c == pytest.approx(t.user_attrs["kl"] - KL_MAX)
+    best = next(t for t in trials if t.params == res.best_params)
+    assert best.user_attrs["kl"] <= KL_MAX
+    feasible = [t for t in trials if t.user_attrs["kl"] <= KL_MAX]
+    assert best.value == max(t.value for t in feasible)
+    # the constraint bites: some trial had a higher tail than the answer but too large a KL
+    assert any(t.value > best.value and t.user_attrs["kl"] > KL_MAX for t in trials)
+
+
+def test_outputs_are_written_and_the_best_yaml_runs_as_a_toy2d_config(constrained):
+    from tfftmol.core.config import from_dict
+    from tfftmol.image2d.experiment import Toy2DConfig
+
+    f = constrained.files
+    for name in ("trials", "best", "summary", "history", "importances", "contour_beta_alpha"):
+        assert f[name].exists() and f[name].stat().st_size > 0, name
+    df = pd.read_csv(f["trials"])
+    assert len(df) == 8 and set(df["state"]) == {"COMPLETE"}
+    assert "params_beta" in df and "params_alpha" in df and "user_attrs_kl" in df and "feasible" in df
+    best_row = df.loc[df["feasible"]].sort_values("value_cvar", ascending=False).iloc[0]  # named by the metric
+    cfg = from_dict(Toy2DConfig, yaml.safe_load(f["best"].read_text()))
+    assert cfg.alpha == pytest.approx(best_row["params_alpha"])
+    assert cfg.beta_right == pytest.approx(best_row["params_beta"])
+    assert cfg.methods == ["pretrained", "tfft-right"]
+
+
+def test_multi_objective_returns_a_pareto_front(tmp_path):
+    cfg = toy_config(objectives=[{"metric": "cvar", "direction": "maximize"},
+                                 {"metric": "kl", "direction": "minimize"}],
+                     sampler="nsga2", population_size=4)
+    res = run_study(cfg, "pareto", n_trials=6, out_dir=tmp_path, log=lambda s: None)
+    done = res.study.get_trials(states=(TS.COMPLETE,))
+    front = res.pareto
+    assert len(front) >= 2  # a trade-off: a higher tail costs KL
+    pts = {t.number: (t.values[0], t.values[1]) for t in done}
+
+    def dominates(a, b):  # maximise cvar, minimise kl
+        return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+    on_front = set(front["number"])
+    for n, p in pts.items():
+        dominated = any(dominates(q, p) for m, q in pts.items() if m != n)
+        assert (n in on_front) == (not dominated), n
+    assert res.files["pareto"] == tmp_path / "pareto" / "pareto.csv"
+    assert len(pd.read_csv(res.files["pareto"])) == len(front)
+    assert res.files["pareto_front"].exists() and res.files["pareto_front"].stat().st_size > 0
+
+
+def test_resuming_a_study_continues_its_trial_count(tmp_path):
+    cfg = toy_config(sampler="random")
+    first = run_study(cfg, "resume", n_trials=3, out_dir=tmp_path, plots=False, log=lambda s: None)
+    assert first.trials_run == 3
+    again = run_study(cfg, "resume", n_trials=5, out_dir=tmp_path, plots=False, log=lambda s: None)
+    assert again.trials_run == 2
+    nums = sorted(t.number for t in again.study.get_trials(states=(TS.COMPLETE,)))
+    assert nums == [0, 1, 2, 3, 4]
+    assert sum(bool(t.user_attrs.get("default")) for t in again.study.trials) == 1  # enqueued once
+    done = run_study(cfg, "resume", n_trials=5, out_dir=tmp_path, plots=False, log=lambda s: None)
+    assert done.trials_run == 0
+    assert str(tmp_path / "resume" / "study.db") in again.storage_url
+
+
+def test_seeded_sampler_is_reproducible(tmp_path):
+    cfg = toy_config(sampler="random", enqueue_default=False, base=dict(toy_config()["base"], kl_samples=0))
+    cfg["base"]["tfft"] = dict(cfg["base"]["tfft"], am=dict(cfg["base"]["tfft"]["am"], steps=5))
+    a = run_study(cfg, "a", n_trials=3, out_dir=tmp_path, plots=False, log=lambda s: None)
+    b = run_study(cfg, "b", n_trials=3, out_dir=tmp_path, plots=False, log=lambda s: None)
+    pa = [t.params for t in a.study.trials]
+    assert pa == [t.params for t in b.study.trials]
+    assert [t.value for t in a.study.trials] == [t.value for t in b.study.trials]
+    c = run_study(dict(cfg, seed=1), "c", n_trials=3, out_dir=tmp_path, plots=False, log=lambda s: None)
+    assert [t.params for t in c.study.trials] != pa
+
+
+def test_pruning_stops_poor_trials_from_intermediate_evaluations(tmp_path):
+    cfg = toy_config(sampler="random", pruner="median", prune_startup_trials=1, eval_every=20,
+                     intermediate_samples=500, seed=3)
+    res = run_study(cfg, "prune", n_trials=8, out_dir=tmp_path, plots=False, log=lambda s: None)
+    pruned = res.study.get_trials(states=(TS.PRUNED,))
+    assert pruned, "no trial was pruned"
+    for t in res.study.trials:
+        assert set(t.intermediate_values) <= {20, 40}  # reported every eval_every steps, before the end
+    for t in pruned:  # pruned below the median of the earlier trials at the same step
+        step = t.last_step
+        earlier = [u.intermediate_values[step] for u in res.study.trials
+                   if u.number < t.number and step in u.intermediate_values]
+        assert t.intermediate_values[step] < pd.Series(earlier).median()
+
+
+def test_apply_params_recomputes_the_derived_tail_mass():
+    from tfftmol.core.config import from_dict
+    from tfftmol.core.tfft import TFFTConfig
+
+    data = apply_params({"tfft": {"beta": 0.9, "am": {"steps": 10}}}, {"beta": 0.97, "alpha": 0.2, "lr": 1e-4,
+                                                                       "steps": 7})
+    tc = from_dict(TFFTConfig, data["tfft"])
+    assert (tc.beta, tc.alpha, tc.am.lr, tc.am.steps) == (0.97, 0.2, 1e-4, 7)
+    assert tc.adaptive_active == pytest.approx(0.75 * 0.03)
+
+
+@pytest.mark.parametrize("patch,msg", [
+    ({"space": {"beta": [0.9, 1.2]}}, "space.beta"),
+    ({"space": {"alpha": [0.0, 1.0]}}, "space.alpha"),
+    ({"objectives": [{"metric": "cvar", "direction": "up"}]}, "direction"),
+    ({"constraints": [{"metric": "kl"}]}, "give min, max"),
+    ({"sampler": "cmaes"}, "sampler"),
+    ({"kind": "images"}, "kind"),
+    ({"heartbeat_interval": 10, "grace_period": 5}, "grace_period"),
+    ({"bogus": 1}, "unknown config key"),
+    ({"base": "no_such_file.yaml"}, "no such file"),
+])
+def test_bad_study_config_is_rejected_with_the_field_named(patch, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_tune_config(toy_config(**patch))
+
+
+def test_shipped_study_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    kinds = {p.name: load_tune_config(p).kind for p in sorted(root.glob("tune_*.yaml"))}
+    assert kinds["tune_toy2d.yaml"] == "toy2d" and kinds["tune_qed_right.yaml"] == "mol"
+    assert load_tune_config(root / "tune_qed_multi.yaml").resolved_sampler() == "nsga2"
+
+
+def test_cli_tune_runs_a_study_and_prints_the_summary(tmp_path, capsys):
+    from tfftmol.cli import main
+
+    path = tmp_path / "study.yaml"
+    cfg = toy_config(sampler="random")
+    cfg["base"]["tfft"]["am"]["steps"] = 10
+    path.write_text(yaml.safe_dump(cfg))
+    rc = main(["tune", "--config", str(path), "--study", "cli", "--out", str(tmp_path), "--n-trials", "2",
+               "--no-plots", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "| default | 0 | 0.9 | 1 |" in out and "sqlite:///" in out
+    st = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path / 'cli' / 'study.db'}")
+    assert len(st.get_trials(states=(TS.COMPLETE,))) == 2
+    assert math.isfinite(st.best_value)
