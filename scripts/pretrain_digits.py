@@ -42,7 +42,8 @@ def train_classifier_main(a) -> DigitClassifier:
     torch.manual_seed(0)
     clf = DigitClassifier(channels=a.channels)
     t0 = time.perf_counter()
-    losses = train_classifier(clf, xtr, ytr, epochs=a.clf_epochs, noise=a.clf_noise, seed=0)
+    losses = train_classifier(clf, xtr, ytr, epochs=a.clf_epochs, noise=a.clf_noise,
+                              label_smoothing=a.clf_smoothing, seed=0)
     dt = time.perf_counter() - t0
     card = {
         "name": "digits-classifier",
@@ -51,7 +52,8 @@ def train_classifier_main(a) -> DigitClassifier:
         "hparams": clf.hparams,
         "data": DATA + "; 1347 train / 450 test images; states = pixels / 8 - 1",
         "budget": {"epochs": a.clf_epochs, "batch_size": 64, "lr": 2e-3, "optimizer": "AdamW, cosine",
-                   "augmentation": f"Gaussian pixel noise, std {a.clf_noise} (state units)", "seconds": round(dt, 1)},
+                   "augmentation": f"Gaussian pixel noise, std {a.clf_noise} (state units)",
+                   "label_smoothing": a.clf_smoothing, "seconds": round(dt, 1)},
         "metrics": {"test_accuracy": classifier_accuracy(clf, xte, yte),
                     "train_accuracy": classifier_accuracy(clf, xtr, ytr),
                     "n_test": len(yte), "final_loss_mean_last50": float(sum(losses[-50:]) / 50)},
@@ -113,6 +115,7 @@ def main(argv=None):
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--clf-epochs", type=int, default=60)
     p.add_argument("--clf-noise", type=float, default=0.1)
+    p.add_argument("--clf-smoothing", type=float, default=0.1)
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     torch.set_num_threads(1)

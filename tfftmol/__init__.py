@@ -14,7 +14,14 @@ def finetune(config, **kwargs):
     """Molecular TFFT end to end (``tfftmol.chem.finetune.finetune``); imports the chemistry stack on demand.
 
     ``config`` is a ``MolFinetuneConfig``, a dict or a YAML path; see ``tfftmol finetune --help``.
+    An image config (``model: digits-flow``) runs ``tfftmol.image2d.digits_finetune.finetune`` instead.
     """
+    from .image2d.digits_finetune import is_digits_config
+
+    if is_digits_config(config):  # an image config (model: digits-flow): tfftmol.image2d.digits_finetune.finetune
+        from .image2d.digits_finetune import finetune as _digits_finetune
+
+        return _digits_finetune(config, **kwargs)
     from .chem.finetune import finetune as _finetune
 
     return _finetune(config, **kwargs)

@@ -103,6 +103,10 @@ def _run_finetune(cfg, resume: bool, quiet: bool) -> int:
 def _finetune(a) -> int:
     import torch
 
+    from .image2d.digits_finetune import cli_finetune, is_digits_config
+
+    if is_digits_config(a.config):  # an image config (model: digits-flow): its own loader, runner and report
+        return cli_finetune(a)
     from .chem.finetune import load_config
     from .core.config import ConfigError
 
