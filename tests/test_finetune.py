@@ -236,7 +236,7 @@ def test_surrogate_state_survives_a_checkpoint(tmp_path):
 def test_property_targets_benchmark_quick(tiny_model, tmp_path):
     out, runs = tmp_path / "results", tmp_path / "runs"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "property_targets.py"), "--quick",
-                           "--model", tiny_model, "--out", str(out), "--runs", str(runs)],
+                           "--model", tiny_model, "--out", str(out), "--runs", str(runs), "--jobs", "2"],
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
