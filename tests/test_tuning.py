@@ -17,8 +17,8 @@ def toy_config(**over):
     cfg = {
         "kind": "toy2d",
         "base": {"model": "gmm-exact", "reward": {"name": "linear", "w": [1.0, 0.0]}, "alpha": 1.0,
-                 "beta_right": 0.9, "eval_samples": 3000, "eval_steps": 20, "kl_samples": 400,
-                 "tfft": {"offline_samples": 5000, "offline_steps": 20, "bootstrap": 0,
+                 "beta_right": 0.9, "eval_samples": 2000, "eval_steps": 20, "kl_samples": 200,
+                 "tfft": {"offline_samples": 3000, "offline_steps": 20, "bootstrap": 0,
                           "am": {"steps": 60, "batch_size": 64, "time_steps": 20, "loss_time_steps": 6,
                                  "lr": 0.003, "grad_clip": 0.0}}},
         "space": {"beta": [0.8, 0.95], "alpha": [0.05, 2.0]},

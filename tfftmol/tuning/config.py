@@ -171,6 +171,8 @@ class TuneConfig:
         heartbeat_interval, grace_period: seconds; a trial whose worker stops beating for
             ``grace_period`` is marked FAIL by the next worker (``optuna.storages.fail_stale_trials``).
         max_failures: a worker stops after this many consecutive failed trials.
+        cache_dir: where the offline batch is cached (``""``: ``<out>/<study>/cache``; a molecular
+            base config's own ``cache_dir`` wins).  Studies pointing at one directory share it.
     """
 
     kind: str = "toy2d"
@@ -195,6 +197,7 @@ class TuneConfig:
     heartbeat_interval: int = 10
     grace_period: int = 30
     max_failures: int = 3
+    cache_dir: str = ""
     source_dir: str = ""
 
     def __post_init__(self):

@@ -49,8 +49,22 @@ def make_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several local workers wait on SQLite's lock
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                      grace_period=grace_period)
+    import random
+
+    import sqlalchemy.exc
+
+    for attempt in range(8):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is an "experimental" Optuna argument
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+            # workers started together on a fresh database race to create Optuna's tables; the loser retries
+            if attempt == 7:
+                raise
+            time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def make_sampler(cfg: TuneConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -240,7 +254,7 @@ def run_study(config: Any, study_name: str, storage: Optional[str] = None, n_tri
             log(f"timeout after {time.perf_counter() - t_start:.0f} s with {done}/{n_trials} trials finished")
             break
         if done + running >= n_trials:  # the rest is running elsewhere: wait, and take over if a worker dies
-            time.sleep(min(2.0, cfg.heartbeat_interval))
+            time.sleep(min(1.0, cfg.heartbeat_interval))
             continue
         study.sampler = make_sampler(cfg, cfg.seed + total)  # seeded per trial: reproducible alone, distinct in parallel
         study.optimize(objective, n_trials=1, catch=catch, gc_after_trial=False)

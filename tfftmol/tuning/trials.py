@@ -79,7 +79,7 @@ class TrialRunner:
     def __init__(self, cfg: TuneConfig, study_dir: Path, log: Callable[[str], None] = print):
         self.cfg = cfg
         self.study_dir = Path(study_dir)
-        self.cache_dir = self.study_dir / "cache"
+        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.study_dir / "cache"
         self.log = log
         self.data = cfg.base_data()
 

@@ -1,0 +1,228 @@
+"""Optuna studies over beta and alpha: what tuning buys over the default config, and what it costs.
+
+Three parts, each a real ``tfftmol tune`` study:
+
+* **2D** (``configs/tune_toy2d.yaml``): exact GMM flow, ``r(x) = x_1``; maximise the
+  right-CVaR_0.9 subject to ``KL <= 0.5``.  Trial 0 is the default config
+  (``beta = 0.9``, ``alpha = 1``); the table compares the best feasible trial with it.
+* **Molecules** (``configs/tune_qed_right.yaml`` with a short budget): QED, maximise
+  the right-CVaR_0.9 of the true reward subject to validity >= 0.85; trial 0 is
+  ``configs/qed_right.yaml``'s own ``beta = 0.9``, ``alpha = 0.1``.
+* **Workers**: the same 2D study (random sampler, a fixed number of trials) run by one
+  ``tfftmol tune`` process and by two processes sharing one SQLite storage; wall time
+  from launch to the last worker's exit, and trial throughput between the first trial's
+  start and the last trial's end (start-up excluded).  The offline batch is cached
+  beforehand so that both runs do the same work.
+
+Writes ``tuning.csv`` and ``tuning.md`` to ``--out`` (``benchmarks/results``).
+
+Usage::
+
+    python benchmarks/tuning.py            # ~15 minutes on 2 busy cores
+    python benchmarks/tuning.py --quick    # tiny budgets, ~1 minute (used by the tests)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import optuna
+import pandas as pd
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from tfftmol.core.config import load_yaml, merge  # noqa: E402
+from tfftmol.tuning import load_tune_config, run_study  # noqa: E402
+
+COLUMNS = ["part", "study", "workers", "trials", "objective", "constraint", "default_beta", "default_alpha",
+           "default_value", "best_trial", "best_beta", "best_alpha", "best_value", "gain", "best_constraint_metric",
+           "wall_s", "wall_per_trial_s", "trial_s_median", "trials_per_min", "speedup", "wall_speedup"]
+
+# budgets: (2D patch, 2D trials, molecular patch, molecular trials, worker-study trials)
+TOY_QUICK = {"base": {"eval_samples": 2000, "eval_steps": 20, "kl_samples": 300,
+                      "tfft": {"offline_samples": 3000, "offline_steps": 20,
+                               "am": {"steps": 40, "batch_size": 64, "time_steps": 20, "loss_time_steps": 6}}},
+             "eval_every": 20, "intermediate_samples": 500, "n_startup_trials": 2}
+MOL_QUICK = {"budget": {"tfft": {"offline_samples": 150, "refine_samples": 100,
+                                 "am": {"steps": 4, "batch_size": 8, "time_steps": 15, "loss_time_steps": 4}},
+                        "surrogate": {"epochs": 2, "patience": 0, "refit_epochs": 1, "hidden": 32, "heads": 2,
+                                      "layers": 2},
+                        "refit_every": 2, "eval_samples": 100, "eval_steps": 15, "kl_samples": 0, "grid_size": 4},
+             "eval_every": 2, "intermediate_samples": 50, "constraints": [{"metric": "validity", "min": 0.5}]}
+MOL_FULL = {"budget": {"tfft": {"offline_samples": 1000, "refine_samples": 300,
+                                "am": {"steps": 40, "batch_size": 16, "time_steps": 30, "loss_time_steps": 8,
+                                       "lr": 0.001}},
+                       "surrogate": {"epochs": 10, "patience": 3, "refit_epochs": 2},
+                       "refit_every": 20, "eval_samples": 500, "kl_samples": 100},
+            "eval_every": 20, "intermediate_samples": 200, "n_startup_trials": 3}
+
+
+def _study_config(path: Path, patch: dict) -> dict:
+    data = load_yaml(path)
+    data["source_dir"] = str(path.parent)
+    # "constraints" and "budget" are replaced whole, the base merged section by section
+    return merge(data, patch, opaque=("reward", "constraints", "budget"))
+
+
+def _row(part: str, res, cfg_data: dict, workers: int = 1) -> dict:
+    st = res.study
+    done = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    default = next((t for t in done if t.user_attrs.get("default")), None)
+    best = next((t for t in done if res.best_params is not None and t.params == res.best_params), None)
+    cons = cfg_data.get("constraints") or []
+    cmetric = cons[0]["metric"] if cons else ""
+    walls = [t.user_attrs["wall_seconds"] for t in st.trials if "wall_seconds" in t.user_attrs]
+    finished = [t for t in st.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    o = cfg_data.get("objectives", [{"metric": "cvar"}])[0]
+    c = cons[0] if cons else {}
+    return {
+        "part": part, "study": st.study_name, "workers": workers, "trials": len(finished),
+        "objective": f"{o.get('direction', 'maximize')} {o['metric']} ({cfg_data.get('eval_tail', 'right')}-CVaR_"
+                     f"{cfg_data.get('eval_beta', 0.9):g})",
+        "constraint": (f"{cmetric} >= {c['min']:g}" if c.get("min") is not None else f"{cmetric} <= {c['max']:g}")
+        if c else "",
+        "default_beta": default.params.get("beta") if default else None,
+        "default_alpha": default.params.get("alpha") if default else None,
+        "default_value": default.value if default else None,
+        "best_trial": best.number if best else None,
+        "best_beta": best.params.get("beta") if best else None,
+        "best_alpha": best.params.get("alpha") if best else None,
+        "best_value": best.value if best else None,
+        "gain": (best.value - default.value) if best and default else None,
+        "best_constraint_metric": best.user_attrs.get(cmetric) if best and cmetric else None,
+        "wall_s": res.wall_seconds, "wall_per_trial_s": res.wall_seconds / max(1, res.trials_run),
+        "trial_s_median": statistics.median(walls) if walls else None,
+        "trials_per_min": None, "speedup": None,
+    }
+
+
+def _span(storage: str, name: str) -> tuple[float, int]:
+    st = optuna.load_study(study_name=name, storage=storage)
+    ts = [t for t in st.trials if t.datetime_complete is not None and t.state == optuna.trial.TrialState.COMPLETE]
+    t0 = min(t.datetime_start for t in ts)
+    t1 = max(t.datetime_complete for t in ts)
+    return (t1 - t0).total_seconds(), len(ts)
+
+
+def worker_speedup(cfg_data: dict, n_trials: int, out: Path, log) -> list[dict]:
+    """The same study run by 1 and by 2 ``tfftmol tune`` processes; returns two rows."""
+    cfg = dict(cfg_data, sampler="random", pruner="none", enqueue_default=False, cache_dir=str(out / "cache"))
+    path = out / "workers.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    # warm the shared offline-batch cache so that neither run pays for it
+    run_study(dict(cfg, source_dir=cfg_data.get("source_dir", "")), "warm", n_trials=1, out_dir=out, plots=False,
+              log=lambda s: None)
+    rows = []
+    for k in (1, 2):
+        name = f"workers{k}"
+        storage = f"sqlite:///{(out / f'{name}.db').resolve()}"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "tfftmol.cli", "tune", "--config", str(path), "--study", name, "--storage",
+               storage, "--n-trials", str(n_trials), "--out", str(out), "--no-plots", "--quiet"]
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(k)]
+        for p in procs:
+            _, err = p.communicate()
+            if p.returncode != 0:
+                raise RuntimeError(f"worker failed: {err.decode()[-2000:]}")
+        wall = time.perf_counter() - t0
+        span, n = _span(storage, name)
+        tput = 60.0 * n / span
+        log(f"{k} worker(s): {n} trials, wall {wall:.1f} s, {tput:.2f} trials/min between first start and last end")
+        rows.append({"part": "workers", "study": name, "workers": k, "trials": n, "wall_s": wall,
+                     "wall_per_trial_s": wall / n, "trials_per_min": tput})
+    rows[1]["speedup"] = rows[1]["trials_per_min"] / rows[0]["trials_per_min"]  # start-up excluded
+    rows[1]["wall_speedup"] = rows[0]["wall_s"] / rows[1]["wall_s"]  # launch to last exit
+    return rows
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    def fmt(v):
+        if v is None or (isinstance(v, float) and v != v):
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny budgets (the tests run this)")
+    p.add_argument("--out", default=str(HERE / "results"), help="where tuning.csv / tuning.md go")
+    p.add_argument("--work", default=None, help="where the studies live (default: <out>/tuning_runs, removed after)")
+    p.add_argument("--toy-trials", type=int, default=None)
+    p.add_argument("--mol-trials", type=int, default=None)
+    p.add_argument("--worker-trials", type=int, default=None)
+    p.add_argument("--skip-mol", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    import shutil
+    import torch
+
+    torch.set_num_threads(1)
+    log = (lambda s: None) if a.quiet else (lambda s: print(s, flush=True))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(a.work) if a.work else out / "tuning_runs"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    q = a.quick
+    toy_n = a.toy_trials or (4 if q else 20)
+    mol_n = a.mol_trials or (2 if q else 6)
+    work_n = a.worker_trials or (4 if q else 10)
+    rows = []
+
+    toy = _study_config(ROOT / "configs" / "tune_toy2d.yaml", TOY_QUICK if q else {})
+    log(f"== 2D study: {toy_n} trials")
+    res = run_study(toy, "toy2d", n_trials=toy_n, out_dir=work, log=log)
+    rows.append(_row("2D (gmm-exact, r = x_1)", res, toy))
+
+    if not a.skip_mol:
+        mol = _study_config(ROOT / "configs" / "tune_qed_right.yaml", MOL_QUICK if q else MOL_FULL)
+        log(f"== molecular study (QED, right tail): {mol_n} trials")
+        res = run_study(mol, "qed", n_trials=mol_n, out_dir=work, log=log)
+        rows.append(_row("molecules (qm9-graph, QED)", res, mol))
+
+    log(f"== 1 vs 2 workers on the 2D study: {work_n} trials each")
+    wk = dict(toy)
+    wk.pop("constraints", None)
+    rows += worker_speedup(wk, work_n, work, log)
+
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    df.to_csv(out / "tuning.csv", index=False)
+    studies = df[df["part"] != "workers"].dropna(axis=1, how="all").drop(
+        columns=["trials_per_min", "speedup", "wall_speedup"], errors="ignore")
+    workers = df[df["part"] == "workers"][["study", "workers", "trials", "wall_s", "wall_per_trial_s",
+                                           "trials_per_min", "speedup", "wall_speedup"]]
+    md = ["# Tuning with Optuna (`benchmarks/tuning.py" + (" --quick" if q else "") + "`)", "",
+          "Best feasible trial against the default config (trial 0 of each study), on the study's objective; "
+          "wall times on a 2-core CPU shared with other jobs.", "", _markdown(studies), "",
+          "One worker against two `tfftmol tune` processes sharing one SQLite study "
+          "(`speedup`: trial throughput between the first trial's start and the last trial's end; `wall_speedup`: "
+          "from launch to the last worker's exit, process start-up included):", "",
+          _markdown(workers), ""]
+    (out / "tuning.md").write_text("\n".join(md))
+    if not a.work:
+        shutil.rmtree(work, ignore_errors=True)
+    log("\n".join(md))
+    return df
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""benchmarks/tuning.py --quick: a 2D and a molecular study against their defaults, and 1 vs 2 workers."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tuning_benchmark_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_tuning", ROOT / "benchmarks" / "tuning.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    df = mod.main(["--quick", "--quiet", "--out", str(tmp_path)])
+    saved = pd.read_csv(tmp_path / "tuning.csv")
+    assert list(saved["part"]) == ["2D (gmm-exact, r = x_1)", "molecules (qm9-graph, QED)", "workers", "workers"]
+    toy, mol = saved.iloc[0], saved.iloc[1]
+    # trial 0 of each study is the shipped default config
+    assert (toy["default_beta"], toy["default_alpha"]) == (0.9, 1.0)
+    assert (mol["default_beta"], mol["default_alpha"]) == (0.9, 0.1)
+    for r in (toy, mol):  # the best feasible trial is never worse than the default (which is one of the trials)
+        assert r["best_value"] >= r["default_value"]
+        assert math.isclose(r["gain"], r["best_value"] - r["default_value"])
+        assert r["wall_per_trial_s"] > 0 and r["trials"] == (4 if r is toy else 2)
+    assert toy["best_constraint_metric"] <= 0.5  # KL constraint of configs/tune_toy2d.yaml
+    assert mol["best_constraint_metric"] >= 0.5  # validity constraint of the quick budget
+    w1, w2 = saved.iloc[2], saved.iloc[3]
+    assert (w1["workers"], w2["workers"], w1["trials"], w2["trials"]) == (1, 2, 4, 4)
+    assert math.isclose(w2["speedup"], w2["trials_per_min"] / w1["trials_per_min"])
+    md = (tmp_path / "tuning.md").read_text()
+    assert "| workers2 | 2 | 4 |" in md and "toy2d" in md
+    assert not (tmp_path / "tuning_runs").exists()  # the studies' scratch directory is removed
+    assert len(df) == 4
