@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tfftmol.cli demo
+	$(PY) -m tfftmol.cli demo-mol
 
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout=900 tests
