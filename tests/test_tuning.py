@@ -143,11 +143,32 @@ def test_pruning_stops_poor_trials_from_intermediate_evaluations(tmp_path):
     assert pruned, "no trial was pruned"
     for t in res.study.trials:
         assert set(t.intermediate_values) <= {20, 40}  # reported every eval_every steps, before the end
-    for t in pruned:  # pruned below the median of the earlier trials at the same step
+    for t in pruned:  # pruned below the median of the earlier complete trials at the same step
         step = t.last_step
         earlier = [u.intermediate_values[step] for u in res.study.trials
-                   if u.number < t.number and step in u.intermediate_values]
+                   if u.number < t.number and u.state == TS.COMPLETE and step in u.intermediate_values]
         assert t.intermediate_values[step] < pd.Series(earlier).median()
+
+
+@pytest.mark.parametrize("constrained,expect", [(False, True), (True, False)])
+def test_pruner_judges_against_feasible_trials_only(constrained, expect):
+    """A new trial reports 2 at step 10 among complete trials at 1, 1, 3, 5, 5 (the two 5s break the constraint).
+
+    Median of all five: 3, so 2 is pruned; median of the feasible three: 1, so 2 is kept.
+    """
+    from tfftmol.tuning import FeasibleMedianPruner
+
+    study = optuna.create_study(direction="maximize")
+    for v, bad in ((1.0, False), (1.0, False), (3.0, False), (5.0, True), (5.0, True)):
+        attrs = {"constraints:kl": (1.0 if bad else -1.0)} if constrained else {}
+        study.add_trial(optuna.trial.create_trial(value=v, params={}, distributions={}, system_attrs=attrs,
+                                                  intermediate_values={10: v}))
+    t = study.ask()
+    t.report(2.0, 10)
+    frozen = study.get_trials(deepcopy=False)[-1]
+    pruned = FeasibleMedianPruner(n_startup_trials=3).prune(study, frozen)
+    # unconstrained: 2 < median 3 -> prune; constrained: 2 > median of feasible (1, 1, 3) = 1 -> keep
+    assert pruned is expect
 
 
 def test_apply_params_recomputes_the_derived_tail_mass():

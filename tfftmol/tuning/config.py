@@ -161,9 +161,10 @@ class TuneConfig:
         n_startup_trials: random trials before TPE models the results.
         population_size: NSGA-II population.
         pruner: ``"median"`` (prune a trial whose intermediate objective is worse than the
-            median of earlier trials at the same step) or ``"none"``.
-        prune_startup_trials, prune_warmup_steps: MedianPruner's ``n_startup_trials`` and
-            ``n_warmup_steps``.
+            median of the feasible complete trials at the same step,
+            :class:`~tfftmol.tuning.study.FeasibleMedianPruner`) or ``"none"``.
+        prune_startup_trials, prune_warmup_steps: no pruning before this many feasible complete
+            trials, nor before this step.
         eval_every: stage-2 steps between intermediate evaluations (0 = none; no pruning then).
         intermediate_samples: samples per intermediate evaluation.
         enqueue_default: make trial 0 of a new study the base config's own ``beta``/``alpha``/...,

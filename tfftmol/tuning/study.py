@@ -31,7 +31,8 @@ from tfftmol.core.config import ConfigError, dump_yaml, to_dict
 from .config import TuneConfig, load_tune_config
 from .trials import TrialRunner, make_runner
 
-__all__ = ["TuneResult", "run_study", "make_storage", "make_sampler", "make_pruner", "default_storage_url",
+__all__ = ["TuneResult", "run_study", "make_storage", "make_sampler", "make_pruner", "FeasibleMedianPruner",
+           "default_storage_url",
            "write_outputs", "feasible", "FINISHED"]
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -77,11 +78,48 @@ def make_sampler(cfg: TuneConfig, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+class FeasibleMedianPruner(optuna.pruners.BasePruner):
+    """Optuna's median rule, judged against *feasible* complete trials only.
+
+    A trial is pruned at step ``s`` when its intermediate value is worse than the
+    median of the intermediate values at ``s`` of the complete trials that satisfy
+    every constraint.  Without constraints this is ``optuna.pruners.MedianPruner``.
+    With them, Optuna's own pruner would compare against infeasible trials too: in a
+    study of right-CVaR under a KL budget, the trials with tiny ``alpha`` reach a
+    huge tail and break the budget, the median follows them, and every feasible
+    trial gets pruned.
+
+    Args:
+        n_startup_trials: no pruning until this many feasible trials are complete.
+        n_warmup_steps: no pruning before this step.
+    """
+
+    def __init__(self, n_startup_trials: int = 3, n_warmup_steps: int = 0):
+        self.n_startup_trials = int(n_startup_trials)
+        self.n_warmup_steps = int(n_warmup_steps)
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.n_warmup_steps:
+            return False
+        ref = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if feasible(t)]
+        if len(ref) < self.n_startup_trials:
+            return False
+        vals = [t.intermediate_values[step] for t in ref if step in t.intermediate_values]
+        if not vals:
+            return False
+        v = trial.intermediate_values[step]
+        if math.isnan(v):
+            return True
+        med = float(np.nanmedian(vals))
+        return v < med if study.direction == optuna.study.StudyDirection.MAXIMIZE else v > med
+
+
 def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
+    """:class:`FeasibleMedianPruner` for ``pruner: median`` (single objective, ``eval_every > 0``), else none."""
     if cfg.pruner == "none" or cfg.multi_objective or cfg.eval_every == 0:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_startup_trials,
-                                       n_warmup_steps=cfg.prune_warmup_steps)
+    return FeasibleMedianPruner(cfg.prune_startup_trials, cfg.prune_warmup_steps)
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:
@@ -293,7 +331,7 @@ def _init_study(study: optuna.Study, cfg: TuneConfig, runner: TrialRunner) -> No
         inside = all(lo <= d[k] <= hi for k, (lo, hi) in
                      ((k, getattr(cfg.space, k)) for k in cfg.space.names()))
         if inside:
-            study.enqueue_trial(d, user_attrs={"default": True})
+            study.enqueue_trial(d, user_attrs={"default": True}, skip_if_exists=True)  # workers may race here
 
 
 # ----------------------------------------------------------------------------
