@@ -14,8 +14,9 @@ step budget and seed.  For each model, on the same evaluation noise:
 * the control-cost estimate of KL(p_ft || p_pre) and the wall time of the run.
 
 Writes ``benchmarks/results/images.csv`` / ``.md``, the sample grids
-``images.png`` (one panel per model, one row per prompt) and the reward
-histograms ``images_hist.png``.  ``--quick`` runs a tiny budget (used by the tests).
+``images.png`` (one panel per model, one row per prompt), the pre-trained
+model's worst-aligned images next to the same noise under each fine-tuned model
+``images_tail.png``, and the reward histograms ``images_hist.png``.  ``--quick`` runs a tiny budget (used by the tests).
 
     python benchmarks/images.py [--steps 600] [--alpha 0.1] [--quick] [--out benchmarks/results]
 """
@@ -33,7 +34,7 @@ import torch
 from tfftmol.core.adjoint import AMConfig, estimate_kl
 from tfftmol.core.tfft import TFFTConfig, run_tfft
 from tfftmol.image2d.digits import load_digits_data, make_digit_reward, sample_digits, within_prompt_diversity
-from tfftmol.image2d.digits_finetune import evaluate_images, plot_grid, plot_reward_hists
+from tfftmol.image2d.digits_finetune import evaluate_images, plot_grid, plot_reward_hists, plot_same_noise
 from tfftmol.image2d.digits_pretrained import load_digits_classifier, load_digits_flow
 
 HERE = Path(__file__).resolve().parent
@@ -41,7 +42,8 @@ METHODS = ("pretrained", "expected", "tfft-right", "tfft-left")
 COLUMNS = {"method": "method", "reward_mean": "mean", "reward_cvar_left_0.1": "cvar_left_0.1",
            "reward_cvar_right_0.9": "cvar_right_0.9", "worst_prompt_align_mean": "worst_prompt_mean",
            "worst_prompt_align_cvar_left_0.1": "worst_prompt_cvar_left_0.1", "worst_prompt": "worst_prompt",
-           "accuracy": "accuracy", "diversity": "diversity", "kl": "kl", "wall_s": "wall_s"}
+           "accuracy": "accuracy", "diversity": "diversity", "kl": "kl", "eta": "eta",
+           "predicted_cvar": "predicted_cvar", "wall_s": "wall_s"}
 
 
 def run(steps: int, alpha: float, batch_size: int, time_steps: int, offline: int, eval_samples: int,
@@ -58,7 +60,7 @@ def run(steps: int, alpha: float, batch_size: int, time_steps: int, offline: int
     rows, samples, rewards = [], {}, {}
     for method in METHODS:
         t0 = time.perf_counter()
-        eta = None
+        eta, predicted = None, float("nan")
         if method == "pretrained":
             model, kl = base, 0.0
         else:
@@ -67,13 +69,14 @@ def run(steps: int, alpha: float, batch_size: int, time_steps: int, offline: int
                          beta=0.1 if tail == "left" else 0.9)
             res = run_tfft(base, reward, tc, progress=not quiet, cond_sampler=base.cond_sampler, log=log)
             model = res.model.eval()
-            eta = res.threshold.eta if res.threshold is not None else None
+            if res.threshold is not None:
+                eta, predicted = res.threshold.eta, res.threshold.predicted_cvar
         wall = time.perf_counter() - t0
         x, c = sample_digits(model, eval_samples, time_steps, "sde", seed=seed + 1)
         if method != "pretrained":
             kl = estimate_kl(model, base, kl_samples, time_steps, seed=seed + 2, cond_sampler=base.cond_sampler)
         row, _ = evaluate_images(x, c, reward, clf, method)
-        row.update(kl=kl, wall_s=wall, eta=eta)
+        row.update(kl=kl, wall_s=wall, eta=np.nan if eta is None else eta, predicted_cvar=predicted)
         rows.append(row)
         samples[method] = (x, c)
         rewards[method] = (reward.fn_with_prompts(x, c).double().numpy(), c.numpy())
@@ -122,11 +125,20 @@ def main(argv=None) -> pd.DataFrame:
     lines = ["# Images: prompted 8x8 digits, alignment reward log p(prompt | image)", "", budget, "",
              "| " + " | ".join(out.columns) + " |", "|" + "|".join("---" for _ in out.columns) + "|"]
     lines += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in out.itertuples(index=False)]
-    lines += ["", f"Diversity of the held-out test images: {data_div:.4g}. Total time {time.perf_counter() - t0:.0f} s.", ""]
+    lines += ["", "`worst_prompt_*`: min over the ten prompts of the per-prompt mean / left-CVaR_0.1 (`worst_prompt`: "
+              "the prompt with the lowest mean); `accuracy`: the classifier's arg-max equals the prompt; `diversity`: "
+              "mean pairwise pixel distance within a prompt; `kl`: control-cost estimate of KL(p_ft || p_pre) in nats; "
+              "`eta`, `predicted_cvar`: stage-1 threshold and the CVaR (of the method's own tail) that the exact "
+              "optimum at this alpha predicts on the offline batch; `wall_s`: fine-tune wall time (offline batch, "
+              "stage 1 and stage 2).", "",
+              f"Diversity of the held-out test images: {data_div:.4g}. Total time {time.perf_counter() - t0:.0f} s.", ""]
     (a.out / "images.md").write_text("\n".join(lines))
     plot_grid(samples, a.out / "images.png", per_prompt=6,
               title=f"digits-flow samples per prompt (rows) before and after fine-tuning on alignment, alpha={a.alpha:g}")
     plot_reward_hists(rewards, a.out / "images_hist.png", "alignment log p(prompt | image)")
+    plot_same_noise(samples, {m: v[0] for m, v in rewards.items()}, a.out / "images_tail.png", k=12,
+                    title="the 12 worst-aligned pre-trained images (prompt: log p(prompt | image)) and the same "
+                          "noise under each fine-tuned model")
     if not a.quiet:
         print("\n".join(lines))
     return out

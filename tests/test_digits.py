@@ -188,7 +188,7 @@ def test_finetune_cli_runs_an_image_config_and_writes_the_report(tmp_path, capsy
     d = tmp_path / "runs" / "tiny"
     for f in ("report.md", "metrics.csv", "per_prompt.csv", "history.csv", "config.yaml", "model.safetensors"):
         assert (d / f).is_file(), f
-    for f in ("grid_before.png", "grid_after.png", "reward_hist.png", "training.png"):
+    for f in ("grid_before.png", "grid_after.png", "tail_grid.png", "reward_hist.png", "training.png"):
         assert (d / f).stat().st_size > 5000, f
     m = pd.read_csv(d / "metrics.csv")
     assert list(m.method) == ["pretrained", "tfft-left"]
@@ -221,3 +221,4 @@ def test_images_benchmark_quick(tmp_path):
     assert (t.worst_prompt_mean <= t["mean"] + 1e-9).all()
     assert (tmp_path / "images.md").read_text().startswith("# Images")
     assert (tmp_path / "images.png").stat().st_size > 10000
+    assert (tmp_path / "images_tail.png").stat().st_size > 10000

@@ -48,7 +48,7 @@ from .digits import (DigitClassifier, DigitReward, check_prompts, make_digit_rew
                      sample_digits, state_to_images, within_prompt_diversity)
 
 __all__ = ["DIGIT_MODELS", "DigitsFinetuneConfig", "DigitsFinetuneResult", "is_digits_config", "load_config",
-           "finetune", "evaluate_images", "plot_grid", "plot_reward_hists", "cli_finetune"]
+           "finetune", "evaluate_images", "plot_grid", "plot_same_noise", "plot_reward_hists", "cli_finetune"]
 
 DIGIT_MODELS = ("digits-flow",)
 EVAL_SAMPLERS = ("ode", "heun", "sde")
@@ -254,6 +254,42 @@ def plot_grid(panels: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path: str
     plt.close(fig)
 
 
+def plot_same_noise(panels: Mapping[str, tuple[torch.Tensor, torch.Tensor]], scores: Mapping[str, np.ndarray],
+                    path: str | Path, k: int = 12, title: str = "") -> None:
+    """The reference model's ``k`` lowest-scoring images and, below, every other model's image from the same noise.
+
+    ``panels``: ``{label: (x (n, 64), prompts (n,))}`` sampled with the same seed (position ``i`` = same noise);
+    ``scores``: ``{label: (n,) reward}``; the first entry is the reference.  Each image is captioned
+    ``prompt: score``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(panels)
+    ref = labels[0]
+    idx = np.argsort(scores[ref], kind="stable")[:k]
+    fig, axes = plt.subplots(len(labels), len(idx), figsize=(0.95 * len(idx) + 1.2, 1.15 * len(labels) + 0.5),
+                             squeeze=False)
+    for i, lab in enumerate(labels):
+        x, c = panels[lab]
+        ims = state_to_images(x).numpy()
+        for j, s in enumerate(idx):
+            ax = axes[i, j]
+            ax.imshow(1.0 - ims[s], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{int(c[s])}: {scores[lab][s]:.2f}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(lab, fontsize=8)
+    fig.suptitle(title or f"the {len(idx)} lowest-scoring images of {ref} and the same noise under each model "
+                 f"(caption: prompt: score)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_reward_hists(rewards: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, xlabel: str,
                       tail: Optional[str] = None, beta: Optional[float] = None, eta: Optional[float] = None) -> None:
     """Reward histograms, pooled (large panel) and per prompt (small panels), one colour per model.
@@ -449,7 +485,7 @@ def write_report(cfg: DigitsFinetuneConfig, res: TFFTResult, metrics: pd.DataFra
     d.mkdir(parents=True, exist_ok=True)
     files = {"config": d / "config.yaml", "metrics": d / "metrics.csv", "per_prompt": d / "per_prompt.csv",
              "history": d / "history.csv", "weights": d / "model.safetensors", "grid_before": d / "grid_before.png",
-             "grid_after": d / "grid_after.png", "reward_hist": d / "reward_hist.png",
+             "grid_after": d / "grid_after.png", "tail_grid": d / "tail_grid.png", "reward_hist": d / "reward_hist.png",
              "training": d / "training.png", "report": d / "report.md"}
     metrics.to_csv(files["metrics"], index=False)
     per_prompt.to_csv(files["per_prompt"], index=False)
@@ -463,6 +499,7 @@ def write_report(cfg: DigitsFinetuneConfig, res: TFFTResult, metrics: pd.DataFra
     eta = res.threshold.eta if res.threshold is not None else None
     rw = {lab: (reward.fn_with_prompts(x, c).double().numpy(), c.numpy()) for lab, (x, c) in samples.items()}
     plot_reward_hists(rw, files["reward_hist"], f"reward ({reward.name})", cfg.tfft.tail, cfg.tfft.beta, eta)
+    plot_same_noise(samples, {lab: v[0] for lab, v in rw.items()}, files["tail_grid"], k=12)
     hist = pd.DataFrame(res.history)
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
     for ax, col in zip(axes, ["loss", "reward_mean", "active_fraction", "kl"]):
@@ -498,7 +535,9 @@ def write_report(cfg: DigitsFinetuneConfig, res: TFFTResult, metrics: pd.DataFra
         lines += ["## Stage 1", "", "```", res.threshold.summary(), "```", ""]
     lines += ["## Timings (s)", "", _markdown_table(pd.DataFrame([{k: float(v) for k, v in timings.items()}])), "",
               "## Plots", "", "Samples per prompt, before:", "", "![before](grid_before.png)", "",
-              "and after:", "", "![after](grid_after.png)", "", "![reward histograms](reward_hist.png)", "",
+              "and after:", "", "![after](grid_after.png)", "",
+              "The pre-trained model's lowest-reward images and the fine-tuned model's images from the same noise:", "",
+              "![bottom tail, same noise](tail_grid.png)", "", "![reward histograms](reward_hist.png)", "",
               "![training curves](training.png)", "",
               "## Files", "", "- `metrics.csv`: pooled metrics (all columns); `per_prompt.csv`: per prompt",
               "- `model.safetensors`: fine-tuned weights; `config.yaml`: the config of this run",
