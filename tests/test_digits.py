@@ -222,3 +222,18 @@ def test_images_benchmark_quick(tmp_path):
     assert (tmp_path / "images.md").read_text().startswith("# Images")
     assert (tmp_path / "images.png").stat().st_size > 10000
     assert (tmp_path / "images_tail.png").stat().st_size > 10000
+
+
+def test_offline_cache_key_follows_weights_guidance_and_prompts(flow):
+    import copy
+
+    from tfftmol.core.tfft import model_fingerprint
+
+    k0 = model_fingerprint(flow)
+    assert model_fingerprint(tfftmol.load_pretrained("digits-flow")) == k0
+    assert model_fingerprint(tfftmol.load_pretrained("digits-flow", guidance=2.0)) != k0
+    assert model_fingerprint(tfftmol.load_pretrained("digits-flow", prompts=[3, 8])) != k0
+    tuned = copy.deepcopy(flow)
+    with torch.no_grad():
+        tuned.net[0].bias += 0.01
+    assert model_fingerprint(tuned) != k0

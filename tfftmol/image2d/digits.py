@@ -135,14 +135,18 @@ class DigitFlow(VelocityModule):
         for a, b in zip(dims[:-1], dims[1:]):
             mods += [nn.Linear(a, b), nn.SiLU()]
         self.net = nn.Sequential(*mods, nn.Linear(dims[-1], 64))
-        self._key = ""  # set by the loader: name and weight hash
 
     @property
     def cache_key(self) -> str:
-        """Offline-batch cache key: weights, guidance and prompts (only for loaded, unmodified weights)."""
-        if not self._key:
-            raise AttributeError("cache_key")  # falls back to hashing the weights
-        return f"{self._key}:w={self.guidance:g}:p={','.join(map(str, self.prompts))}"
+        """Offline-batch cache key: a hash of the current weights plus the guidance weight and the prompts,
+        which change the samples without changing the weights (a fine-tuned copy gets its own key)."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return f"digitflow:{h.hexdigest()[:16]}:w={self.guidance:g}:p={','.join(map(str, self.prompts))}"
 
     def labels(self, n: int, cond=None, device=None) -> torch.Tensor:
         """The labels ``(n,)`` used for a batch: ``cond`` if given, else the prompt schedule."""

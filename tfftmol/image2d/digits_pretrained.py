@@ -35,7 +35,6 @@ def load_digits_flow(device: str = "cpu", guidance: Optional[float] = None,
     w = card.get("default_guidance", 1.0) if guidance is None else guidance
     model = DigitFlow(**card["hparams"], guidance=w, prompts=prompts)
     model.load_state_dict(load_tensors(WEIGHTS / "digits-flow.safetensors"))
-    model._key = f"digits-flow:{card.get('sha1', '')}"
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(device).eval()
