@@ -330,6 +330,11 @@ class MolecularReward:
             self._pending.append((x.detach().cpu().float(), rb.values.clone(), rb.valid.clone()))
         return RewardBatch(rb.values.to(x.device), rb.valid.to(x.device), g.to(x.device, x.dtype))
 
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        """``grad_x s(x)`` ``(B, 189)`` of the surrogate alone, at any state (e.g. a denoised, soft one)."""
+        _, g = self.surrogate.grad(x.detach())
+        return g.to(x.device, x.dtype)
+
     # -- surrogate ------------------------------------------------------------------
     def fit_offline(self, x: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> None:
         """First fit of the surrogate on the offline batch (called once by the core driver)."""

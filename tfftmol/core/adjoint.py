@@ -77,6 +77,8 @@ class AMConfig:
     adjoint_clip: float = 0.0
     ema: float = 0.0
     correction: str = "auto"
+    time_weight: float = 0.0
+    terminal_time: float = 1.0
     hidden: int = 64
     layers: int = 3
     seed: int = 0
@@ -97,6 +99,10 @@ class AMConfig:
             raise ValueError(f"lr_final_fraction={self.lr_final_fraction} must be in (0, 1]")
         if not (0 <= self.ema < 1):
             raise ValueError(f"ema={self.ema} must be in [0, 1)")
+        if not (0 < self.terminal_time <= 1):
+            raise ValueError(f"terminal_time={self.terminal_time} must be in (0, 1]")
+        if not (self.time_weight >= 0):
+            raise ValueError(f"time_weight={self.time_weight} must be >= 0")
         if self.correction not in ("auto", "copy", "residual"):
             raise ValueError(f"correction={self.correction!r} must be one of 'auto', 'copy', 'residual'")
 
@@ -138,6 +144,17 @@ class ResidualFlow(VelocityModule):
 
 def _velocity(model, x, t, cond):
     return model.velocity(x, t, cond)
+
+
+def terminal_grad(reward: TerminalReward, x: torch.Tensor) -> torch.Tensor:
+    """The reward's gradient at ``x``: ``reward.grad(x)`` if it has one, else ``value_and_grad(x).grad``."""
+    fn = getattr(reward, "grad", None)
+    if callable(fn):
+        return fn(x)
+    g = reward.value_and_grad(x).grad
+    if g is None:
+        raise ValueError(f"reward {getattr(reward, 'name', reward)!r} returned no gradient")
+    return g
 
 
 def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor) -> torch.Tensor:
@@ -240,6 +257,38 @@ class AdjointMatching:
         """Change the terminal objective (used by continuation schedules)."""
         self.transform, self.lam = transform, float(lam)
 
+    def _denoised_adjoint(self, traj: Trajectory, gp: torch.Tensor, shape: tuple) -> tuple[torch.Tensor, int]:
+        """Adjoint started at ``t_c = terminal_time`` from the reward gradient at the denoised state.
+
+        For a flow on the linear path ``x_t = t x_1 + (1 - t) x_0`` the posterior mean of the
+        sample is ``xhat(x, t) = x + (1 - t) v(x, t)``.  When the data are discrete (one-hot
+        classes) the base flow snaps every trajectory onto a corner near ``t = 1``, so
+        ``dX_1 / dX_t`` vanishes and the exact lean adjoint carries almost no signal to earlier
+        times.  Here the terminal condition is moved to the grid time ``t_c <= terminal_time``:
+        ``a(t_c) = -lam g'(r(X_1)) (d xhat / d x)^T grad r(xhat(X_{t_c}, t_c))`` (the tail
+        weight ``g'`` still uses the true reward of the final sample), integrated back with the
+        lean adjoint; later times have zero target and are left out of the loss.
+
+        Returns:
+            adjoint ``(N, B, *S)`` (zero after ``t_c``) and the size of the loss-time pool.
+        """
+        xs, ts = traj.xs, traj.ts
+        kc = int(torch.searchsorted(ts, torch.tensor(self.config.terminal_time, dtype=ts.dtype), right=True)) - 1
+        kc = max(0, min(kc, xs.shape[0] - 2))
+        tc = ts[kc]
+        with torch.enable_grad():
+            xr = xs[kc].detach().requires_grad_(True)
+            xhat = xr + (1.0 - tc) * _velocity(self.base, xr, tc.expand(xr.shape[0]), traj.cond)
+            g_hat = terminal_grad(self.reward, xhat.detach()).to(xhat.dtype)
+            (jt,) = torch.autograd.grad(xhat, xr, grad_outputs=g_hat)
+        a_c = -self.lam * gp.reshape(shape) * jt
+        if self.config.adjoint_clip > 0:
+            nrm = a_c.flatten(1).norm(dim=1).clamp_min(1e-12)
+            a_c = a_c * (self.config.adjoint_clip / nrm).clamp(max=1.0).reshape(shape)
+        adj = torch.zeros_like(xs)
+        adj[: kc + 1] = lean_adjoint(self.base, Trajectory(xs[: kc + 1], ts[: kc + 1], traj.cond), a_c)
+        return adj, kc + 1
+
     # -- one step ------------------------------------------------------------------
     def sample_trajectories(self, n: int) -> Trajectory:
         cond = self.cond_sampler(n, self.generator) if self.cond_sampler else None
@@ -259,9 +308,12 @@ class AdjointMatching:
         if c.adjoint_clip > 0:
             nrm = a_T.flatten(1).norm(dim=1).clamp_min(1e-12)
             a_T = a_T * (c.adjoint_clip / nrm).clamp(max=1.0).reshape(shape)
-        adj = lean_adjoint(self.base, traj, a_T)                           # (N, B, *S)
         N = traj.xs.shape[0]
-        pool = N - 1                                                       # t_1 .. t_{N-1}
+        if c.terminal_time < 1.0:
+            adj, pool = self._denoised_adjoint(traj, gp, shape)
+        else:
+            adj = lean_adjoint(self.base, traj, a_T)                       # (N, B, *S)
+            pool = N - 1                                                   # t_1 .. t_{N-1}
         k = pool if c.loss_time_steps in (0, None) or c.loss_time_steps >= pool else c.loss_time_steps
         idx = torch.randperm(pool, generator=self.generator)[:k].sort().values
         B = x1.shape[0]
@@ -277,7 +329,12 @@ class AdjointMatching:
         with torch.no_grad():
             v_b = self.base.velocity(xs, ts, cond)
         u = 2.0 * (v_ft - v_b) / sig                                       # control
-        loss = ((u + sig * a) ** 2).flatten(1).sum(1).mean()
+        per = ((u + sig * a) ** 2).flatten(1).sum(1)                       # (k B,)
+        if c.time_weight:
+            w = ((1.0 - ts) * sig.flatten()) ** c.time_weight
+            loss = (w * per).sum() / w.sum()
+        else:
+            loss = per.mean()
         lr = self.lr_at(self.step_count)
         for g in self.opt.param_groups:
             g["lr"] = lr
