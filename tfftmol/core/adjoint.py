@@ -61,6 +61,12 @@ class AMConfig:
             final model (``0`` = off).
         correction: ``"auto"`` (copy an ``nn.Module`` base, else residual MLP),
             ``"copy"`` or ``"residual"``.
+        terminal_time: where the adjoint starts. ``1`` (default) is exact Adjoint Matching,
+            ``a(1) = -lam grad g(X_1)``.  ``t_c < 1`` starts it at the last grid time
+            ``<= t_c`` from the reward gradient at the denoised state ``x + (1 - t) v(x, t)``
+            (see ``AdjointMatching._denoised_adjoint``): for flows on discrete data, whose
+            trajectories snap onto a class well before ``t = 1`` so that the exact adjoint
+            carries ~no signal to earlier times.  Later times are left out of the loss.
         hidden, layers: width and depth of the residual MLP correction.
         seed: seeds the trajectory noise and the time subsets.
         log_every: history stride.
@@ -77,7 +83,6 @@ class AMConfig:
     adjoint_clip: float = 0.0
     ema: float = 0.0
     correction: str = "auto"
-    time_weight: float = 0.0
     terminal_time: float = 1.0
     hidden: int = 64
     layers: int = 3
@@ -101,8 +106,6 @@ class AMConfig:
             raise ValueError(f"ema={self.ema} must be in [0, 1)")
         if not (0 < self.terminal_time <= 1):
             raise ValueError(f"terminal_time={self.terminal_time} must be in (0, 1]")
-        if not (self.time_weight >= 0):
-            raise ValueError(f"time_weight={self.time_weight} must be >= 0")
         if self.correction not in ("auto", "copy", "residual"):
             raise ValueError(f"correction={self.correction!r} must be one of 'auto', 'copy', 'residual'")
 
@@ -329,12 +332,7 @@ class AdjointMatching:
         with torch.no_grad():
             v_b = self.base.velocity(xs, ts, cond)
         u = 2.0 * (v_ft - v_b) / sig                                       # control
-        per = ((u + sig * a) ** 2).flatten(1).sum(1)                       # (k B,)
-        if c.time_weight:
-            w = ((1.0 - ts) * sig.flatten()) ** c.time_weight
-            loss = (w * per).sum() / w.sum()
-        else:
-            loss = per.mean()
+        loss = ((u + sig * a) ** 2).flatten(1).sum(1).mean()
         lr = self.lr_at(self.step_count)
         for g in self.opt.param_groups:
             g["lr"] = lr
