@@ -19,6 +19,8 @@ from tfftmol.chem import finetune as ft
 from tfftmol.chem.model import GraphTransformerConfig
 from tfftmol.chem.qm9_model import QM9GraphFlow, save_qm9_graph
 from tfftmol.core.config import ConfigError
+from tfftmol.chem.rewards import build_reward
+from tfftmol.chem.surrogate import Surrogate
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_FILES = ["report.md", "metrics.csv", "samples.csv", "model.safetensors", "config.yaml", "reward_hist.png",
@@ -40,7 +42,8 @@ def tiny_config(model: str, out: Path, name: str = "tiny", **over) -> dict:
         "name": name, "model": model, "reward": {"name": "qed"},
         "tfft": {"method": "tfft", "tail": "right", "beta": 0.9, "alpha": 1.0, "offline_samples": 64,
                  "offline_steps": 5, "offline_sampler": "ode", "bootstrap": 0, "refine_samples": 32,
-                 "am": {"steps": 6, "batch_size": 16, "time_steps": 6, "loss_time_steps": 3, "lr": 1e-2}},
+                 "am": {"steps": 6, "batch_size": 16, "time_steps": 6, "loss_time_steps": 3, "lr": 1e-2,
+                        "terminal_time": 0.5}},
         "surrogate": {"hidden": 16, "layers": 1, "heads": 2, "epochs": 2, "refit_epochs": 1, "batch_size": 32},
         "refit_every": 2, "eval_samples": 48, "eval_steps": 5, "kl_samples": 16, "out_dir": str(out),
         "checkpoint_every": 2, "threads": 1,
@@ -286,3 +289,30 @@ def test_shipped_configs_validate(name, reward, tail, beta, capsys):
         assert cfg.reward["transform"] == [{"affine": {"scale": -1.0}}]
     assert main(["finetune", "--config", str(ROOT / "configs" / f"{name}.yaml"), "--check"]) == 0
     assert "config OK" in capsys.readouterr().out
+
+
+def test_denoised_copies_are_keyed_and_the_surrogate_trains_on_them(tiny_model):
+    base = ft.load_base(tiny_model)
+    x1 = torch.randn(40, 189)
+    fn = ft.denoised_copies(base, 0.5, seed=3)
+    a, b, c = fn(x1, 7), fn(x1, 7), fn(x1, 8)
+    torch.testing.assert_close(a, b)                       # same key, same noise: resumable
+    assert not torch.allclose(a, c) and a.shape == x1.shape
+    # the posterior mean of x_t = 0.5 x1 + 0.5 eps under the base flow, by hand
+    eps = torch.randn(x1.shape, generator=torch.Generator().manual_seed(3 * 1_000_003 + 7))
+    xt = 0.5 * x1 + 0.5 * eps
+    with torch.no_grad():
+        ref = xt + 0.5 * base.velocity(xt, torch.full((40,), 0.5))
+    torch.testing.assert_close(a, ref)
+    seen = []
+
+    class Spy(Surrogate):
+        def fit(self, x, y, valid=None, **kw):
+            seen.append(x.shape[0])
+            return super().fit(x, y, valid, **kw)
+
+    mr = ft.MolecularReward(build_reward("qed"), base.decode, Spy(hidden=16, layers=1, heads=2, seed=0),
+                            ft.SurrogateConfig(hidden=16, layers=1, heads=2, epochs=1), denoise=fn, log=lambda s: None)
+    values = torch.linspace(0, 1, 40, dtype=torch.float64)
+    mr.fit_offline(x1, values, torch.ones(40, dtype=torch.bool))
+    assert seen == [80]                                    # the 40 states and their 40 denoised copies

@@ -291,12 +291,19 @@ class MolecularReward:
         refit_every: steps between refits (0 = never).
         n_jobs: worker processes for the true reward.
         log: where progress lines go.
+        denoise: ``fn(x1, key) -> xhat``, the denoised states of noised copies of final states
+            (:func:`denoised_copies`).  When given, every (re)fit also trains on
+            ``(xhat, r(x1))`` pairs, so the surrogate learns ``E[r(X_1) | xhat]`` at the soft
+            states where the fine-tuner takes its gradient (``AMConfig.terminal_time < 1``);
+            ``key`` makes the noise a function of the fit, so a resumed run refits identically.
     """
 
     def __init__(self, reward: Reward, decode: Callable[[torch.Tensor], list], surrogate: Surrogate,
                  config: Optional[SurrogateConfig] = None, refit_every: int = 0, n_jobs: int = 1,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print,
+                 denoise: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None):
         self.reward = reward
+        self.denoise = denoise
         self.decode = decode
         self.surrogate = surrogate
         self.config = config or SurrogateConfig()
@@ -345,9 +352,17 @@ class MolecularReward:
             raise RuntimeError("surrogate: the offline batch has no valid molecule; the pre-trained model or the "
                                "reward is broken (check the model's validity with `tfftmol sample`)")
         c = self.config
+        x, values, valid = self._with_denoised(x, values, valid, key=0)
         rep = self.surrogate.fit(x, values.double().numpy(), valid.numpy(), epochs=c.epochs,
                                  valid_fraction=c.valid_fraction, patience=c.patience or None)
         self._record(0, "fit", rep)
+
+    def _with_denoised(self, x: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, key: int):
+        """``x`` with its denoised noisy copies appended (same labels), when a denoiser is set."""
+        if self.denoise is None:
+            return x, values, valid
+        xh = self.denoise(x, key).to(x.dtype)
+        return torch.cat([x, xh]), torch.cat([values, values]), torch.cat([valid, valid])
 
     def _record(self, step: int, kind: str, rep: SurrogateReport) -> None:
         d = {"step": step, "kind": kind, **{k: (float(v) if isinstance(v, (int, float)) else v)
@@ -374,6 +389,7 @@ class MolecularReward:
             self.log(f"surrogate refit at step {step} skipped: {why}")
             return None
         c = self.config
+        x, v, ok = self._with_denoised(x, v, ok, key=step)
         rep = self.surrogate.refit(x, v.numpy(), ok.numpy(), epochs=c.refit_epochs, valid_fraction=c.valid_fraction)
         self._record(step, "refit", rep)
         return rep
@@ -403,6 +419,29 @@ class MolecularReward:
         self._pending = [tuple(p) for p in st["pending"]]
         self.reports = list(st["reports"])
         self._restored = True
+
+
+def denoised_copies(base, t: float, seed: int, batch_size: int = 1000) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``fn(x1, key) -> xhat``: noise final states to time ``t`` and denoise them with ``base``.
+
+    ``x_t = t x_1 + (1 - t) eps`` (the flow's linear path) and ``xhat = x_t + (1 - t) v(x_t, t)``,
+    the base model's posterior mean of the sample; ``eps`` comes from a generator seeded by
+    ``(seed, key)``.  Regressing ``r(x_1)`` on ``xhat`` fits ``E[r(X_1) | xhat]``.
+    """
+    @torch.no_grad()
+    def fn(x1: torch.Tensor, key: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key))
+        eps = torch.randn(x1.shape, generator=gen, dtype=x1.dtype)
+        out = []
+        for i in range(0, x1.shape[0], batch_size):
+            xt = t * x1[i:i + batch_size] + (1.0 - t) * eps[i:i + batch_size]
+            dev = next(base.parameters()).device if isinstance(base, torch.nn.Module) else xt.device
+            xt = xt.to(dev)
+            v = base.velocity(xt, torch.full((xt.shape[0],), t, device=dev, dtype=xt.dtype))
+            out.append((xt + (1.0 - t) * v).cpu())
+        return torch.cat(out)
+
+    return fn
 
 
 def _json_safe(obj):
@@ -598,7 +637,9 @@ def finetune(config: Any, *, resume: bool = False, progress: bool = True,
     surrogate = Surrogate(hidden=sc.hidden, layers=sc.layers, heads=sc.heads, temperature=sc.temperature,
                           lr=sc.lr, batch_size=sc.batch_size, replay_size=sc.replay_size, seed=cfg.seed,
                           device=device)
-    mreward = MolecularReward(reward, base.decode, surrogate, sc, cfg.refit_every, cfg.reward_jobs, log)
+    tc = cfg.tfft.am.terminal_time
+    denoise = denoised_copies(base, tc, cfg.seed) if tc < 1.0 else None
+    mreward = MolecularReward(reward, base.decode, surrogate, sc, cfg.refit_every, cfg.reward_jobs, log, denoise)
     if resume:
         state = load_checkpoint(ckpt_dir)
         if state is not None and "mol_reward" in state.get("extra", {}):
