@@ -225,3 +225,19 @@ def test_continuation_plans_end_at_the_exact_target(mode):
     assert etas == sorted(etas) and etas[0] < etas[-1]  # easier (lower) thresholds first
     assert all(s.alpha == 0.05 for s in st) == (mode != "alpha")
     assert all(s.beta == 0.9 for s in st) == (mode != "beta")
+
+
+def test_offline_cache_key_follows_the_weights_of_a_shipped_flow():
+    """A fine-tuned copy of a shipped flow must not reuse the base model's cached offline batch."""
+    import copy
+
+    from tfftmol.core.tfft import model_fingerprint
+    from tfftmol.pretrained import load_pretrained
+
+    base = load_pretrained("toy2d-moons")
+    ft = copy.deepcopy(base)
+    assert model_fingerprint(ft) == model_fingerprint(base)
+    with torch.no_grad():
+        next(ft.parameters()).add_(1e-3)
+    assert model_fingerprint(ft) != model_fingerprint(base)
+    assert model_fingerprint(load_pretrained("toy2d-moons")) == model_fingerprint(base)

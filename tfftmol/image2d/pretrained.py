@@ -16,7 +16,6 @@ def load_toy2d(name: str, device: str = "cpu") -> MLPFlow:
     card = json.loads((WEIGHTS / f"{name}.card.json").read_text())
     model = MLPFlow(**card["hparams"])
     model.load_state_dict(load_tensors(WEIGHTS / f"{name}.safetensors"))
-    model.cache_key = f"{name}:{card.get('sha1', '')}"
     return model.to(device).eval()
 
 
