@@ -9,9 +9,10 @@ Three parts, each a real ``tfftmol tune`` study:
   the right-CVaR_0.9 of the true reward subject to validity >= 0.85; trial 0 is
   ``configs/qed_right.yaml``'s own ``beta = 0.9``, ``alpha = 0.1``.
 * **Workers**: the same 2D study (random sampler, a fixed number of trials) run by one
-  ``tfftmol tune`` process and by two processes sharing one SQLite storage; wall time
-  from launch to the last worker's exit, and trial throughput between the first trial's
-  start and the last trial's end (start-up excluded).  The offline batch is cached
+  ``tfftmol tune`` process and by two processes sharing one SQLite storage, alternating
+  (1, 2, 1, 2) so that both settings see the same drift in a shared machine's load; wall
+  time from launch to the last worker's exit, and trial throughput between the first
+  trial's start and the last trial's end (start-up excluded).  The offline batch is cached
   beforehand so that both runs do the same work.
 
 Writes ``tuning.csv`` and ``tuning.md`` to ``--out`` (``benchmarks/results``).
@@ -45,7 +46,8 @@ from tfftmol.tuning import load_tune_config, run_study  # noqa: E402
 
 COLUMNS = ["part", "study", "workers", "trials", "objective", "constraint", "default_beta", "default_alpha",
            "default_value", "best_trial", "best_beta", "best_alpha", "best_value", "gain", "best_constraint_metric",
-           "wall_s", "wall_per_trial_s", "trial_s_median", "trials_per_min", "speedup", "wall_speedup"]
+           "wall_s", "wall_per_trial_s", "trial_s_median", "trial_cpu_s_median", "cpu_share", "trials_per_min",
+           "speedup", "wall_speedup", "load_avg_1min"]
 
 # budgets: (2D patch, 2D trials, molecular patch, molecular trials, worker-study trials)
 TOY_QUICK = {"base": {"eval_samples": 2000, "eval_steps": 20, "kl_samples": 300,
@@ -59,11 +61,11 @@ MOL_QUICK = {"budget": {"tfft": {"offline_samples": 150, "refine_samples": 100,
                         "refit_every": 2, "eval_samples": 100, "eval_steps": 15, "kl_samples": 0, "grid_size": 4},
              "eval_every": 2, "intermediate_samples": 50, "constraints": [{"metric": "validity", "min": 0.5}]}
 MOL_FULL = {"budget": {"tfft": {"offline_samples": 1000, "refine_samples": 300,
-                                "am": {"steps": 40, "batch_size": 16, "time_steps": 30, "loss_time_steps": 8,
+                                "am": {"steps": 100, "batch_size": 16, "time_steps": 30, "loss_time_steps": 8,
                                        "lr": 0.001}},
                        "surrogate": {"epochs": 10, "patience": 3, "refit_epochs": 2},
-                       "refit_every": 20, "eval_samples": 500, "kl_samples": 100},
-            "eval_every": 20, "intermediate_samples": 200, "n_startup_trials": 3}
+                       "refit_every": 25, "eval_samples": 500, "kl_samples": 100},
+            "eval_every": 25, "intermediate_samples": 200, "n_startup_trials": 3, "prune_warmup_steps": 50}
 
 
 def _study_config(path: Path, patch: dict) -> dict:
@@ -113,8 +115,12 @@ def _span(storage: str, name: str) -> tuple[float, int]:
     return (t1 - t0).total_seconds(), len(ts)
 
 
-def worker_speedup(cfg_data: dict, n_trials: int, out: Path, log) -> list[dict]:
-    """The same study run by 1 and by 2 ``tfftmol tune`` processes; returns two rows."""
+def worker_speedup(cfg_data: dict, n_trials: int, out: Path, log, repeats: int = 2) -> list[dict]:
+    """The same study run by 1 and by 2 ``tfftmol tune`` processes, alternating (1, 2, 1, 2, ...).
+
+    The machine is shared, so its load drifts; alternating the two settings exposes both to the
+    same drift.  Each 2-worker row's ``speedup`` is its throughput over the 1-worker run just before.
+    """
     cfg = dict(cfg_data, sampler="random", pruner="none", enqueue_default=False, cache_dir=str(out / "cache"))
     path = out / "workers.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -122,27 +128,42 @@ def worker_speedup(cfg_data: dict, n_trials: int, out: Path, log) -> list[dict]:
     run_study(dict(cfg, source_dir=cfg_data.get("source_dir", "")), "warm", n_trials=1, out_dir=out, plots=False,
               log=lambda s: None)
     rows = []
-    for k in (1, 2):
-        name = f"workers{k}"
-        storage = f"sqlite:///{(out / f'{name}.db').resolve()}"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "tfftmol.cli", "tune", "--config", str(path), "--study", name, "--storage",
-               storage, "--n-trials", str(n_trials), "--out", str(out), "--no-plots", "--quiet"]
-        t0 = time.perf_counter()
-        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for _ in range(k)]
-        for p in procs:
-            _, err = p.communicate()
-            if p.returncode != 0:
-                raise RuntimeError(f"worker failed: {err.decode()[-2000:]}")
-        wall = time.perf_counter() - t0
-        span, n = _span(storage, name)
-        tput = 60.0 * n / span
-        log(f"{k} worker(s): {n} trials, wall {wall:.1f} s, {tput:.2f} trials/min between first start and last end")
-        rows.append({"part": "workers", "study": name, "workers": k, "trials": n, "wall_s": wall,
-                     "wall_per_trial_s": wall / n, "trials_per_min": tput})
-    rows[1]["speedup"] = rows[1]["trials_per_min"] / rows[0]["trials_per_min"]  # start-up excluded
-    rows[1]["wall_speedup"] = rows[0]["wall_s"] / rows[1]["wall_s"]  # launch to last exit
+    for rep in range(repeats):
+        for k in (1, 2):
+            name = f"workers{k}-{rep}"
+            storage = f"sqlite:///{(out / f'{name}.db').resolve()}"
+            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            cmd = [sys.executable, "-m", "tfftmol.cli", "tune", "--config", str(path), "--study", name, "--storage",
+                   storage, "--n-trials", str(n_trials), "--out", str(out), "--no-plots", "--quiet"]
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            logs = [open(out / f"{name}-{i}.log", "w") for i in range(k)]
+            procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT) for f in logs]
+            for p, f in zip(procs, logs):
+                p.wait()
+                f.close()
+                if p.returncode != 0:
+                    raise RuntimeError(f"worker failed: {Path(f.name).read_text()[-2000:]}")
+            wall = time.perf_counter() - t0
+            span, n = _span(storage, name)
+            st = optuna.load_study(study_name=name, storage=storage)
+            durs = [t.duration.total_seconds() for t in st.trials if t.duration is not None]
+            cpus = [t.user_attrs["cpu_seconds"] for t in st.trials if "cpu_seconds" in t.user_attrs]
+            shares = [t.user_attrs["cpu_seconds"] / t.user_attrs["wall_seconds"] for t in st.trials
+                      if "cpu_seconds" in t.user_attrs and t.user_attrs.get("wall_seconds")]
+            tput = 60.0 * n / span
+            log(f"{k} worker(s), repeat {rep}: {n} trials, wall {wall:.1f} s, {tput:.2f} trials/min "
+                f"(first start to last end), median trial {statistics.median(durs):.2f} s "
+                f"({statistics.median(cpus):.2f} s CPU), load {load:.1f}")
+            row = {"part": "workers", "study": name, "workers": k, "trials": n, "wall_s": wall,
+                   "wall_per_trial_s": wall / n, "trial_s_median": statistics.median(durs), "trials_per_min": tput,
+                   "trial_cpu_s_median": statistics.median(cpus), "cpu_share": statistics.median(shares),
+                   "load_avg_1min": load}
+            if k == 2:
+                prev = rows[-1]
+                row["speedup"] = tput / prev["trials_per_min"]  # start-up excluded
+                row["wall_speedup"] = prev["wall_s"] / wall  # launch to last exit
+            rows.append(row)
     return rows
 
 
@@ -185,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
     q = a.quick
     toy_n = a.toy_trials or (4 if q else 20)
     mol_n = a.mol_trials or (2 if q else 6)
-    work_n = a.worker_trials or (4 if q else 10)
+    work_n = a.worker_trials or (4 if q else 8)
     rows = []
 
     toy = _study_config(ROOT / "configs" / "tune_toy2d.yaml", TOY_QUICK if q else {})
@@ -202,21 +223,29 @@ def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
     log(f"== 1 vs 2 workers on the 2D study: {work_n} trials each")
     wk = dict(toy)
     wk.pop("constraints", None)
-    rows += worker_speedup(wk, work_n, work, log)
+    rows += worker_speedup(wk, work_n, work, log, repeats=1 if q else 2)
 
     df = pd.DataFrame(rows).reindex(columns=COLUMNS)
     df.to_csv(out / "tuning.csv", index=False)
     studies = df[df["part"] != "workers"].dropna(axis=1, how="all").drop(
-        columns=["trials_per_min", "speedup", "wall_speedup"], errors="ignore")
-    workers = df[df["part"] == "workers"][["study", "workers", "trials", "wall_s", "wall_per_trial_s",
-                                           "trials_per_min", "speedup", "wall_speedup"]]
+        columns=["trials_per_min", "speedup", "wall_speedup", "load_avg_1min", "trial_cpu_s_median", "cpu_share"],
+        errors="ignore")
+    workers = df[df["part"] == "workers"][["study", "workers", "trials", "wall_s", "trial_s_median",
+                                           "trial_cpu_s_median", "cpu_share", "trials_per_min", "speedup",
+                                           "wall_speedup", "load_avg_1min"]]
+    sp = workers["speedup"].dropna()
     md = ["# Tuning with Optuna (`benchmarks/tuning.py" + (" --quick" if q else "") + "`)", "",
           "Best feasible trial against the default config (trial 0 of each study), on the study's objective; "
           "wall times on a 2-core CPU shared with other jobs.", "", _markdown(studies), "",
           "One worker against two `tfftmol tune` processes sharing one SQLite study "
           "(`speedup`: trial throughput between the first trial's start and the last trial's end; `wall_speedup`: "
-          "from launch to the last worker's exit, process start-up included):", "",
-          _markdown(workers), ""]
+          "from launch to the last worker's exit, process start-up included; the settings alternate so that both "
+          "see the same drift in the machine's load):", "",
+          _markdown(workers), "",
+          f"Mean speed-up from 2 workers: {sp.mean():.2f} (throughput), "
+          f"{workers['wall_speedup'].dropna().mean():.2f} (wall time). `cpu_share` is a trial's CPU time over its "
+          "wall time in its worker (1 = a core of its own); `load_avg_1min` is the machine's load when the "
+          "run started.", ""]
     (out / "tuning.md").write_text("\n".join(md))
     if not a.work:
         shutil.rmtree(work, ignore_errors=True)

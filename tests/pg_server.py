@@ -119,7 +119,7 @@ def start_postgres(dbname: str = "tfftmol_test", install: bool = True) -> Postgr
     if r.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         raise PostgresUnavailable(f"initdb failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    opts = f"-h 127.0.0.1 -p {srv.port} -k {root} -c fsync=off -c max_connections=50"
+    opts = f"-h 127.0.0.1 -p {srv.port} -k {root} -c fsync=off -c max_connections=100"
     r = srv._run([str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(logf), "-w", "-t", "60", "start"],
                  timeout=90)
     if r.returncode != 0:

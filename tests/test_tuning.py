@@ -118,8 +118,10 @@ def test_resuming_a_study_continues_its_trial_count(tmp_path):
     nums = sorted(t.number for t in again.study.get_trials(states=(TS.COMPLETE,)))
     assert nums == [0, 1, 2, 3, 4]
     assert sum(bool(t.user_attrs.get("default")) for t in again.study.trials) == 1  # enqueued once
-    done = run_study(cfg, "resume", n_trials=5, out_dir=tmp_path, plots=False, log=lambda s: None)
+    lines = []
+    done = run_study(dict(cfg, seed=7), "resume", n_trials=5, out_dir=tmp_path, plots=False, log=lines.append)
     assert done.trials_run == 0
+    assert any("different config" in s for s in lines)  # a resumed study run with another config says so
     assert str(tmp_path / "resume" / "study.db") in again.storage_url
 
 
@@ -222,3 +224,13 @@ def test_cli_tune_runs_a_study_and_prints_the_summary(tmp_path, capsys):
     st = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path / 'cli' / 'study.db'}")
     assert len(st.get_trials(states=(TS.COMPLETE,))) == 2
     assert math.isfinite(st.best_value)
+
+
+def test_public_api_matches_all():
+    import tfftmol.tuning as tuning
+
+    assert len(tuning.__all__) == len(set(tuning.__all__))
+    for name in tuning.__all__:
+        assert getattr(tuning, name) is not None, name
+    with pytest.raises(AttributeError):
+        tuning.not_a_name

@@ -46,6 +46,7 @@ def test_two_workers_share_a_study_and_a_killed_trial_is_failed(postgres, tmp_pa
     cfg["base"]["tfft"]["am"]["steps"] = 150  # ~2 s per trial: long enough to be killed inside one
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    storage = optuna.storages.RDBStorage(postgres.url)  # one connection pool for all the polling below
     a = _worker(path, postgres.url, tmp_path / "a", tmp_path / "a.log")
     b = _worker(path, postgres.url, tmp_path / "b", tmp_path / "b.log")
     try:
@@ -56,7 +57,7 @@ def test_two_workers_share_a_study_and_a_killed_trial_is_failed(postgres, tmp_pa
             time.sleep(0.2)
             assert a.poll() is None, (tmp_path / "a.log").read_text()
             try:
-                st = optuna.load_study(study_name="shared", storage=postgres.url)
+                st = optuna.load_study(study_name="shared", storage=storage)
             except KeyError:
                 continue
             ts = st.get_trials()
@@ -75,7 +76,7 @@ def test_two_workers_share_a_study_and_a_killed_trial_is_failed(postgres, tmp_pa
         for p in (a, b):
             if p.poll() is None:
                 p.kill()
-    st = optuna.load_study(study_name="shared", storage=postgres.url)
+    st = optuna.load_study(study_name="shared", storage=storage)
     by_num = {t.number: t for t in st.get_trials()}
     # the killed trial is marked failed by the heartbeat, not left RUNNING
     assert by_num[victim].state == TS.FAIL

@@ -12,6 +12,7 @@ still reaches its count.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -176,9 +177,10 @@ class Objective:
         callbacks = []
         if cfg.eval_every and not cfg.multi_objective and cfg.pruner != "none":
             callbacks.append(self._pruning_callback(trial, self.runner.total_steps(params)))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         m = self.runner.run(params, f"trial-{trial.number:04d}", callbacks)
         trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
+        trial.set_user_attr("cpu_seconds", time.process_time() - c0)  # this worker's CPU time (all threads)
         for k, v in m.items():
             if isinstance(v, str) or (isinstance(v, float) and math.isfinite(v)):
                 trial.set_user_attr(k, v)
@@ -279,7 +281,7 @@ def run_study(config: Any, study_name: str, storage: Optional[str] = None, n_tri
         raise ConfigError(f"study {study_name!r} exists with directions {[d.name.lower() for d in study.directions]}, "
                           f"the config asks for {cfg.directions}; use another --study name")
     runner = make_runner(cfg, study_dir, log=log if verbose else (lambda s: None))
-    _init_study(study, cfg, runner)
+    _init_study(study, cfg, runner, log)
     objective = Objective(cfg, runner, log)
     ran = failures = 0
     catch = (RuntimeError, ValueError, FloatingPointError, ArithmeticError)
@@ -294,7 +296,8 @@ def run_study(config: Any, study_name: str, storage: Optional[str] = None, n_tri
         if done + running >= n_trials:  # the rest is running elsewhere: wait, and take over if a worker dies
             time.sleep(min(1.0, cfg.heartbeat_interval))
             continue
-        study.sampler = make_sampler(cfg, cfg.seed + total)  # seeded per trial: reproducible alone, distinct in parallel
+        # seeded per trial: reproducible with one worker, distinct suggestions across workers
+        study.sampler = make_sampler(cfg, cfg.seed + total)
         study.optimize(objective, n_trials=1, catch=catch, gc_after_trial=False)
         ran += 1
         last = max((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("pid") == os.getpid()),
@@ -314,13 +317,21 @@ def run_study(config: Any, study_name: str, storage: Optional[str] = None, n_tri
     return res
 
 
-def _init_study(study: optuna.Study, cfg: TuneConfig, runner: TrialRunner) -> None:
-    """On a new study: record the config, name the metrics, enqueue the default trial."""
-    if "tune_config" in study.user_attrs:
-        return
+def _init_study(study: optuna.Study, cfg: TuneConfig, runner: TrialRunner,
+                log: Callable[[str], None] = print) -> None:
+    """On a new study: record the config, name the metrics, enqueue the default trial.
+
+    On an existing one: say so if the config differs from the one recorded.
+    """
     data = to_dict(cfg)
     data.pop("source_dir", None)
     data["base"] = runner.data
+    old = study.user_attrs.get("tune_config")
+    if old is not None:
+        if old != json.loads(json.dumps(data)):
+            log(f"warning: study {study.study_name!r} was created with a different config; its earlier trials "
+                "were run with that one")
+        return
     study.set_user_attr("tune_config", data)
     try:
         study.set_metric_names([o.metric for o in cfg.objectives])
