@@ -206,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
     q = a.quick
     toy_n = a.toy_trials or (4 if q else 20)
     mol_n = a.mol_trials or (2 if q else 6)
-    work_n = a.worker_trials or (4 if q else 8)
+    work_n = a.worker_trials or (3 if q else 8)
     rows = []
 
     toy = _study_config(ROOT / "configs" / "tune_toy2d.yaml", TOY_QUICK if q else {})

@@ -128,12 +128,12 @@ def test_resuming_a_study_continues_its_trial_count(tmp_path):
 def test_seeded_sampler_is_reproducible(tmp_path):
     cfg = toy_config(sampler="random", enqueue_default=False, base=dict(toy_config()["base"], kl_samples=0))
     cfg["base"]["tfft"] = dict(cfg["base"]["tfft"], am=dict(cfg["base"]["tfft"]["am"], steps=5))
-    a = run_study(cfg, "a", n_trials=3, out_dir=tmp_path, plots=False, log=lambda s: None)
-    b = run_study(cfg, "b", n_trials=3, out_dir=tmp_path, plots=False, log=lambda s: None)
+    a = run_study(cfg, "a", n_trials=2, out_dir=tmp_path, plots=False, log=lambda s: None)
+    b = run_study(cfg, "b", n_trials=2, out_dir=tmp_path, plots=False, log=lambda s: None)
     pa = [t.params for t in a.study.trials]
     assert pa == [t.params for t in b.study.trials]
     assert [t.value for t in a.study.trials] == [t.value for t in b.study.trials]
-    c = run_study(dict(cfg, seed=1), "c", n_trials=3, out_dir=tmp_path, plots=False, log=lambda s: None)
+    c = run_study(dict(cfg, seed=1), "c", n_trials=2, out_dir=tmp_path, plots=False, log=lambda s: None)
     assert [t.params for t in c.study.trials] != pa
 
 

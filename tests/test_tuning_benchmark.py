@@ -26,9 +26,9 @@ def test_tuning_benchmark_quick(tmp_path):
     assert toy["best_constraint_metric"] <= 0.5  # KL constraint of configs/tune_toy2d.yaml
     assert mol["best_constraint_metric"] >= 0.5  # validity constraint of the quick budget
     w1, w2 = saved.iloc[2], saved.iloc[3]
-    assert (w1["workers"], w2["workers"], w1["trials"], w2["trials"]) == (1, 2, 4, 4)
+    assert (w1["workers"], w2["workers"], w1["trials"], w2["trials"]) == (1, 2, 3, 3)
     assert math.isclose(w2["speedup"], w2["trials_per_min"] / w1["trials_per_min"])
     md = (tmp_path / "tuning.md").read_text()
-    assert "| workers2-0 | 2 | 4 |" in md and "toy2d" in md and "Mean speed-up from 2 workers" in md
+    assert "| workers2-0 | 2 | 3 |" in md and "toy2d" in md and "Mean speed-up from 2 workers" in md
     assert not (tmp_path / "tuning_runs").exists()  # the studies' scratch directory is removed
     assert len(df) == 4
