@@ -198,8 +198,45 @@ def write(df: pd.DataFrame, out: Path, quick: bool, note: str) -> None:
               _md_table(table), "", "## Per target", "",
               "TFFT's own tail against expected-FT (`spread` = root sum of squares of the two standard deviations "
               "over seeds); `time_ratio` = TFFT / expected-FT fine-tune time, mean over seeds.", "",
-              _md_table(verdicts), ""]
+              _md_table(verdicts), "", "![own-tail CVaR per target](property_targets.png)", ""]
     (out / "property_targets.md").write_text("\n".join(lines))
+    plot(df, out / "property_targets.png")
+
+
+def plot(df: pd.DataFrame, path: Path) -> None:
+    """One panel per target: its own-tail CVaR (mean ± std over seeds) and validity, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(dict.fromkeys(df["target"]))
+    fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.2), squeeze=False)
+    colors = {"pretrained": "0.6", "expected": "tab:blue", "tfft": "tab:red"}
+    for ax, target in zip(axes[0], targets):
+        d = df[df.target == target]
+        tail, beta = d["tail"].iloc[0], float(d["beta"].iloc[0])
+        col = f"reward_cvar_{tail}_{beta:g}"
+        g = d.groupby("method", sort=False)
+        means, stds = g[col].mean(), g[col].std(ddof=1).fillna(0.0)
+        methods = [m for m in METHODS if m in means.index]
+        for i, m in enumerate(methods):  # points with error bars: a bar from 0 means nothing for a CVaR
+            ax.errorbar([i], [means[m]], yerr=[stds[m]], fmt="o", capsize=5, ms=7, color=colors[m])
+            ax.scatter(np.full(int((d.method == m).sum()), i + 0.12), d.loc[d.method == m, col], s=9,
+                       color=colors[m], alpha=0.5)
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_xlim(-0.5, len(methods) - 0.5)
+        lo = min(min(means[m] - stds[m], d.loc[d.method == m, col].min()) for m in methods)
+        hi = max(max(means[m] + stds[m], d.loc[d.method == m, col].max()) for m in methods)
+        pad = 0.15 * (hi - lo + 1e-9)
+        ax.set_ylim(lo - pad, hi + pad)
+        for i, m in enumerate(methods):
+            ax.text(i, lo - 0.5 * pad, f"valid {g['validity'].mean()[m]:.3f}", ha="center", fontsize=7)
+        ax.set_title(f"{target}\n{tail}-CVaR$_{{{beta:g}}}$ (own tail)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -215,7 +252,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--runs", default=None, help="where the per-run reports go (default runs/property_targets)")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="rewrite the .md and .png from the existing CSV, run nothing")
     a = ap.parse_args(argv)
+    if a.replot:
+        out = Path(a.out)
+        df = pd.read_csv(out / "property_targets.csv")
+        md = (out / "property_targets.md").read_text().splitlines()
+        note = next((line for line in md if line.startswith("Targets ")), "")
+        write(df, out, "Quick mode" in "\n".join(md), note)
+        print((out / "property_targets.md").read_text())
+        return 0
     import torch
     torch.set_num_threads(1)
     n_seeds = a.seeds if a.seeds is not None else (2 if a.quick else 3)

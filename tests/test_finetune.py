@@ -254,6 +254,7 @@ def test_property_targets_benchmark_quick(tiny_model, tmp_path):
     assert (ft_rows.groupby("target")[["alpha", "steps"]].nunique() == 1).all().all()
     md = (out / "property_targets.md").read_text()
     assert "±" in md and "time_ratio_tfft_over_expected" in md and "Quick mode" in md
+    assert (out / "property_targets.png").stat().st_size > 0
 
 
 def test_cli_finetune_prints_the_before_after_table(tiny_model, tmp_path, capsys):
