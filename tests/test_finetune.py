@@ -317,3 +317,20 @@ def test_denoised_copies_are_keyed_and_the_surrogate_trains_on_them(tiny_model):
     values = torch.linspace(0, 1, 40, dtype=torch.float64)
     mr.fit_offline(x1, values, torch.ones(40, dtype=torch.bool))
     assert seen == [80]                                    # the 40 states and their 40 denoised copies
+
+
+def test_molecule_grid_is_written_with_the_notebook_renderer_installed(tmp_path):
+    """Inside Jupyter, RDKit's IPython renderer makes MolsToGridImage return an IPython Image."""
+    from rdkit.Chem.Draw import IPythonConsole
+
+    df = pd.DataFrame({"smiles": ["CCO", "c1ccccc1O", ""], "reward": [0.4, 0.5, -0.5]})
+    IPythonConsole.InstallIPythonRenderer()
+    try:
+        from rdkit.Chem import Draw
+
+        img = Draw.MolsToGridImage([__import__("rdkit.Chem", fromlist=["x"]).MolFromSmiles("CC")])
+        assert not hasattr(img, "save")                      # the renderer really is active
+        ft._grid(df, tmp_path / "grid.png", "top")
+    finally:
+        IPythonConsole.UninstallIPythonRenderer()
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

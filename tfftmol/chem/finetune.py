@@ -862,4 +862,10 @@ def _grid(df: pd.DataFrame, path: Path, title: str) -> None:
         plt.close(fig)
         return
     img = Draw.MolsToGridImage(mols, molsPerRow=min(6, len(mols)), subImgSize=(180, 180), legends=legends)
-    img.save(str(path))
+    if hasattr(img, "save"):  # a PIL image
+        img.save(str(path))
+    else:  # in a notebook RDKit's IPython renderer returns an IPython Image holding the PNG bytes
+        data = getattr(img, "data", None)
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"molecule grid: cannot save a {type(img).__name__} from Draw.MolsToGridImage")
+        Path(path).write_bytes(bytes(data))
