@@ -86,8 +86,10 @@ def _print_table(table) -> None:
         print(table.to_string(index=False))
 
 
-def _run_finetune(cfg, resume: bool, quiet: bool) -> int:
-    from .chem.finetune import finetune
+def _run_finetune(cfg, resume: bool, quiet: bool, finetune=None) -> int:
+    """Run a fine-tune (molecular unless ``finetune`` is given), print its before/after table."""
+    if finetune is None:
+        from .chem.finetune import finetune
 
     try:
         res = finetune(cfg, resume=resume, progress=not quiet)
@@ -103,12 +105,13 @@ def _run_finetune(cfg, resume: bool, quiet: bool) -> int:
 def _finetune(a) -> int:
     import torch
 
-    from .image2d.digits_finetune import cli_finetune, is_digits_config
+    from .core.config import ConfigError
+    from .image2d.digits_finetune import is_digits_config
 
     if is_digits_config(a.config):  # an image config (model: digits-flow): its own loader, runner and report
-        return cli_finetune(a)
-    from .chem.finetune import load_config
-    from .core.config import ConfigError
+        from .image2d.digits_finetune import finetune, load_config
+    else:
+        from .chem.finetune import finetune, load_config
 
     torch.set_num_threads(a.threads)
     overrides = {"out_dir": a.out} if a.out else {}
@@ -122,7 +125,7 @@ def _finetune(a) -> int:
         print(dump_yaml(cfg), end="")
         print(f"# config OK; the report would go to {cfg.run_dir}")
         return 0
-    return _run_finetune(cfg, a.resume, a.quiet)
+    return _run_finetune(cfg, a.resume, a.quiet, finetune)
 
 
 # budget of `tfftmol demo-mol`: about 10 minutes on 2 busy CPU cores (measured with the shipped qm9-graph on one

@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tfftmol.tables import markdown_table
 from tfftmol.core.adjoint import AdjointMatching, estimate_kl
 from tfftmol.core.checkpoint import atomic_write_text, load_checkpoint, save_tensors
 from tfftmol.core.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
@@ -689,18 +690,6 @@ def finetune(config: Any, *, resume: bool = False, progress: bool = True,
 # ----------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------
-def _markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
-    def fmt(v):
-        if isinstance(v, (float, np.floating)):
-            return "" if math.isnan(v) else floatfmt.format(v)
-        return str(v)
-
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    rows = ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
-    return "\n".join([head, sep, *rows])
-
-
 def write_report(cfg: MolFinetuneConfig, res: TFFTResult, metrics: pd.DataFrame, samples: pd.DataFrame,
                  pre_samples: pd.DataFrame, surrogate_reports: list, kl: float, timings: dict) -> dict:
     """Write ``report.md``, ``metrics.csv``, ``samples.csv``, ``model.safetensors`` and the plots; returns the paths."""
@@ -730,7 +719,7 @@ def write_report(cfg: MolFinetuneConfig, res: TFFTResult, metrics: pd.DataFrame,
              f"{cfg.tfft.am.batch_size} trajectories ({cfg.tfft.am.time_steps} time steps), seed {cfg.seed}",
              f"- evaluation: {cfg.eval_samples} fresh molecules per model ({cfg.eval_sampler}, "
              f"{cfg.eval_steps} steps), true reward; novelty against the QM9 training split", "",
-             "## Before and after", "", _markdown_table(metrics[cols]), "",
+             "## Before and after", "", markdown_table(metrics[cols]), "",
              f"The tail this run targets is `{tail_col}`. `kl` is the control-cost estimate of "
              f"KL(p_ft || p_pre) in nats ({cfg.kl_samples} trajectories).", ""]
     if res.threshold is not None:
@@ -747,8 +736,8 @@ def write_report(cfg: MolFinetuneConfig, res: TFFTResult, metrics: pd.DataFrame,
         keep = [c for c in ["step", "kind", "r2", "spearman", "rank_precision_hi", "rank_precision_lo", "mae",
                             "validity_accuracy", "n_train", "n_valid", "seconds"] if c in sr.columns]
         lines += ["## Surrogate", "", "Held-out accuracy of each (re)fit (the gradient of stage 2 comes from it; "
-                  "values and the tail indicator use the true reward).", "", _markdown_table(sr[keep]), ""]
-    lines += ["## Timings (s)", "", _markdown_table(pd.DataFrame([{k: float(v) for k, v in timings.items()}])), "",
+                  "values and the tail indicator use the true reward).", "", markdown_table(sr[keep]), ""]
+    lines += ["## Timings (s)", "", markdown_table(pd.DataFrame([{k: float(v) for k, v in timings.items()}])), "",
               "## Plots", "", "![reward histograms](reward_hist.png)", "", "![training curves](training.png)", "",
               "Top tail of the fine-tuned samples:", "", "![top tail](tails_top.png)", "",
               "Bottom tail of the fine-tuned samples (valid molecules only):", "", "![bottom tail](tails_bottom.png)",

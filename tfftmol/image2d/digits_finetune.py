@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tfftmol.tables import markdown_table
 from ..core.adjoint import AdjointMatching, estimate_kl
 from ..core.checkpoint import atomic_write_text, load_checkpoint, save_tensors
 from ..core.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
@@ -48,7 +49,7 @@ from .digits import (DigitClassifier, DigitReward, check_prompts, make_digit_rew
                      sample_digits, state_to_images, within_prompt_diversity)
 
 __all__ = ["DIGIT_MODELS", "DigitsFinetuneConfig", "DigitsFinetuneResult", "is_digits_config", "load_config",
-           "finetune", "evaluate_images", "plot_grid", "plot_same_noise", "plot_reward_hists", "cli_finetune"]
+           "finetune", "evaluate_images", "plot_grid", "plot_same_noise", "plot_reward_hists"]
 
 DIGIT_MODELS = ("digits-flow",)
 EVAL_SAMPLERS = ("ode", "heun", "sde")
@@ -461,18 +462,6 @@ def finetune(config: Any, *, resume: bool = False, progress: bool = True,
     return DigitsFinetuneResult(cfg, run_dir, metrics, per_prompt, kl, eta, res, samples, timings, files)
 
 
-def _markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
-    def fmt(v):
-        if isinstance(v, (float, np.floating)):
-            return "" if math.isnan(v) else floatfmt.format(v)
-        return str(v)
-
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    rows = ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
-    return "\n".join([head, sep, *rows])
-
-
 def write_report(cfg: DigitsFinetuneConfig, res: TFFTResult, metrics: pd.DataFrame, per_prompt: pd.DataFrame,
                  samples: dict, reward: DigitReward, kl: float, timings: dict) -> dict:
     """Write the report directory (module docstring); returns ``{name: path}``."""
@@ -528,12 +517,12 @@ def write_report(cfg: DigitsFinetuneConfig, res: TFFTResult, metrics: pd.DataFra
              f"- evaluation: {cfg.eval_samples} fresh images per model ({cfg.eval_sampler}, {cfg.eval_steps} steps, "
              f"same noise); `align` = log p(prompt | image) from `{cfg.classifier}`, `accuracy` = its arg-max "
              f"equals the prompt; `diversity` = mean pairwise pixel distance within a prompt", "",
-             "## Before and after (all prompts pooled)", "", _markdown_table(metrics[pooled]), "",
+             "## Before and after (all prompts pooled)", "", markdown_table(metrics[pooled]), "",
              f"`kl` is the control-cost estimate of KL(p_ft || p_pre) in nats ({cfg.kl_samples} trajectories).", "",
-             "## Per prompt", "", _markdown_table(pp), ""]
+             "## Per prompt", "", markdown_table(pp), ""]
     if res.threshold is not None:
         lines += ["## Stage 1", "", "```", res.threshold.summary(), "```", ""]
-    lines += ["## Timings (s)", "", _markdown_table(pd.DataFrame([{k: float(v) for k, v in timings.items()}])), "",
+    lines += ["## Timings (s)", "", markdown_table(pd.DataFrame([{k: float(v) for k, v in timings.items()}])), "",
               "## Plots", "", "Samples per prompt, before:", "", "![before](grid_before.png)", "",
               "and after:", "", "![after](grid_after.png)", "",
               "The pre-trained model's lowest-reward images and the fine-tuned model's images from the same noise:", "",
@@ -544,32 +533,3 @@ def write_report(cfg: DigitsFinetuneConfig, res: TFFTResult, metrics: pd.DataFra
               "- `history.csv`: stage-2 training statistics", ""]
     atomic_write_text(files["report"], "\n".join(lines))
     return files
-
-
-# ----------------------------------------------------------------------------
-# Command line (called by `tfftmol finetune` for image configs)
-# ----------------------------------------------------------------------------
-def cli_finetune(a) -> int:
-    """``tfftmol finetune --config configs/digits_*.yaml [--out DIR] [--check] [--resume] [--quiet]``."""
-    import sys
-
-    torch.set_num_threads(a.threads)
-    overrides = {"out_dir": a.out} if a.out else {}
-    try:
-        cfg = load_config(a.config, **overrides)
-    except ConfigError as e:
-        raise SystemExit(f"tfftmol finetune: bad config {a.config}: {e}") from None
-    if a.check:
-        print(dump_yaml(cfg), end="")
-        print(f"# config OK; the report would go to {cfg.run_dir}")
-        return 0
-    try:
-        res = finetune(cfg, resume=a.resume, progress=not a.quiet)
-    except KeyboardInterrupt as e:
-        print(f"\n{e or 'interrupted'}; continue with --resume", file=sys.stderr)
-        return 130
-    with pd.option_context("display.width", 200, "display.max_columns", 40, "display.float_format", "{:.4g}".format):
-        print()
-        print(res.table().to_string(index=False))
-    print(f"\nreport: {res.files['report']}")
-    return 0
