@@ -260,6 +260,14 @@ class AdjointMatching:
         """Change the terminal objective (used by continuation schedules)."""
         self.transform, self.lam = transform, float(lam)
 
+    def _clip(self, a: torch.Tensor, shape: tuple) -> torch.Tensor:
+        """Clip each sample's adjoint to norm ``adjoint_clip`` (``0`` = off)."""
+        clip = self.config.adjoint_clip
+        if clip <= 0:
+            return a
+        nrm = a.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return a * (clip / nrm).clamp(max=1.0).reshape(shape)
+
     def _denoised_adjoint(self, traj: Trajectory, gp: torch.Tensor, shape: tuple) -> tuple[torch.Tensor, int]:
         """Adjoint started at ``t_c = terminal_time`` from the reward gradient at the denoised state.
 
@@ -284,10 +292,7 @@ class AdjointMatching:
             xhat = xr + (1.0 - tc) * _velocity(self.base, xr, tc.expand(xr.shape[0]), traj.cond)
             g_hat = terminal_grad(self.reward, xhat.detach()).to(xhat.dtype)
             (jt,) = torch.autograd.grad(xhat, xr, grad_outputs=g_hat)
-        a_c = -self.lam * gp.reshape(shape) * jt
-        if self.config.adjoint_clip > 0:
-            nrm = a_c.flatten(1).norm(dim=1).clamp_min(1e-12)
-            a_c = a_c * (self.config.adjoint_clip / nrm).clamp(max=1.0).reshape(shape)
+        a_c = self._clip(-self.lam * gp.reshape(shape) * jt, shape)
         adj = torch.zeros_like(xs)
         adj[: kc + 1] = lean_adjoint(self.base, Trajectory(xs[: kc + 1], ts[: kc + 1], traj.cond), a_c)
         return adj, kc + 1
@@ -307,14 +312,11 @@ class AdjointMatching:
         rb = self.reward.value_and_grad(x1)
         gp = self.transform.grad(rb.values).to(x1.dtype)                  # g'(r), (B,)
         shape = (-1,) + (1,) * (x1.dim() - 1)
-        a_T = -self.lam * gp.reshape(shape) * rb.grad                     # a(1) = -lam grad g(X_1)
-        if c.adjoint_clip > 0:
-            nrm = a_T.flatten(1).norm(dim=1).clamp_min(1e-12)
-            a_T = a_T * (c.adjoint_clip / nrm).clamp(max=1.0).reshape(shape)
         N = traj.xs.shape[0]
         if c.terminal_time < 1.0:
             adj, pool = self._denoised_adjoint(traj, gp, shape)
         else:
+            a_T = self._clip(-self.lam * gp.reshape(shape) * rb.grad, shape)  # a(1) = -lam grad g(X_1)
             adj = lean_adjoint(self.base, traj, a_T)                       # (N, B, *S)
             pool = N - 1                                                   # t_1 .. t_{N-1}
         k = pool if c.loss_time_steps in (0, None) or c.loss_time_steps >= pool else c.loss_time_steps
