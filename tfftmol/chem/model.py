@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tfftmol.core.flow import VelocityModule
+from tfftmol.core.flow import VelocityModule, sinusoidal_embedding
 
 from .graph import (N_EDGE_CLASSES, N_EDGES, N_MAX, N_NODE_CLASSES, SCALE, STATE_DIM, join_state, split_state,
                     triu_pairs)
@@ -78,14 +78,6 @@ class GraphTransformerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features of ``t`` in [0, 1], shape ``(B, dim)``."""
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, device=t.device, dtype=t.dtype) * (-math.log(1000.0) / max(half - 1, 1)))
-    ang = (t[:, None] * 1000.0) * freqs[None]
-    return torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
 
 
 class _Layer(nn.Module):
@@ -170,7 +162,7 @@ class GraphTransformerFlow(VelocityModule):
         t = self._t(t, x)
         c_in = torch.rsqrt(t * t + (1 - t) ** 2)[:, None, None]     # x_t has per-entry std ~ sqrt(t^2 + (1-t)^2)
         xn, xe = split_state(x)
-        temb = self.t_mlp(_time_features(t, 64))                       # (B, D)
+        temb = self.t_mlp(sinusoidal_embedding(t, 64))                       # (B, D)
         h = self.node_in(xn * c_in) + temb[:, None]
         e = self.edge_in(xe * c_in) + self.t_edge(temb)[:, None]
         for layer in self.layers:

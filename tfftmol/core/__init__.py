@@ -1,27 +1,41 @@
 """The domain-free core of tfftmol: tensors and callables only (no chemistry).
 
-Risk measures, the exact stage-1 threshold solver, pseudo-rewards, the flow-model
-interface, ODE/SDE samplers, Adjoint Matching with the lean adjoint, and the
-TFFT two-stage driver.
+One concern per module:
+
+* :mod:`~tfftmol.core.risk`, :mod:`~tfftmol.core.threshold`, :mod:`~tfftmol.core.pseudo`:
+  CVaR, the exact stage-1 threshold solver, pseudo-rewards;
+* :mod:`~tfftmol.core.flow`, :mod:`~tfftmol.core.reward`: the model and reward protocols;
+* :mod:`~tfftmol.core.sde`: the memoryless-SDE maths (sigma, drift, control, one EM step);
+* :mod:`~tfftmol.core.sampling`: the one sampler (ODE/Heun/SDE);
+* :mod:`~tfftmol.core.adjoint`: lean adjoint and the Adjoint Matching trainer;
+* :mod:`~tfftmol.core.estimators`: KL estimate and Girsanov importance weights;
+* :mod:`~tfftmol.core.offline`, :mod:`~tfftmol.core.continuation`: the offline batch, stage planning, refinement;
+* :mod:`~tfftmol.core.settings`: AMConfig, TFFTConfig;
+* :mod:`~tfftmol.core.tfft`: ``run_tfft``, the loop.
 """
-from .adjoint import AMConfig, AdjointMatching, IdentityTransform, ResidualFlow, estimate_kl, lean_adjoint
+from .adjoint import AdjointMatching, IdentityTransform, ResidualFlow, lean_adjoint
 from .config import ConfigError, from_dict, load_yaml, to_dict
-from .flow import FlowModel, VelocityModule, gaussian_prior
-from .pseudo import ExpectedReward, PseudoReward, TerminalTransform
+from .estimators import estimate_kl, sample_importance
+from .flow import FlowModel, VelocityModule, gaussian_prior, time_features
+from .pseudo import AdaptiveHinge, ExpectedReward, PseudoReward, TerminalTransform
 from .reward import DifferentiableReward, RewardBatch, TerminalReward
 from .risk import cvar, var
-from .samplers import Trajectory, sample_ode, sample_sde, sigma_memoryless
+from .samplers import sample_ode, sample_sde
+from .sampling import Samples, Trajectory, sample
+from .sde import sigma_memoryless
+from .settings import AMConfig, TFFTConfig
 from .threshold import ThresholdResult, TfftWarning, objective, solve_eta, solve_threshold
-from .tfft import Stage, TFFTConfig, TFFTResult, offline_batch, plan_stages, run_tfft
+from .tfft import Stage, TFFTResult, offline_batch, plan_stages, run_tfft
 
 __all__ = [
     "AMConfig", "AdjointMatching", "IdentityTransform", "ResidualFlow", "estimate_kl", "lean_adjoint",
+    "sample_importance",
     "ConfigError", "from_dict", "load_yaml", "to_dict",
-    "FlowModel", "VelocityModule", "gaussian_prior",
-    "ExpectedReward", "PseudoReward", "TerminalTransform",
+    "FlowModel", "VelocityModule", "gaussian_prior", "time_features",
+    "AdaptiveHinge", "ExpectedReward", "PseudoReward", "TerminalTransform",
     "DifferentiableReward", "RewardBatch", "TerminalReward",
     "cvar", "var",
-    "Trajectory", "sample_ode", "sample_sde", "sigma_memoryless",
+    "Samples", "Trajectory", "sample", "sample_ode", "sample_sde", "sigma_memoryless",
     "ThresholdResult", "TfftWarning", "objective", "solve_eta", "solve_threshold",
     "Stage", "TFFTConfig", "TFFTResult", "offline_batch", "plan_stages", "run_tfft",
 ]

@@ -34,89 +34,20 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .flow import FlowModel, VelocityModule
+from .estimators import estimate_kl, sample_importance
+from .flow import TIME_FEATURES, FlowModel, VelocityModule, time_features
 from .pseudo import ExpectedReward, TerminalTransform
-from .reward import TerminalReward
-from .samplers import Trajectory, sample_sde, sigma_memoryless
+from .reward import TerminalReward, reward_hook
+from .sampling import Trajectory, sample, velocity_of
+from .sde import adjoint_step, control, sigma_memoryless
+from .settings import AMConfig
 
 __all__ = ["AMConfig", "AdjointMatching", "ResidualFlow", "lean_adjoint", "StepStats", "estimate_kl", "sample_importance",
            "TerminalTransform", "IdentityTransform"]
 
 
-@dataclass
-class AMConfig:
-    """Adjoint Matching settings.
-
-    Attributes:
-        steps: optimisation steps (over all continuation stages).
-        batch_size: trajectories per step.
-        time_steps: Euler–Maruyama steps ``N`` per trajectory (``h = 1/N``).
-        loss_time_steps: how many of ``t_1..t_{N-1}`` enter the loss per step
-            (a random subset); ``0`` means all.
-        lr: Adam learning rate; ``lr_final_fraction``: cosine decay to ``lr * lr_final_fraction``.
-        warmup_steps: linear warm-up steps.
-        grad_clip: global gradient-norm clip (``0`` = off).
-        adjoint_clip: clip on the per-sample terminal adjoint norm (``0`` = off).
-        ema: decay of an exponential moving average of the weights used for the
-            final model (``0`` = off).
-        correction: ``"auto"`` (copy an ``nn.Module`` base, else residual MLP),
-            ``"copy"`` or ``"residual"``.
-        terminal_time: where the adjoint starts. ``1`` (default) is exact Adjoint Matching,
-            ``a(1) = -lam grad g(X_1)``.  ``t_c < 1`` starts it at the last grid time
-            ``<= t_c`` from the reward gradient at the denoised state ``x + (1 - t) v(x, t)``
-            (see ``AdjointMatching._denoised_adjoint``): for flows on discrete data, whose
-            trajectories snap onto a class well before ``t = 1`` so that the exact adjoint
-            carries ~no signal to earlier times.  Later times are left out of the loss.
-        hidden, layers: width and depth of the residual MLP correction.
-        seed: seeds the trajectory noise and the time subsets.
-        log_every: history stride.
-    """
-
-    steps: int = 1000
-    batch_size: int = 256
-    time_steps: int = 50
-    loss_time_steps: int = 20
-    lr: float = 1e-3
-    lr_final_fraction: float = 0.05
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    adjoint_clip: float = 0.0
-    ema: float = 0.0
-    correction: str = "auto"
-    terminal_time: float = 1.0
-    hidden: int = 64
-    layers: int = 3
-    seed: int = 0
-    log_every: int = 10
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "time_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r} must be an integer >= 1")
-        if self.time_steps < 2:
-            raise ValueError(f"time_steps={self.time_steps} must be >= 2")
-        if not (0 <= self.loss_time_steps):
-            raise ValueError(f"loss_time_steps={self.loss_time_steps} must be >= 0 (0 = all)")
-        if not (self.lr > 0):
-            raise ValueError(f"lr={self.lr} must be > 0")
-        if not (0 < self.lr_final_fraction <= 1):
-            raise ValueError(f"lr_final_fraction={self.lr_final_fraction} must be in (0, 1]")
-        if not (0 <= self.ema < 1):
-            raise ValueError(f"ema={self.ema} must be in [0, 1)")
-        if not (0 < self.terminal_time <= 1):
-            raise ValueError(f"terminal_time={self.terminal_time} must be in (0, 1]")
-        if self.correction not in ("auto", "copy", "residual"):
-            raise ValueError(f"correction={self.correction!r} must be one of 'auto', 'copy', 'residual'")
-
-
 class IdentityTransform(ExpectedReward):
     """``g(r) = r``: the expected-reward baseline (alias of :class:`~tfftmol.core.pseudo.ExpectedReward`)."""
-
-
-def _time_features(t: torch.Tensor, n: int = 8) -> torch.Tensor:
-    freqs = torch.arange(1, n + 1, device=t.device, dtype=t.dtype) * math.pi
-    return torch.cat([t[:, None], torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], 1)
 
 
 class ResidualFlow(VelocityModule):
@@ -130,7 +61,7 @@ class ResidualFlow(VelocityModule):
         self.base = base
         self.state_shape = tuple(base.state_shape)
         d = int(torch.Size(self.state_shape).numel())
-        dims = [d + 17] + [hidden] * layers
+        dims = [d + TIME_FEATURES] + [hidden] * layers
         mods: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             mods += [nn.Linear(a, b), nn.SiLU()]
@@ -141,17 +72,13 @@ class ResidualFlow(VelocityModule):
 
     def forward(self, x, t, cond=None):
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        h = torch.cat([x.flatten(1), _time_features(t.to(x.dtype))], 1)
+        h = torch.cat([x.flatten(1), time_features(t.to(x.dtype))], 1)
         return self.base.velocity(x, t, cond) + self.net(h).view_as(x)
-
-
-def _velocity(model, x, t, cond):
-    return model.velocity(x, t, cond)
 
 
 def terminal_grad(reward: TerminalReward, x: torch.Tensor) -> torch.Tensor:
     """The reward's gradient at ``x``: ``reward.grad(x)`` if it has one, else ``value_and_grad(x).grad``."""
-    fn = getattr(reward, "grad", None)
+    fn = reward_hook(reward, "grad")
     if callable(fn):
         return fn(x)
     g = reward.value_and_grad(x).grad
@@ -181,9 +108,9 @@ def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor) ->
         t = ts[k]
         with torch.enable_grad():
             x = xs[k].detach().requires_grad_(True)
-            v = _velocity(base, x, t.expand(x.shape[0]), traj.cond)
+            v = velocity_of(base, x, t.expand(x.shape[0]), traj.cond)
             (vjp,) = torch.autograd.grad(v, x, grad_outputs=a)
-        a = a + h * (2.0 * vjp - a / t)
+        a = adjoint_step(a, vjp, t, h)
         out[k] = a
     return out
 
@@ -289,7 +216,7 @@ class AdjointMatching:
         tc = ts[kc]
         with torch.enable_grad():
             xr = xs[kc].detach().requires_grad_(True)
-            xhat = xr + (1.0 - tc) * _velocity(self.base, xr, tc.expand(xr.shape[0]), traj.cond)
+            xhat = xr + (1.0 - tc) * velocity_of(self.base, xr, tc.expand(xr.shape[0]), traj.cond)
             g_hat = terminal_grad(self.reward, xhat.detach()).to(xhat.dtype)
             (jt,) = torch.autograd.grad(xhat, xr, grad_outputs=g_hat)
         a_c = self._clip(-self.lam * gp.reshape(shape) * jt, shape)
@@ -302,8 +229,8 @@ class AdjointMatching:
         cond = self.cond_sampler(n, self.generator) if self.cond_sampler else None
         self.model.eval()
         x0 = self.base.sample_prior(n, generator=self.generator, device="cpu").to(self.device)
-        return sample_sde(self.model, n, self.config.time_steps, generator=self.generator,
-                          cond=cond, x_start=x0, return_trajectory=True)
+        return sample(self.model, n, method="sde", steps=self.config.time_steps, generator=self.generator,
+                      cond=cond, x0=x0, return_trajectory=True).trajectory
 
     def step(self, stage: int = 0) -> StepStats:
         c = self.config
@@ -333,7 +260,7 @@ class AdjointMatching:
         v_ft = self.model.velocity(xs, ts, cond)
         with torch.no_grad():
             v_b = self.base.velocity(xs, ts, cond)
-        u = 2.0 * (v_ft - v_b) / sig                                       # control
+        u = control(v_ft, v_b, ts)                                         # 2 (v_ft - v_base) / sigma
         loss = ((u + sig * a) ** 2).flatten(1).sum(1).mean()
         lr = self.lr_at(self.step_count)
         for g in self.opt.param_groups:
@@ -391,77 +318,3 @@ class AdjointMatching:
         self.history = list(s["history"])
         self.lam = float(s["lam"])
         self.extra = dict(s.get("extra", {}))
-
-
-@torch.no_grad()
-def estimate_kl(model: FlowModel, base: FlowModel, n: int = 2000, steps: int = 50, seed: int = 0,
-                cond_sampler=None, batch_size: int = 1000) -> float:
-    """Control-cost estimate of ``KL(p_model || p_base)``: ``E sum_k 0.5 ||u(X_k, t_k)||^2 h``.
-
-    Trajectories follow ``model`` under the memoryless SDE; ``u = 2 (v_model - v_base)/sigma``
-    on ``t_1..t_{N-1}`` (``u`` is not needed at ``t = 1``).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    total, count = 0.0, 0
-    h = 1.0 / steps
-    for i in range(0, n, batch_size):
-        m = min(batch_size, n - i)
-        cond = cond_sampler(m, gen) if cond_sampler else None
-        x0 = base.sample_prior(m, generator=gen, device="cpu")
-        p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-        if p is not None:
-            x0 = x0.to(p.device)
-        traj = sample_sde(model, m, steps, generator=gen, cond=cond, x_start=x0, return_trajectory=True)
-        cost = torch.zeros(m, device=x0.device)
-        for k in range(traj.xs.shape[0] - 1):
-            t = traj.ts[k].expand(m)
-            u = 2.0 * (model.velocity(traj.xs[k], t, cond) - base.velocity(traj.xs[k], t, cond)) / sigma_memoryless(traj.ts[k])
-            cost += 0.5 * (u ** 2).flatten(1).sum(1) * h
-        total += float(cost.sum())
-        count += m
-    return total / count
-
-
-@torch.no_grad()
-def sample_importance(model: FlowModel, base: FlowModel, n: int, steps: int = 50,
-                      generator: Optional[torch.Generator] = None, cond_sampler=None, batch_size: int = 2000):
-    """Samples of a fine-tuned ``model`` with importance log-weights toward the base distribution.
-
-    Under the memoryless SDE, the fine-tuned path law ``Q`` has drift
-    ``b_base + sigma u`` with ``u = 2 (v_model - v_base) / sigma``, and by Girsanov
-
-        log dP_base/dQ (path) = - sum_k [ u_k · dW_k + 0.5 |u_k|^2 h ],
-
-    with ``dW_k = sqrt(h) eps_k`` the increments that drove the path.  Its
-    conditional expectation given ``X_1`` is ``p_base(X_1) / q(X_1)``, so
-    ``E_Q[f(X_1) exp(logw)] = E_base[f]``: self-normalised weights turn samples
-    of the fine-tuned model into an estimate under the pre-trained model,
-    concentrated where the fine-tuned model puts its mass (e.g. the tail).
-
-    Returns:
-        ``(x1, logw)``: samples ``(n, *state_shape)`` and log-weights ``(n,)`` (float64).
-    """
-    gen = generator or torch.Generator().manual_seed(0)
-    h = 1.0 / steps
-    xs, lws = [], []
-    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-    dev = p.device if p is not None else torch.device("cpu")
-    for i in range(0, n, batch_size):
-        m = min(batch_size, n - i)
-        cond = cond_sampler(m, gen) if cond_sampler else None
-        x = base.sample_prior(m, generator=gen, device="cpu").to(dev)
-        logw = torch.zeros(m, dtype=torch.float64, device=dev)
-        ts = torch.arange(1, steps + 1, dtype=x.dtype, device=dev) / steps
-        for k in range(steps - 1):
-            t = ts[k]
-            tb = t.expand(m)
-            v = model.velocity(x, tb, cond)
-            vb = base.velocity(x, tb, cond)
-            sig = sigma_memoryless(t)
-            u = 2.0 * (v - vb) / sig
-            eps = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(dev)
-            logw -= ((u * eps).flatten(1).sum(1) * h ** 0.5 + 0.5 * (u ** 2).flatten(1).sum(1) * h).double()
-            x = x + h * (2.0 * v - x / t) + h ** 0.5 * sig * eps
-        xs.append(x)
-        lws.append(logw)
-    return torch.cat(xs), torch.cat(lws)

@@ -106,3 +106,48 @@ def merge(base: Mapping[str, Any], patch: Mapping[str, Any], opaque: tuple[str, 
     for k, v in patch.items():
         out[k] = merge(out.get(k) or {}, v, opaque) if isinstance(v, Mapping) and k not in opaque else v
     return out
+
+
+# -- the one set of field checks used by every config's __post_init__ ---------------------------
+
+def check_int(obj, *names: str, low: int = 1, allow_zero: bool = False, note: str = "") -> None:
+    """Each named field of ``obj`` must be an integer ``>= low`` (or exactly 0 if ``allow_zero``).
+
+    Raises:
+        ConfigError: naming the field, its value and the accepted range.
+    """
+    for name in names:
+        v = getattr(obj, name)
+        ok = isinstance(v, int) and not isinstance(v, bool) and (v >= low or (allow_zero and v == 0))
+        if not ok:
+            extra = " or 0" if allow_zero and low > 0 else ""
+            raise ConfigError(f"{name}={v!r} must be an integer >= {low}{extra}{note}")
+
+
+def check_number(obj, name: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """Field ``name`` must be a finite real number in the stated interval.
+
+    Raises:
+        ConfigError: naming the field, its value and the interval, e.g. ``beta=1.5 must be in (0, 1)``.
+    """
+    import math as _math
+    v = getattr(obj, name)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and _math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        lo_s = "-inf" if low is None else f"{low:g}"
+        hi_s = "inf" if high is None else f"{high:g}"
+        raise ConfigError(f"{name}={v!r} must be a finite number in {lo}{lo_s}, {hi_s}{hi}")
+
+
+def check_choice(obj, name: str, choices) -> None:
+    """Field ``name`` must be one of ``choices``."""
+    v = getattr(obj, name)
+    if v not in choices:
+        raise ConfigError(f"{name}={v!r} must be one of {list(choices)}")

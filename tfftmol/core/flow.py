@@ -8,12 +8,13 @@ into such a tensor, a 2D model uses ``state_shape == (2,)``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["FlowModel", "VelocityModule", "gaussian_prior"]
+__all__ = ["FlowModel", "VelocityModule", "gaussian_prior", "time_features", "sinusoidal_embedding", "TIME_FEATURES"]
 
 
 @runtime_checkable
@@ -69,3 +70,29 @@ class VelocityModule(nn.Module):
             p = next(self.parameters(), None)
             device = p.device if p is not None else "cpu"
         return gaussian_prior(n, self.state_shape, generator=generator, device=device)
+
+
+TIME_FEATURES = 17  # width of time_features(t) at its default n = 8
+
+
+def time_features(t: torch.Tensor, n: int = 8) -> torch.Tensor:
+    """Fourier features of ``t`` in [0, 1]: ``[t, sin(k pi t), cos(k pi t)]`` for ``k = 1..n``.
+
+    Args:
+        t: times, shape ``(B,)``.
+    Returns:
+        ``(B, 2 n + 1)``; the time input of the MLP flows and of the residual correction.
+    """
+    freqs = torch.arange(1, n + 1, device=t.device, dtype=t.dtype) * math.pi
+    return torch.cat([t[:, None], torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], 1)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """Transformer-style sinusoidal embedding of ``t`` in [0, 1] (``t`` scaled by ``scale``), shape ``(B, dim)``.
+
+    Frequencies ``exp(-log(scale) k / (dim/2 - 1))`` for ``k = 0..dim/2-1``; sines then cosines.
+    """
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=t.dtype) * (-math.log(scale) / max(half - 1, 1)))
+    ang = (t[:, None] * scale) * freqs[None]
+    return torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)

@@ -19,6 +19,8 @@ hinge as ``tau -> 0``; its derivative is ``sigmoid(z / tau)``.  The exact hinge
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -146,3 +148,39 @@ class PseudoReward(TerminalTransform):
         """Boolean mask of rewards on the gradient side: ``r > eta`` (right) or ``r < eta`` (left)."""
         r = _as_array(r)
         return r > self.eta if self.tail == "right" else r < self.eta
+
+
+class AdaptiveHinge(TerminalTransform):
+    """The exact pseudo-reward with a batch-adaptive threshold: the ``"adaptive"`` continuation.
+
+    For each on-policy batch the hinge sits at
+
+        right: ``eta_b = min(eta*, Q_batch(1 - a_min))``,   left: ``eta_b = max(eta*, Q_batch(a_min))``,
+
+    so at least a fraction ``a_min`` of the batch is on the gradient side.  While the
+    model has too little mass beyond ``eta*``, ``eta_b`` lies inside it and the target
+    tilts *more* than ``p*`` (a strong, dense signal toward the tail); once the model's
+    own ``a_min``-tail lies beyond ``eta*``, ``eta_b = eta*`` and the target is exactly
+    ``p*``.  At the optimum the mass beyond ``eta*`` is ``1 - beta`` (right) or ``beta``
+    (left), so with ``a_min`` below it the fixed point is the exact TFFT target.
+    """
+
+    def __init__(self, exact: PseudoReward, a_min: float):
+        self.exact = exact
+        self.a_min = float(a_min)
+        self.last_eta = exact.eta
+
+    def _at(self, r) -> PseudoReward:
+        rr = r.detach().double() if isinstance(r, torch.Tensor) else torch.as_tensor(r, dtype=torch.float64)
+        if self.exact.tail == "right":
+            eta_b = min(self.exact.eta, float(torch.quantile(rr, 1 - self.a_min)))
+        else:
+            eta_b = max(self.exact.eta, float(torch.quantile(rr, self.a_min)))
+        self.last_eta = eta_b
+        return dataclasses.replace(self.exact, eta=eta_b)
+
+    def value(self, r):
+        return self._at(r).value(r)
+
+    def grad(self, r):
+        return self._at(r).grad(r)

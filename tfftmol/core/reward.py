@@ -6,6 +6,15 @@ evaluation, and a gradient used as the Adjoint Matching terminal condition.
 For a differentiable reward both come from the same function; a molecular
 reward takes values from RDKit on decoded molecules and the gradient from a
 differentiable surrogate (``tfftmol.chem``), so the core never needs to know.
+
+Optional hooks, declared here and looked up only through the helpers below
+(the core never probes a reward for undeclared attributes):
+
+* ``fit_offline(x, values, valid)``: called once on the stage-1 offline batch
+  (e.g. to fit a surrogate or warm-start a value model);
+* ``grad(x)``: the terminal gradient alone, when cheaper than ``value_and_grad``;
+* ``cache_key``: a string that identifies the reward for the offline-batch cache;
+* ``state_dict()`` / ``load_state_dict(d)``: reward state that a resumed run must restore.
 """
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["TerminalReward", "RewardBatch", "DifferentiableReward"]
+__all__ = ["TerminalReward", "RewardBatch", "DifferentiableReward", "OPTIONAL_HOOKS", "reward_hook", "reward_cache_key"]
 
 
 @dataclass
@@ -41,6 +50,24 @@ class TerminalReward(Protocol):
 
     def value_and_grad(self, x: torch.Tensor) -> RewardBatch:
         """True rewards plus the gradient used for the terminal adjoint."""
+
+
+OPTIONAL_HOOKS = ("fit_offline", "grad", "cache_key", "state_dict", "load_state_dict")
+
+
+def reward_hook(reward: object, name: str):
+    """The optional hook ``name`` of a reward (one of :data:`OPTIONAL_HOOKS`), or ``None`` if it has none."""
+    if name not in OPTIONAL_HOOKS:
+        raise ValueError(f"hook={name!r} is not a declared reward hook; declared: {list(OPTIONAL_HOOKS)}")
+    return getattr(reward, name, None)
+
+
+def reward_cache_key(reward: object) -> str:
+    """The reward's ``cache_key`` if declared, else its ``name``, else its class name."""
+    key = reward_hook(reward, "cache_key")
+    if key is not None:
+        return str(key)
+    return str(getattr(reward, "name", type(reward).__name__))
 
 
 class DifferentiableReward:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.flow import VelocityModule
+from ..core.flow import VelocityModule, time_features
 from ..core.reward import DifferentiableReward
 
 __all__ = ["NUM_CLASSES", "NULL_LABEL", "CHUNK_SIZES", "load_digits_data", "pixels_to_state", "state_to_images",
@@ -104,11 +104,6 @@ def prompt_schedule(n: int, prompts: Sequence[int] = tuple(range(NUM_CLASSES)),
     return p[torch.arange(n, device=device) % len(p)]
 
 
-def _time_features(t: torch.Tensor, n: int = 8) -> torch.Tensor:
-    freqs = torch.arange(1, n + 1, device=t.device, dtype=t.dtype) * math.pi
-    return torch.cat([t[:, None], torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], 1)  # (B, 2n+1)
-
-
 # ----------------------------------------------------------------------------
 # The class-conditional flow
 # ----------------------------------------------------------------------------
@@ -164,7 +159,7 @@ class DigitFlow(VelocityModule):
     def raw(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The network's velocity for explicit labels ``(B,)`` in 0..10 (10 = unconditional)."""
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        h = torch.cat([x, _time_features(t.to(x.dtype)), self.label(labels.to(x.device))], 1)
+        h = torch.cat([x, time_features(t.to(x.dtype)), self.label(labels.to(x.device))], 1)
         return self.net(h)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.flow import VelocityModule
+from ..core.flow import TIME_FEATURES, VelocityModule, time_features
 from ..core.reward import DifferentiableReward
 from .gmm import circle_gmm
 
@@ -58,7 +58,7 @@ class MLPFlow(VelocityModule):
         super().__init__()
         self.state_shape = (dim,)
         self.hparams = {"dim": dim, "hidden": hidden, "layers": layers}
-        dims = [dim + 17] + [hidden] * layers
+        dims = [dim + TIME_FEATURES] + [hidden] * layers
         mods: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             mods += [nn.Linear(a, b), nn.SiLU()]
@@ -66,8 +66,7 @@ class MLPFlow(VelocityModule):
 
     def forward(self, x, t, cond=None):
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        freqs = torch.arange(1, 9, device=x.device, dtype=x.dtype) * math.pi
-        tf = torch.cat([t[:, None], torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], 1)
+        tf = time_features(t.to(x.dtype))
         return self.net(torch.cat([x, tf], 1))
 
 

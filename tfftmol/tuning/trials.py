@@ -45,7 +45,7 @@ def apply_params(data: Mapping[str, Any], params: Mapping[str, Any], tail: str =
 
     ``beta``/``alpha``/``tail`` go to ``tfft``, ``lr``/``steps`` to ``tfft.am``,
     ``refit_every`` to the top level.  Nothing else changes, so a derived field such
-    as ``tfft.adaptive_active`` is recomputed for the new ``beta`` unless the base sets it.
+    as ``tfft.adaptive_active_fraction`` follows the new ``beta`` unless the base sets ``adaptive_active``.
     """
     tfft: dict = {}
     am: dict = {}
