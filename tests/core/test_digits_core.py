@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE_WORDS = ("image", "images", "pixel", "pixels", "digit", "digits", "prompt", "prompts", "classifier",
                "sklearn", "mnist", "conv2d", "image2d")
 

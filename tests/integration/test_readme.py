@@ -6,7 +6,7 @@ import torch
 
 import tfftmol
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_python_example_runs(capsys):

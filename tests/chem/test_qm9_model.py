@@ -16,7 +16,7 @@ from tfftmol.chem.qm9_model import (CARD_PATH, WEIGHTS_PATH, QM9GraphFlow, Sampl
                                     sample_to_csv, save_qm9_graph)
 from tfftmol.core.flow import VelocityModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 needs_weights = pytest.mark.skipif(not WEIGHTS_PATH.exists(),
                                    reason=f"shipped weights {WEIGHTS_PATH.name} not exported yet")
 TINY = GraphTransformerConfig(d_node=16, d_edge=8, n_layers=2, n_heads=2)

@@ -284,7 +284,7 @@ def test_invalid_input_raises_with_value_and_range(kwargs, match):
 # ---------------------------------------------------------------------------
 
 def test_speed_benchmark_quick(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "threshold_speed.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "threshold_speed.py"
     spec = importlib.util.spec_from_file_location("threshold_speed", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -9,27 +9,9 @@ import yaml
 from tfftmol.core.config import ConfigError
 from tfftmol.tuning import apply_params, load_tune_config, run_study
 
+from helpers.tuning import toy_config
+
 TS = optuna.trial.TrialState
-
-
-def toy_config(**over):
-    """A 2D study: r(x) = x_1 on the exact GMM, right-CVaR_0.9 objective, ~0.5 s per trial."""
-    cfg = {
-        "kind": "toy2d",
-        "base": {"model": "gmm-exact", "reward": {"name": "linear", "w": [1.0, 0.0]}, "alpha": 1.0,
-                 "beta_right": 0.9, "eval_samples": 2000, "eval_steps": 20, "kl_samples": 200,
-                 "tfft": {"offline_samples": 3000, "offline_steps": 20, "bootstrap": 0,
-                          "am": {"steps": 60, "batch_size": 64, "time_steps": 20, "loss_time_steps": 6,
-                                 "lr": 0.003, "grad_clip": 0.0}}},
-        "space": {"beta": [0.8, 0.95], "alpha": [0.05, 2.0]},
-        "objectives": [{"metric": "cvar", "direction": "maximize"}],
-        "eval_tail": "right", "eval_beta": 0.9,
-        "sampler": "tpe", "seed": 0, "n_startup_trials": 4, "pruner": "none",
-        "heartbeat_interval": 1, "grace_period": 3,
-    }
-    cfg.update(over)
-    return cfg
-
 
 KL_MAX = 0.3
 
@@ -204,7 +186,7 @@ def test_bad_study_config_is_rejected_with_the_field_named(patch, msg):
 def test_shipped_study_configs_load():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     kinds = {p.name: load_tune_config(p).kind for p in sorted(root.glob("tune_*.yaml"))}
     assert kinds["tune_toy2d.yaml"] == "toy2d" and kinds["tune_qed_right.yaml"] == "mol"
     assert load_tune_config(root / "tune_qed_multi.yaml").resolved_sampler() == "nsga2"

@@ -53,7 +53,7 @@ def test_benchmark_quick_mode_runs(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "toy2d.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "toy2d.py"
     spec = importlib.util.spec_from_file_location("toy2d_bench", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -1,7 +1,7 @@
 """Two `tfftmol tune` workers share one study on a real PostgreSQL server; one is SIGKILLed mid-trial.
 
 The server is installed (Debian's `postgresql`, if missing) and started by the fixture in a
-temp directory on loopback (tests/pg_server.py).  If that is impossible the test fails with
+temp directory on loopback (tests/helpers/pg.py).  If that is impossible the test fails with
 the reason; it never skips.
 """
 import os
@@ -15,10 +15,10 @@ import optuna
 import pytest
 import yaml
 
-from pg_server import PostgresUnavailable, start_postgres
-from test_tuning import toy_config
+from helpers.pg import PostgresUnavailable, start_postgres
+from helpers.tuning import toy_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TS = optuna.trial.TrialState
 N_TRIALS = 6
 

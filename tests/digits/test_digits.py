@@ -17,7 +17,7 @@ from tfftmol.image2d.digits import (check_prompts, classifier_accuracy, load_dig
                                     prompt_schedule, sample_digits)
 from tfftmol.image2d.digits_finetune import is_digits_config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

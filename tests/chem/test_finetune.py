@@ -22,7 +22,7 @@ from tfftmol.core.config import ConfigError
 from tfftmol.chem.rewards import build_reward
 from tfftmol.chem.surrogate import Surrogate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPORT_FILES = ["report.md", "metrics.csv", "samples.csv", "model.safetensors", "config.yaml", "reward_hist.png",
                 "tails_top.png", "tails_bottom.png", "training.png"]
 
