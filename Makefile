@@ -25,5 +25,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout=900 tests
 
+# Everything but the tests marked slow (the README's 'make test' runs them all).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q --timeout=900 -m "not slow" tests
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
