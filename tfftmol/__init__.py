@@ -10,26 +10,26 @@ from .core import (AMConfig, DifferentiableReward, FlowModel, PseudoReward, TFFT
 from .pretrained import available_models, load_pretrained, model_card
 
 
-def finetune(config, **kwargs):
-    """Molecular TFFT end to end (``tfftmol.chem.finetune.finetune``); imports the chemistry stack on demand.
+def run(config, **kwargs):
+    """Fine-tune any task end to end (:func:`tfftmol.pipeline.run`): one config in, a report directory out.
 
-    ``config`` is a ``MolFinetuneConfig``, a dict or a YAML path; see ``tfftmol finetune --help``.
-    An image config (``model: digits-flow``) runs ``tfftmol.image2d.digits_finetune.finetune`` instead.
+    ``config`` is a :class:`~tfftmol.pipeline.RunConfig`, a mapping or a YAML path with a
+    ``task`` kind (``molecule``, ``digits``, ``toy2d``); flat configs of earlier releases load too.
     """
-    from .image2d.digits_finetune import is_digits_config
+    from .pipeline import run as _run
 
-    if is_digits_config(config):  # an image config (model: digits-flow): tfftmol.image2d.digits_finetune.finetune
-        from .image2d.digits_finetune import finetune as _digits_finetune
+    return _run(config, **kwargs)
 
-        return _digits_finetune(config, **kwargs)
-    from .chem.finetune import finetune as _finetune
 
-    return _finetune(config, **kwargs)
+def finetune(config, **kwargs):
+    """Alias of :func:`run` (the name of earlier releases)."""
+    return run(config, **kwargs)
+
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AMConfig", "DifferentiableReward", "FlowModel", "PseudoReward", "TFFTConfig", "TFFTResult",
     "ThresholdResult", "TfftWarning", "cvar", "run_tfft", "sample_ode", "sample_sde", "solve_threshold", "var",
-    "available_models", "load_pretrained", "model_card", "finetune", "__version__",
+    "available_models", "load_pretrained", "model_card", "run", "finetune", "__version__",
 ]

@@ -4,7 +4,8 @@
     tfftmol sample  --model qm9-graph -n 1000 -o out.csv [--steps 50] [--sampler ode|sde]
     tfftmol models
     tfftmol demo
-    tfftmol finetune --config configs/<name>.yaml [--resume] [--out runs] [--check]
+    tfftmol run      --config configs/<name>.yaml [--resume | --overwrite] [--out runs] [--name N] [--check]
+    tfftmol finetune ...                      (the same as `run`, the name of earlier releases)
     tfftmol demo-mol [--out runs/demo-mol]     (QED right-CVaR on qm9-graph, ~10 minutes)
     tfftmol tune --config configs/tune_<name>.yaml --study NAME [--storage URL] [--n-trials N]
 """
@@ -86,16 +87,19 @@ def _print_table(table) -> None:
         print(table.to_string(index=False))
 
 
-def _run_finetune(cfg, resume: bool, quiet: bool, finetune=None) -> int:
-    """Run a fine-tune (molecular unless ``finetune`` is given), print its before/after table."""
-    if finetune is None:
-        from .chem.finetune import finetune
+def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> int:
+    """Run any task's fine-tune through the one pipeline and print its before/after table."""
+    from .pipeline import RunDirError, run
+    from .core.checkpoint import CheckpointError
+    from .core.config import ConfigError
 
     try:
-        res = finetune(cfg, resume=resume, progress=not quiet)
+        res = run(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}; continue with --resume", file=sys.stderr)
         return 130
+    except (RunDirError, CheckpointError, ConfigError) as e:
+        raise SystemExit(f"tfftmol: {e}") from None
     print()
     _print_table(res.table())
     print(f"\nreport: {res.files['report']}")
@@ -106,26 +110,21 @@ def _finetune(a) -> int:
     import torch
 
     from .core.config import ConfigError
-    from .image2d.digits_finetune import is_digits_config
-
-    if is_digits_config(a.config):  # an image config (model: digits-flow): its own loader, runner and report
-        from .image2d.digits_finetune import finetune, load_config
-    else:
-        from .chem.finetune import finetune, load_config
+    from .pipeline import load_run_config
 
     torch.set_num_threads(a.threads)
-    overrides = {"out_dir": a.out} if a.out else {}
+    overrides = {"out_dir": a.out, "name": a.name}
     try:
-        cfg = load_config(a.config, **overrides)
+        cfg = load_run_config(a.config, **overrides)
     except ConfigError as e:
-        raise SystemExit(f"tfftmol finetune: bad config {a.config}: {e}") from None
+        raise SystemExit(f"tfftmol {a.cmd}: bad config {a.config}: {e}") from None
     if a.check:
         from .core.config import dump_yaml
 
         print(dump_yaml(cfg), end="")
         print(f"# config OK; the report would go to {cfg.run_dir}")
         return 0
-    return _run_finetune(cfg, a.resume, a.quiet, finetune)
+    return _run_finetune(cfg, a.resume, a.quiet, a.overwrite)
 
 
 # budget of `tfftmol demo-mol`: about 10 minutes on 2 busy CPU cores (measured with the shipped qm9-graph on one
@@ -148,17 +147,17 @@ def _merge(base: dict, patch: dict) -> dict:
 def _demo_mol(a) -> int:
     import torch
 
-    from .chem.finetune import load_config
     from .core.config import load_yaml
+    from .pipeline import load_run_config
 
     torch.set_num_threads(a.threads)
     path = Path(a.config) if a.config else _find_config("qed_right.yaml")
     data = _merge(load_yaml(path), DEMO_MOL_BUDGET)
     data.update(name="demo-mol", out_dir=a.out)
-    cfg = load_config(data)
+    cfg = load_run_config(data)
     print(f"demo: {path.name} with a ~10-minute budget ({cfg.tfft.am.steps} steps, "
-          f"{cfg.tfft.offline_samples} offline molecules, {cfg.eval_samples} evaluation molecules)")
-    return _run_finetune(cfg, a.resume, a.quiet)
+          f"{cfg.tfft.offline_samples} offline molecules, {cfg.eval.samples} evaluation molecules)")
+    return _run_finetune(cfg, a.resume, a.quiet, overwrite=not a.resume)
 
 
 def _find_config(name: str) -> Path:
@@ -206,14 +205,18 @@ def main(argv=None) -> int:
     d.add_argument("--threads", type=int, default=1)
     d.set_defaults(fn=_demo)
 
-    f = sub.add_parser("finetune", help="molecular TFFT (or expected-FT) from a YAML config, with a report")
-    f.add_argument("--config", required=True, help="YAML file of a MolFinetuneConfig, e.g. configs/qed_right.yaml")
-    f.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    f.add_argument("--out", default=None, help="parent directory of the report (overrides out_dir)")
-    f.add_argument("--check", action="store_true", help="validate the config, print it in full and exit")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
-    f.add_argument("--threads", type=int, default=1)
-    f.set_defaults(fn=_finetune)
+    for cmd, help_ in (("run", "fine-tune any task (molecule, digits, toy2d) from a YAML config, with a report"),
+                       ("finetune", "the same as `run` (the name of earlier releases)")):
+        f = sub.add_parser(cmd, help=help_)
+        f.add_argument("--config", required=True, help="YAML file of a run config, e.g. configs/qed_right.yaml")
+        f.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+        f.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+        f.add_argument("--out", default=None, help="parent directory of the report (overrides out_dir)")
+        f.add_argument("--name", default=None, help="run name (overrides name)")
+        f.add_argument("--check", action="store_true", help="validate the config, print it in full and exit")
+        f.add_argument("--quiet", action="store_true", help="no progress bars")
+        f.add_argument("--threads", type=int, default=1)
+        f.set_defaults(fn=_finetune, cmd=cmd)
 
     dm = sub.add_parser("demo-mol", help="QED right-CVaR on qm9-graph in ~10 minutes; prints before/after")
     dm.add_argument("--config", default=None, help="default: configs/qed_right.yaml")

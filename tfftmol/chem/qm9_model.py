@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tfftmol.core.samplers import sample_ode, sample_sde
+from tfftmol.core.sampling import sample
 
 from .graph import DecodeResult, decode
 from .model import GraphTransformerConfig, GraphTransformerFlow
@@ -115,14 +115,10 @@ class QM9GraphFlow(GraphTransformerFlow):
         was_training = self.training
         self.eval()
         xs = []
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            x0 = torch.randn((b, *self.state_shape), generator=generator).to(device)
-            if sampler == "sde":
-                xs.append(sample_sde(self, b, steps=steps, generator=generator, x_start=x0).cpu())
-            else:
-                method = "heun" if sampler == "heun" else "euler"
-                xs.append(sample_ode(self, b, steps=steps, method=method, x0=x0).cpu())
+        if n > 0:
+            method = {"sde": "sde", "heun": "heun", "ode": "euler"}[sampler]
+            xs = [sample(self, n, method=method, steps=steps, generator=generator, batch_size=batch_size,
+                         device=device).x.cpu()]
         self.train(was_training)
         x = torch.cat(xs) if xs else torch.zeros(0, *self.state_shape)
         return SampleResult.from_decoded(x, decode(x))

@@ -6,6 +6,7 @@ run killed mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "save_tensors", "load_tensors",
-           "save_checkpoint", "load_checkpoint", "flatten_state", "unflatten_state"]
+           "save_checkpoint", "load_checkpoint", "flatten_state", "unflatten_state", "CheckpointError"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -97,27 +98,76 @@ def unflatten_state(tensors: Mapping[str, torch.Tensor], rest: Any) -> Any:
     return walk(rest)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be trusted (corrupt, truncated, or from another run)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def save_checkpoint(directory: str | Path, state: Mapping[str, Any]) -> None:
     """Atomically save a nested state (modules' and optimizers' state dicts, counters, RNG).
 
-    Writes ``state.safetensors`` and ``state.json``; the JSON is written last and
-    names the tensor file's fingerprint, so a half-written pair is detected.
+    The tensors go to ``state-<sha256 prefix>.safetensors``; then ``state.json`` (the
+    rest of the state, the tensor file's name, size and SHA-256) replaces the previous
+    one atomically; only then are older tensor files removed.  A run killed at any
+    point therefore leaves a complete, verifiable pair: the new one or the old one.
     """
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     tensors, rest = flatten_state(state)
-    save_tensors(directory / "state.safetensors", tensors)
-    stat = os.stat(directory / "state.safetensors")
-    atomic_write_text(directory / "state.json", json.dumps({"rest": rest, "size": stat.st_size}))
+    tmp = directory / ".state.safetensors.new"
+    save_tensors(tmp, tensors)
+    digest = _sha256(tmp)
+    name = f"state-{digest[:16]}.safetensors"
+    os.replace(tmp, directory / name)
+    size = os.stat(directory / name).st_size
+    atomic_write_text(directory / "state.json", json.dumps({"rest": rest, "tensors": name, "size": size,
+                                                            "sha256": digest}))
+    for old in directory.glob("state*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> dict | None:
-    """Load what :func:`save_checkpoint` wrote, or ``None`` if there is no complete checkpoint."""
+    """Load what :func:`save_checkpoint` wrote; ``None`` if the directory holds no checkpoint.
+
+    Raises:
+        CheckpointError: a checkpoint is there but its JSON does not parse, its tensor
+            file is missing, or the tensor file's size or SHA-256 differs from the one
+            recorded (truncated or corrupted bytes).  A damaged checkpoint is never
+            silently ignored: delete the directory to start over.
+    """
     directory = Path(directory)
-    js, st = directory / "state.json", directory / "state.safetensors"
-    if not js.exists() or not st.exists():
+    js = directory / "state.json"
+    if not js.exists():
+        if any(directory.glob("state*.safetensors")):
+            raise CheckpointError(f"checkpoint in {directory}: tensor file without state.json (incomplete write "
+                                  "of an older version or a damaged checkpoint); delete the directory to start over")
         return None
-    meta = json.loads(js.read_text())
-    if os.stat(st).st_size != meta["size"]:
-        return None
-    tensors = load_tensors(st, device=device)
+    try:
+        meta = json.loads(js.read_text())
+        name = meta.get("tensors", "state.safetensors")
+        st = directory / name
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint in {directory}: state.json is not valid JSON ({e}); "
+                              "delete the directory to start over") from None
+    if not st.exists():
+        raise CheckpointError(f"checkpoint in {directory}: {name} named by state.json is missing")
+    size = os.stat(st).st_size
+    if size != meta.get("size"):
+        raise CheckpointError(f"checkpoint in {directory}: {name} has {size} bytes, state.json recorded "
+                              f"{meta.get('size')} (truncated?); delete the directory to start over")
+    if "sha256" in meta and _sha256(st) != meta["sha256"]:
+        raise CheckpointError(f"checkpoint in {directory}: {name} does not match its recorded SHA-256 "
+                              "(corrupted bytes); delete the directory to start over")
+    try:
+        tensors = load_tensors(st, device=device)
+    except Exception as e:  # safetensors rejects a malformed header
+        raise CheckpointError(f"checkpoint in {directory}: {name} cannot be read ({e})") from None
     return unflatten_state(tensors, meta["rest"])

@@ -25,11 +25,11 @@ tensors or sequences, and the outputs are Python floats.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["var", "cvar", "as_float64", "check_beta", "check_tail"]
+__all__ = ["var", "cvar", "as_float64", "check_beta", "check_tail", "reward_stats"]
 
 TAILS = ("right", "left")
 
@@ -207,3 +207,29 @@ def cvar(rewards: Any, beta: float, tail: str = "right", weights: Any = None) ->
         return _lower_tail_mean(r, w, beta)
     # right tail of r = minus the left (1 - beta) tail of -r, summed from the top
     return -_lower_tail_mean(-r[::-1], None if w is None else w[::-1], 1.0 - beta)
+
+
+def reward_stats(values: Any, valid: Any = None, prefix: str = "reward",
+                 quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+                 cvar_levels: Sequence[Any] = (0.1, 0.9)) -> dict[str, float]:
+    """Mean, quantiles and CVaRs of a batch of rewards (invalid samples keep their penalty).
+
+    ``cvar_levels`` items are a level ``beta`` (both tails reported) or a pair
+    ``("right" | "left", beta)``.  Keys: ``{prefix}_mean``, ``{prefix}_mean_valid``
+    (with ``valid``), ``{prefix}_q{q}``, ``{prefix}_cvar_{tail}_{beta}``.
+
+    >>> reward_stats([0.0, 1.0, 2.0, 3.0], cvar_levels=[("right", 0.5)])["reward_cvar_right_0.5"]
+    2.5
+    """
+    v = np.asarray(values, dtype=np.float64)
+    out: dict[str, float] = {f"{prefix}_mean": float(v.mean()) if v.size else float("nan")}
+    if valid is not None:
+        ok = np.asarray(valid, dtype=bool)
+        out[f"{prefix}_mean_valid"] = float(v[ok].mean()) if ok.any() else float("nan")
+    for q in quantiles:
+        out[f"{prefix}_q{q:g}"] = float(np.quantile(v, q)) if v.size else float("nan")
+    for level in cvar_levels:
+        pairs = [level] if isinstance(level, (tuple, list)) else [("right", level), ("left", level)]
+        for tail, beta in pairs:
+            out[f"{prefix}_cvar_{tail}_{float(beta):g}"] = cvar(v, float(beta), tail) if v.size else float("nan")
+    return out

@@ -19,6 +19,8 @@ resumes.  :class:`TFFTResult` keeps the stage-1 threshold and the refined one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import signal
 import time
 from dataclasses import dataclass
@@ -30,12 +32,13 @@ import torch
 from torch import nn
 
 from .adjoint import AdjointMatching, IdentityTransform
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import to_dict
 from .continuation import Stage, plan_stages, refine_threshold
 from .flow import FlowModel
 from .offline import model_fingerprint, offline_batch
 from .pseudo import AdaptiveHinge, PseudoReward
-from .reward import TerminalReward, reward_hook
+from .reward import TerminalReward, reward_cache_key, reward_hook
 from .settings import AMConfig, TFFTConfig
 from .threshold import ThresholdResult
 
@@ -72,6 +75,13 @@ class TFFTResult:
     refined: Optional[ThresholdResult] = None
 
 
+def run_key(base: FlowModel, reward: TerminalReward, config: TFFTConfig) -> str:
+    """Identity of a fine-tune for resuming: a hash of the full config, the base weights and the reward key."""
+    payload = json.dumps([to_dict(config), model_fingerprint(base), reward_cache_key(reward)], sort_keys=True,
+                         default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
 def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cache_dir: str | Path | None = None,
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100, resume: bool = True,
              device: str | torch.device = "cpu", progress: bool = True, cond_sampler=None,
@@ -88,6 +98,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         cache_dir: where the offline batch is cached.
         checkpoint_dir: where the trainer is checkpointed atomically every
             ``checkpoint_every`` steps and on SIGINT; with ``resume`` a run picks
+            up from the last checkpoint if it belongs to the same run (same config,
+            base weights and reward; otherwise :class:`~tfftmol.core.checkpoint.CheckpointError`).
             up from the last checkpoint.
         callbacks: called as ``cb(trainer, stats_dict)`` after every step.
 
@@ -138,11 +150,19 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     tr, lam = target(stages[0])
     trainer = AdjointMatching(base, reward, tr, lam, cfg.am, device=device, cond_sampler=cond_sampler)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    key = run_key(base, reward, cfg)
     if ckpt is not None and resume:
         state = load_checkpoint(ckpt)
         if state is not None:
+            old = state.get("extra", {}).get("run_key")
+            if old != key:
+                raise CheckpointError(
+                    f"checkpoint in {ckpt} belongs to another run (its config, base model weights or reward "
+                    f"differ: key {old} vs {key}); "
+                    "use another checkpoint_dir, or resume=False to start over")
             trainer.load_state_dict(state)
             log(f"resumed from checkpoint at step {trainer.step_count}")
+    trainer.extra["run_key"] = key
 
     def save():
         if ckpt is not None:

@@ -370,26 +370,17 @@ def sample_digits(model, n: int, steps: int = 30, sampler: str = "sde", seed: in
     ``prompts`` default to ``model.prompts``.  The noise comes from a generator seeded with ``seed``,
     so two models see the same starting noise.
     """
-    from ..core.samplers import sample_ode, sample_sde
+    from ..core.sampling import sample
 
     if sampler not in ("ode", "heun", "sde"):
         raise ValueError(f"sampler={sampler!r} must be one of 'ode', 'heun', 'sde'")
     prompts = check_prompts(model.prompts if prompts is None else prompts)
     if batch_size % len(prompts):
         raise ValueError(f"batch_size={batch_size} must be a multiple of the number of prompts {len(prompts)}")
-    gen = torch.Generator().manual_seed(seed)
-    xs, cs = [], []
-    for i in range(0, n, batch_size):
-        m = min(batch_size, n - i)
-        c = prompt_schedule(m, prompts)
-        x0 = model.sample_prior(m, generator=gen, device="cpu")
-        if sampler == "sde":
-            x = sample_sde(model, m, steps, generator=gen, cond=c, x_start=x0)
-        else:
-            x = sample_ode(model, m, steps, method="euler" if sampler == "ode" else "heun", x0=x0, cond=c)
-        xs.append(x.cpu())
-        cs.append(c)
-    return torch.cat(xs), torch.cat(cs)
+    out = sample(model, n, method={"ode": "euler"}.get(sampler, sampler), steps=steps,
+                 generator=torch.Generator().manual_seed(seed), batch_size=batch_size,
+                 cond_sampler=lambda m, g: prompt_schedule(m, prompts))
+    return out.x.cpu(), out.cond
 
 
 def within_prompt_diversity(x: torch.Tensor, prompts: torch.Tensor, max_per_prompt: int = 500) -> float:

@@ -1,0 +1,479 @@
+"""The molecular task: graph flows, RDKit rewards with a fitted surrogate, molecule metrics and grids.
+
+Options (``RunConfig.options``)::
+
+    model: qm9-graph               # a shipped molecular model or a .safetensors path
+    reward: {name: qed}            # tfftmol.chem.rewards.build_reward
+    surrogate: {...}               # SurrogateConfig
+    refit_every: 50                # surrogate refit period in stage-2 steps (0 = never)
+    reward_jobs: 1                 # worker processes for the true reward
+    grid_size: 12                  # molecules per tail grid
+
+Stage 2 takes its terminal gradient from a differentiable surrogate ``s(x)``
+(:class:`~tfftmol.chem.surrogate.Surrogate`) fitted to the true rewards of the
+offline batch and refitted on-policy; values, validity and the tail indicator
+``1[r > eta*]`` always come from the true reward of the decoded molecule:
+
+    grad g(X_1) = g'(r_true(X_1)) * grad_x s(X_1).
+
+Evaluation adds validity (with the failure reasons), uniqueness, novelty
+against the QM9 training split and internal diversity; the report adds the
+surrogate's held-out accuracy per (re)fit and molecule grids of both tails.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tfftmol.core.adjoint import AdjointMatching
+from tfftmol.core.checkpoint import save_tensors
+from tfftmol.core.config import ConfigError, check_int, check_number, from_dict
+from tfftmol.core.reward import RewardBatch
+from tfftmol.pipeline.task import Evaluation, ReportContext
+from tfftmol.tables import markdown_table
+
+from .rewards import Reward, RewardResult, build_reward
+from .surrogate import Surrogate, SurrogateReport
+
+__all__ = ["SurrogateConfig", "MoleculeOptions", "MoleculeTask", "MolecularReward", "denoised_copies",
+           "evaluate_samples", "load_base", "MOLECULAR_MODELS"]
+
+MOLECULAR_MODELS = ("qm9-graph",)
+
+
+@dataclass
+class SurrogateConfig:
+    """The differentiable reward surrogate and how often it learns.
+
+    Attributes:
+        hidden, layers, heads, temperature: :class:`~tfftmol.chem.surrogate.SurrogateNet` sizes
+            (``temperature > 0`` of the per-slot softmax).
+        lr: AdamW learning rate of the first fit (refits use half).
+        batch_size: minibatch size.
+        epochs: epochs of the first fit on the offline batch (early-stopped with ``patience``).
+        patience: stop the first fit after this many epochs without held-out improvement (0 = off).
+        refit_epochs: epochs of each refit on fresh samples.
+        replay_size: samples kept in the replay buffer for refits.
+        valid_fraction: held-out fraction in [0, 1) of every (re)fit, for the accuracy report.
+    """
+
+    hidden: int = 64
+    layers: int = 3
+    heads: int = 4
+    temperature: float = 0.25
+    lr: float = 3e-3
+    batch_size: int = 64
+    epochs: int = 30
+    patience: int = 5
+    refit_epochs: int = 3
+    replay_size: int = 20000
+    valid_fraction: float = 0.2
+
+    def __post_init__(self):
+        check_int(self, "hidden", "layers", "heads", "batch_size", "epochs", "refit_epochs")
+        check_int(self, "patience", low=0, note=" (0 = off)")
+        check_int(self, "replay_size", low=0)
+        if self.hidden % self.heads:
+            raise ConfigError(f"heads={self.heads} must divide hidden={self.hidden}")
+        check_number(self, "temperature", 0, None, low_open=True)
+        check_number(self, "lr", 0, None, low_open=True)
+        check_number(self, "valid_fraction", 0, 1, high_open=True)
+
+
+@dataclass
+class MoleculeOptions:
+    """Options of a molecular run (see the module docstring)."""
+
+    model: str = "qm9-graph"
+    reward: Any = field(default_factory=lambda: {"name": "qed"})
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    refit_every: int = 50
+    reward_jobs: int = 1
+    grid_size: int = 12
+
+    def __post_init__(self):
+        if isinstance(self.surrogate, Mapping):
+            self.surrogate = from_dict(SurrogateConfig, self.surrogate, "options.surrogate")
+        _check_model(self.model)
+        if isinstance(self.reward, str):
+            self.reward = {"name": self.reward}
+        if not isinstance(self.reward, Mapping):
+            raise ConfigError(f"reward: expected a mapping such as {{name: qed}}, got {self.reward!r}")
+        try:
+            build_reward(dict(self.reward))
+        except ValueError as e:
+            raise ConfigError(f"reward: {e}") from e
+        check_int(self, "refit_every", low=0, note=" (0 = never refit)")
+        check_int(self, "reward_jobs", "grid_size")
+
+
+def _check_model(model: Any) -> None:
+    from tfftmol.pretrained import available_models
+
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"model={model!r} must be a model name {available_models()} or a .safetensors path")
+    if model in available_models():
+        if model not in MOLECULAR_MODELS:
+            raise ConfigError(f"model={model!r} is not a molecular graph model; molecular models: "
+                              f"{list(MOLECULAR_MODELS)}")
+        return
+    if model.endswith(".safetensors"):
+        if not Path(model).is_file():
+            raise ConfigError(f"model={model!r}: file does not exist")
+        return
+    raise ConfigError(f"model={model!r} is neither a shipped model name {available_models()} "
+                      "nor a path to a .safetensors file")
+
+
+def load_base(model: str, device: str | torch.device = "cpu"):
+    """The pre-trained molecular flow named by a config's ``model`` field (frozen, eval mode)."""
+    from .qm9_model import load_qm9_graph
+
+    _check_model(model)
+    base = load_qm9_graph(device=device) if model == "qm9-graph" else load_qm9_graph(device=device, path=model)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return base.eval()
+
+
+class MolecularReward:
+    """A :class:`~tfftmol.core.reward.TerminalReward` over molecular-graph states.
+
+    ``evaluate(x)`` decodes the states ``x`` of shape ``(B, 189)`` with the flow's
+    codec and scores the molecules with the true (RDKit or property-model) reward,
+    invalid molecules getting the reward's validity penalty.  ``value_and_grad(x)``
+    adds ``grad_x s(x)`` of shape ``(B, 189)`` from the surrogate; the values stay
+    the true ones, so the core's tail indicator ``1[r > eta*]`` is exact.
+
+    The samples seen by ``value_and_grad`` (the fine-tuner's on-policy batches)
+    are kept until the next refit (:meth:`callback`).
+
+    Args:
+        reward: the true reward (``tfftmol.chem.rewards.Reward``).
+        decode: ``fn(x) -> list`` of decoder results (objects with ``.mol``, ``.smiles``, ``.reason``).
+        surrogate: a :class:`~tfftmol.chem.surrogate.Surrogate` (fitted by :meth:`fit_offline`).
+        config: :class:`SurrogateConfig` (epochs of fit and refits).
+        refit_every: steps between refits (0 = never).
+        n_jobs: worker processes for the true reward.
+        log: where progress lines go.
+        denoise: ``fn(x1, key) -> xhat``, the denoised states of noised copies of final states
+            (:func:`denoised_copies`).  When given, every (re)fit also trains on
+            ``(xhat, r(x1))`` pairs, so the surrogate learns ``E[r(X_1) | xhat]`` at the soft
+            states where the fine-tuner takes its gradient (``AMConfig.terminal_time < 1``);
+            ``key`` makes the noise a function of the fit, so a resumed run refits identically.
+    """
+
+    def __init__(self, reward: Reward, decode: Callable[[torch.Tensor], list], surrogate: Surrogate,
+                 config: Optional[SurrogateConfig] = None, refit_every: int = 0, n_jobs: int = 1,
+                 log: Callable[[str], None] = print,
+                 denoise: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None):
+        self.reward = reward
+        self.denoise = denoise
+        self.decode = decode
+        self.surrogate = surrogate
+        self.config = config or SurrogateConfig()
+        self.refit_every = int(refit_every)
+        self.n_jobs = int(n_jobs)
+        self.log = log
+        self.name = reward.name
+        self.cache_key = "mol:" + hashlib.sha1(
+            json.dumps(reward.to_config(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.reports: list[dict] = []  # one per (re)fit: step, R2, Spearman, tail precisions, ...
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (x, values, valid) since last refit
+        self._restored = False
+
+    # -- true rewards ---------------------------------------------------------------
+    def score(self, x: torch.Tensor) -> tuple[RewardResult, list]:
+        """Decode ``x`` ``(B, 189)`` and score it: the reward's result and the decoder results."""
+        dec = self.decode(x.detach().cpu())
+        return self.reward(dec, n_jobs=self.n_jobs), dec
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor) -> RewardBatch:
+        """True rewards ``(B,)`` (float64, penalty where invalid) and validity ``(B,)``; no gradient."""
+        res, _ = self.score(x)
+        return RewardBatch(torch.as_tensor(res.values, dtype=torch.float64), torch.as_tensor(res.valid))
+
+    def value_and_grad(self, x: torch.Tensor) -> RewardBatch:
+        """True rewards and validity as in :meth:`evaluate`, plus ``grad_x s(x)`` ``(B, 189)`` from the surrogate."""
+        rb = self.evaluate(x)
+        _, g = self.surrogate.grad(x.detach())
+        if self.refit_every:  # kept for the next refit
+            self._pending.append((x.detach().cpu().float(), rb.values.clone(), rb.valid.clone()))
+        return RewardBatch(rb.values.to(x.device), rb.valid.to(x.device), g.to(x.device, x.dtype))
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        """``grad_x s(x)`` ``(B, 189)`` of the surrogate alone, at any state (e.g. a denoised, soft one)."""
+        _, g = self.surrogate.grad(x.detach())
+        return g.to(x.device, x.dtype)
+
+    # -- surrogate ------------------------------------------------------------------
+    def fit_offline(self, x: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> None:
+        """First fit of the surrogate on the offline batch (called once by the core driver)."""
+        if self._restored:
+            self.log("surrogate: restored from the checkpoint (no refit of the offline batch)")
+            return
+        if not bool(valid.any()):
+            raise RuntimeError("surrogate: the offline batch has no valid molecule; the pre-trained model or the "
+                               "reward is broken (check the model's validity with `tfftmol sample`)")
+        c = self.config
+        x, values, valid = self._with_denoised(x, values, valid, key=0)
+        rep = self.surrogate.fit(x, values.double().numpy(), valid.numpy(), epochs=c.epochs,
+                                 valid_fraction=c.valid_fraction, patience=c.patience or None)
+        self._record(0, "fit", rep)
+
+    def _with_denoised(self, x: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, key: int):
+        """``x`` with its denoised noisy copies appended (same labels), when a denoiser is set."""
+        if self.denoise is None:
+            return x, values, valid
+        xh = self.denoise(x, key).to(x.dtype)
+        return torch.cat([x, xh]), torch.cat([values, values]), torch.cat([valid, valid])
+
+    def _record(self, step: int, kind: str, rep: SurrogateReport) -> None:
+        d = {"step": step, "kind": kind, **{k: (float(v) if isinstance(v, (int, float)) else v)
+                                             for k, v in rep.as_dict().items()}}
+        self.reports.append(d)
+        self.log(f"surrogate {kind} at step {step}: {rep}")
+
+    def refit(self, step: int) -> Optional[SurrogateReport]:
+        """Refit on the samples kept since the last refit (with replay); ``None`` if too few or none valid."""
+        if not self._pending:
+            return None
+        x = torch.cat([p[0] for p in self._pending])
+        v = torch.cat([p[1] for p in self._pending])
+        ok = torch.cat([p[2] for p in self._pending])
+        self._pending = []
+        why = None
+        if x.shape[0] < 4:
+            why = f"only {x.shape[0]} fresh samples"
+        elif not bool(ok.any()):
+            why = f"no valid molecule among {x.shape[0]} fresh samples"
+        elif self.surrogate.penalty is None and not bool(ok.all()):
+            why = "invalid samples need the hurdle model, which the first fit (all valid) did not build"
+        if why is not None:
+            self.log(f"surrogate refit at step {step} skipped: {why}")
+            return None
+        c = self.config
+        x, v, ok = self._with_denoised(x, v, ok, key=step)
+        rep = self.surrogate.refit(x, v.numpy(), ok.numpy(), epochs=c.refit_epochs, valid_fraction=c.valid_fraction)
+        self._record(step, "refit", rep)
+        return rep
+
+    def callback(self, trainer: AdjointMatching, stats: dict) -> None:
+        """Stage-2 callback: refit every ``refit_every`` steps (the pipeline keeps :meth:`state_dict` in the checkpoint)."""
+        if self.refit_every and trainer.step_count % self.refit_every == 0:
+            self.refit(trainer.step_count)
+
+    # -- resumable state (the reward protocol's state_dict / load_state_dict hooks) -----
+    def state_dict(self) -> dict:
+        return self.state()
+
+    def load_state_dict(self, st: Mapping[str, Any]) -> None:
+        self.load_state(st)
+
+    def state(self) -> dict:
+        """Surrogate weights, replay buffer, its RNG, pending samples and the fit reports (tensors + JSON)."""
+        s = self.surrogate
+        buf = list(s._buffer) if s._buffer is not None else []
+        return {"surrogate": s.state_dict(), "buffer": buf, "rng": _json_safe(s._rng.bit_generator.state),
+                "seed": s.seed, "pending": [list(p) for p in self._pending], "reports": self.reports}
+
+    def load_state(self, st: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned (used on resume; the offline fit is then skipped)."""
+        s = self.surrogate
+        s.load_state_dict(dict(st["surrogate"]))
+        s._buffer = tuple(st["buffer"]) if st["buffer"] else None
+        s.seed = int(st["seed"])
+        s._rng = np.random.default_rng(s.seed)
+        s._rng.bit_generator.state = st["rng"]
+        self._pending = [tuple(p) for p in st["pending"]]
+        self.reports = list(st["reports"])
+        self._restored = True
+
+
+def denoised_copies(base, t: float, seed: int, batch_size: int = 1000) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``fn(x1, key) -> xhat``: noise final states to time ``t`` and denoise them with ``base``.
+
+    ``x_t = t x_1 + (1 - t) eps`` (the flow's linear path) and ``xhat = x_t + (1 - t) v(x_t, t)``,
+    the base model's posterior mean of the sample; ``eps`` comes from a generator seeded by
+    ``(seed, key)``.  Regressing ``r(x_1)`` on ``xhat`` fits ``E[r(X_1) | xhat]``.
+    """
+    @torch.no_grad()
+    def fn(x1: torch.Tensor, key: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key))
+        eps = torch.randn(x1.shape, generator=gen, dtype=x1.dtype)
+        out = []
+        for i in range(0, x1.shape[0], batch_size):
+            xt = t * x1[i:i + batch_size] + (1.0 - t) * eps[i:i + batch_size]
+            dev = next(base.parameters()).device if isinstance(base, torch.nn.Module) else xt.device
+            xt = xt.to(dev)
+            v = base.velocity(xt, torch.full((xt.shape[0],), t, device=dev, dtype=xt.dtype))
+            out.append((xt + (1.0 - t) * v).cpu())
+        return torch.cat(out)
+
+    return fn
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def evaluate_samples(decoded: list, reward: Reward, name: str, tail: str, beta: float,
+                     reference: Optional[set] = None, seed: int = 0, n_jobs: int = 1,
+                     extra: Optional[Mapping[str, Any]] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metrics row and per-sample table of decoded molecules under the true reward.
+
+    Returns:
+        ``(row, samples)``: a one-row frame of :func:`tfftmol.chem.metrics.evaluate`
+        (columns ``reward_mean``, ``reward_cvar_right_0.9``, ``reward_cvar_left_0.1``, ...,
+        and the run's own tail level) and a frame with columns ``smiles`` (empty if
+        invalid), ``reward`` (penalty if invalid), ``valid``, ``reason`` (the decoder's
+        failure class, or the reward's).
+    """
+    from .metrics import evaluate
+
+    levels = [0.1, 0.9]
+    if beta not in levels:
+        levels.append((tail, beta))
+    from .metrics import classify, novelty
+
+    row = evaluate(decoded, {"reward": reward}, reference=None, cvar_levels=levels, name=name, seed=seed,
+                   n_jobs=n_jobs, extra=extra)
+    if reference is not None:  # a set of canonical SMILES: no need to re-canonicalise it on every call
+        smiles, _ = classify(decoded)
+        row["novelty"] = novelty([s for s in smiles if s is not None], reference)
+    res = reward(decoded, n_jobs=n_jobs)
+    reasons = [d.reason if d.reason != "ok" else r for d, r in zip(decoded, res.reasons)]
+    samples = pd.DataFrame({"smiles": [d.smiles or "" for d in decoded], "reward": res.values,
+                            "valid": res.valid, "reason": reasons})
+    return row, samples
+
+
+def _reference_smiles() -> set:
+    """Canonical SMILES of the QM9 training split (the pre-training data), for novelty."""
+    global _REFERENCE
+    if _REFERENCE is None:
+        from .data import load_qm9
+        _REFERENCE = set(load_qm9("train")["smiles"])
+    return _REFERENCE
+
+
+_REFERENCE: Optional[set] = None
+
+
+class MoleculeTask:
+    """Molecular graph flows through the one pipeline (:mod:`tfftmol.pipeline`)."""
+
+    kind = "molecule"
+    options_class = MoleculeOptions
+
+    def check(self, cfg) -> None:
+        pass
+
+    def describe(self, cfg) -> str:
+        return f"model `{cfg.options.model}`; reward `{json.dumps(cfg.options.reward)}`"
+
+    def load_base(self, cfg, device):
+        return load_base(cfg.options.model, device)
+
+    def build_reward(self, cfg, base, device, log):
+        o = cfg.options
+        reward = build_reward(dict(o.reward))
+        sc = o.surrogate
+        surrogate = Surrogate(hidden=sc.hidden, layers=sc.layers, heads=sc.heads, temperature=sc.temperature,
+                              lr=sc.lr, batch_size=sc.batch_size, replay_size=sc.replay_size, seed=cfg.seed,
+                              device=device)
+        tc = cfg.tfft.am.terminal_time
+        denoise = denoised_copies(base, tc, cfg.seed) if tc < 1.0 else None
+        return MolecularReward(reward, base.decode, surrogate, sc, o.refit_every, o.reward_jobs, log, denoise)
+
+    def cond_sampler(self, cfg, base):
+        return None
+
+    def callbacks(self, reward) -> list:
+        return [reward.callback]
+
+    def evaluate(self, cfg, samples, reward, label: str) -> Evaluation:
+        x = samples.x.detach().cpu()
+        dec = reward.decode(x)
+        row, table = evaluate_samples(dec, reward.reward, label, cfg.tfft.tail, cfg.tfft.beta, _reference_smiles(),
+                                      cfg.seed, cfg.options.reward_jobs)
+        keep = {k: v for k, v in row.iloc[0].to_dict().items()
+                if k in ("validity", "uniqueness", "novelty", "int_div") or k.startswith("invalid_")}
+        return Evaluation(table["reward"].to_numpy(float), table["valid"].to_numpy(bool), keep, table,
+                          {"decoded": dec})
+
+    def report(self, cfg, run_dir: Path, ctx: ReportContext) -> tuple[list[str], dict]:
+        files: dict = {}
+        lines: list[str] = []
+        reports = ctx.reward.reports
+        if reports:
+            sr = pd.DataFrame(reports)
+            files["surrogate"] = run_dir / "surrogate.csv"
+            sr.to_csv(files["surrogate"], index=False)
+            keep = [c for c in ["step", "kind", "r2", "spearman", "rank_precision_hi", "rank_precision_lo", "mae",
+                                "validity_accuracy", "n_train", "n_valid", "seconds"] if c in sr.columns]
+            lines += ["## Surrogate", "", "Held-out accuracy of each (re)fit (the gradient of stage 2 comes from "
+                      "it; values and the tail indicator use the true reward).", "", markdown_table(sr[keep]), ""]
+            files["_training_overlay"] = sr
+        files["tails_top"] = run_dir / "tails_top.png"
+        files["tails_bottom"] = run_dir / "tails_bottom.png"
+        samples = ctx.evaluations[cfg.tfft.method].samples
+        valid = samples[samples["valid"]].drop_duplicates("smiles").sort_values("reward", kind="stable")
+        k = cfg.options.grid_size
+        _grid(valid.iloc[::-1].head(k), files["tails_top"], f"top {k}")
+        _grid(valid.head(k), files["tails_bottom"], f"bottom {k}")
+        lines += ["## Molecules", "", "Top tail of the fine-tuned samples:", "", "![top tail](tails_top.png)", "",
+                  "Bottom tail of the fine-tuned samples (valid molecules only):", "",
+                  "![bottom tail](tails_bottom.png)", ""]
+        return lines, files
+
+    def save_model(self, cfg, model, path: Path, metadata: dict) -> None:
+        from .model import GraphTransformerFlow
+        from .qm9_model import save_qm9_graph
+
+        meta = {"base_model": cfg.options.model, **{k: str(v) for k, v in metadata.items()}}
+        if isinstance(model, GraphTransformerFlow):
+            save_qm9_graph(model, path, extra_metadata=meta)
+        else:
+            sd = {k: v for k, v in model.state_dict().items() if not k.startswith("base.")}
+            save_tensors(path, sd, metadata=meta)
+
+
+def _grid(df: pd.DataFrame, path: Path, title: str) -> None:
+    from rdkit import Chem
+    from rdkit.Chem import Draw
+
+    mols, legends = [], []
+    for smi, r in zip(df["smiles"], df["reward"]):
+        m = Chem.MolFromSmiles(smi) if smi else None
+        if m is not None:
+            mols.append(m)
+            legends.append(f"{r:.3f}")
+    if not mols:  # an empty grid still gets a file, so the report is complete
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(3, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title}: no valid molecule", ha="center", va="center")
+        fig.savefig(path)
+        plt.close(fig)
+        return
+    img = Draw.MolsToGridImage(mols, molsPerRow=min(6, len(mols)), subImgSize=(180, 180), legends=legends)
+    if hasattr(img, "save"):  # a PIL image
+        img.save(str(path))
+    else:  # in a notebook RDKit's IPython renderer returns an IPython Image holding the PNG bytes
+        data = getattr(img, "data", None)
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"molecule grid: cannot save a {type(img).__name__} from Draw.MolsToGridImage")
+        Path(path).write_bytes(bytes(data))
