@@ -54,7 +54,7 @@ def test_property_rewards(model, name, task):
     reward = build_reward({"name": name})
     res = reward(smiles + [None, "garbage"], n_jobs=2)
     np.testing.assert_allclose(res.values[:4], model.predict(smiles)[task], rtol=1e-6)
-    assert res.reasons[4:] == ["decode_failed", "decode_failed"]
+    assert res.reasons[4:] == ["decode_failed", "parse_failed"]
     assert (res.values[4:] == reward.penalty).all() and reward.penalty < reward.range[0]
 
 

@@ -91,15 +91,18 @@ class _Holder:
         self.mol = mol
 
 
-@pytest.mark.parametrize("item", [
-    None, "not_a_smiles", "C1CC", "", Chem.Mol(), _Holder(None), SimpleNamespace(mol=None), 42,
-], ids=["none", "garbage", "open_ring", "empty_str", "empty_mol", "holder_none", "ns_none", "int"])
-def test_invalid_inputs_penalised(item):
+@pytest.mark.parametrize("item,reason", [
+    (None, "decode_failed"), ("not_a_smiles", "parse_failed"), ("C1CC", "parse_failed"), ("", "empty"),
+    (Chem.Mol(), "empty"), (_Holder(None), "decode_failed"), (SimpleNamespace(mol=None), "decode_failed"),
+    (42, "decode_failed"), ("C(C)(C)(C)(C)C", "valence"), (SimpleNamespace(mol=None, reason="valence"), "valence"),
+], ids=["none", "garbage", "open_ring", "empty_str", "empty_mol", "holder_none", "ns_none", "int", "pentavalent",
+        "decoder_reason"])
+def test_invalid_inputs_penalised(item, reason):
     r = build_reward({"name": "qed", "penalty": -3.0})
     res = r(["CCO", item])
-    assert res.reasons == ["ok", "decode_failed"]
+    assert res.reasons == ["ok", reason]  # the reason tfftmol.chem.mol.check (and the metrics) give
     assert res.values[1] == -3.0 and np.isnan(res.raw[1]) and not res.valid[1]
-    assert res.counts == {"ok": 1, "decode_failed": 1, "reward_error": 0, "reward_nan": 0}
+    assert res.counts == {**{r: 0 for r in R.REASONS}, "ok": 1, reason: 1}
 
 
 def test_mol_and_holder_inputs():
@@ -328,7 +331,7 @@ def test_parallel_falls_back_to_serial_in_daemon(monkeypatch):
         def __init__(self, *a, **k):
             raise AssertionError("daemonic processes are not allowed to have children")
 
-    monkeypatch.setattr(R, "ProcessPoolExecutor", Broken)
+    monkeypatch.setattr(R.pool, "ProcessPoolExecutor", Broken)
     smiles = _many_smiles()
     with pytest.warns(RuntimeWarning, match="serially"):
         res = build_reward("qed")(smiles, n_jobs=2)

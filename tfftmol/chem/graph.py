@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from rdkit import Chem, RDLogger
 
+from tfftmol.chem.mol import DISCONNECTED, EMPTY, OK, SANITIZATION, VALENCE, to_mol
+
 __all__ = [
     "N_MAX", "ATOM_TYPES", "NODE_CLASSES", "ABSENT", "BOND_TYPES", "N_NODE_CLASSES", "N_EDGE_CLASSES",
     "N_EDGES", "NODE_DIM", "EDGE_DIM", "STATE_DIM", "SCALE", "MAX_VALENCE", "REASONS",
@@ -55,7 +57,7 @@ EDGE_DIM = N_EDGES * N_EDGE_CLASSES          # 144
 STATE_DIM = NODE_DIM + EDGE_DIM              # 189
 SCALE = 1.0                                  # one-hot e -> SCALE * (2 e - 1)
 MAX_VALENCE = {"C": 4, "N": 3, "O": 2, "F": 1}
-REASONS = ("ok", "empty", "valence", "disconnected", "sanitization")
+REASONS = (OK, EMPTY, VALENCE, DISCONNECTED, SANITIZATION)  # the reasons of tfftmol.chem.mol this decoder gives
 
 _ATOM_INDEX = {s: i for i, s in enumerate(ATOM_TYPES)}
 _BOND_ORDER = {Chem.BondType.SINGLE: 1, Chem.BondType.DOUBLE: 2, Chem.BondType.TRIPLE: 3}
@@ -109,10 +111,6 @@ def state_to_classes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return nodes.argmax(-1), edges.argmax(-1)
 
 
-def _as_mol(m: Union[str, Chem.Mol]) -> Optional[Chem.Mol]:
-    return Chem.MolFromSmiles(m) if isinstance(m, str) else m
-
-
 def mol_to_classes(mol: Union[str, Chem.Mol]) -> tuple[np.ndarray, np.ndarray]:
     """One molecule -> ``(node classes (9,), bond classes (36,))`` as int64 arrays.
 
@@ -120,7 +118,7 @@ def mol_to_classes(mol: Union[str, Chem.Mol]) -> tuple[np.ndarray, np.ndarray]:
         ValueError: if the molecule does not parse, has more than 9 heavy atoms,
             an element other than C/N/O/F, or a formal charge.
     """
-    m = _as_mol(mol)
+    m = to_mol(mol)
     if m is None:
         raise ValueError(f"could not parse molecule {mol!r}")
     m = Chem.RemoveHs(m)
@@ -171,7 +169,7 @@ class DecodeResult:
     Attributes:
         mol: the sanitised RDKit molecule, or ``None`` if invalid.
         smiles: its canonical SMILES (no stereo), or ``None``.
-        reason: one of ``REASONS``: ``"ok"``; ``"empty"`` (no atom);
+        reason: one of ``REASONS`` (:mod:`tfftmol.chem.mol`'s vocabulary): ``"ok"``; ``"empty"`` (no atom);
             ``"valence"`` (an atom's bond orders exceed its valence C4 N3 O2 F1);
             ``"sanitization"`` (RDKit rejects it for another reason);
             ``"disconnected"`` (more than one fragment).
@@ -183,20 +181,20 @@ class DecodeResult:
 
     @property
     def valid(self) -> bool:
-        return self.reason == "ok"
+        return self.reason == OK
 
 
 def _decode_one(nodes: np.ndarray, edges: np.ndarray) -> DecodeResult:
     present = np.flatnonzero(nodes != ABSENT)
     if present.size == 0:
-        return DecodeResult(None, None, "empty")
+        return DecodeResult(None, None, EMPTY)
     # bonds count only between present atoms; a bond to an absent slot is dropped
     bond_k = np.flatnonzero((edges > 0) & (nodes[_TRIU_NP[0]] != ABSENT) & (nodes[_TRIU_NP[1]] != ABSENT))
     valence = np.zeros(N_MAX, dtype=np.int64)
     np.add.at(valence, _TRIU_NP[0, bond_k], edges[bond_k])
     np.add.at(valence, _TRIU_NP[1, bond_k], edges[bond_k])
     if np.any(valence[present] > _VAL[nodes[present]]):
-        return DecodeResult(None, None, "valence")
+        return DecodeResult(None, None, VALENCE)
     try:
         rw = Chem.RWMol()
         slot = {}
@@ -207,16 +205,16 @@ def _decode_one(nodes: np.ndarray, edges: np.ndarray) -> DecodeResult:
         mol = rw.GetMol()
         Chem.SanitizeMol(mol)
     except Chem.AtomValenceException:
-        return DecodeResult(None, None, "valence")
+        return DecodeResult(None, None, VALENCE)
     except Exception:  # noqa: BLE001 - decoding never raises; any RDKit failure is a reason
-        return DecodeResult(None, None, "sanitization")
+        return DecodeResult(None, None, SANITIZATION)
     if len(Chem.GetMolFrags(mol)) != 1:
-        return DecodeResult(None, None, "disconnected")
+        return DecodeResult(None, None, DISCONNECTED)
     try:
         smi = Chem.MolToSmiles(mol, isomericSmiles=False)
     except Exception:  # noqa: BLE001
-        return DecodeResult(None, None, "sanitization")
-    return DecodeResult(mol, smi, "ok")
+        return DecodeResult(None, None, SANITIZATION)
+    return DecodeResult(mol, smi, OK)
 
 
 def decode_classes(node_cls: torch.Tensor, edge_cls: torch.Tensor) -> list[DecodeResult]:

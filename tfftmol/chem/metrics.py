@@ -29,10 +29,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from rdkit import Chem, rdBase
 from rdkit.Chem import DataStructs, rdFingerprintGenerator
 
-from tfftmol.chem.rewards import Reward, RewardResult, build_reward, to_mol
+from tfftmol.chem.mol import OK, check, to_mol
+from tfftmol.chem.rewards import Reward, RewardResult, build_reward
 
 try:  # the core's risk measures, when present, are the single source of truth
     from tfftmol.core.risk import cvar as _core_cvar
@@ -56,51 +56,20 @@ __all__ = [
 def classify(samples: Iterable[Any], require_connected: bool = False) -> tuple[list[Optional[str]], list[str]]:
     """Canonical SMILES (``None`` if invalid) and a reason per sample.
 
-    Reasons: ``"ok"``; ``"decode_failed"`` (``None``, or an object whose
-    ``.mol`` is ``None``; if the object carries a string ``.reason`` that is
-    used instead, so a decoder's own failure classes are kept);
-    ``"parse_failed"`` (SMILES that does not parse, or a ``Mol`` whose SMILES
-    does not parse back); ``"empty"``; ``"disconnected"`` (only with
-    ``require_connected``).
+    Each sample is judged by :func:`tfftmol.chem.mol.check`, so the reasons are
+    the one vocabulary of :data:`tfftmol.chem.mol.REASONS` (a decoder result
+    keeps its own ``.reason``); ``"disconnected"`` only with ``require_connected``.
     """
-    smiles: list[Optional[str]] = []
-    reasons: list[str] = []
-    for item in samples:
-        smi, reason = None, "ok"
-        obj_mol = item.mol if (item is not None and not isinstance(item, (str, Chem.Mol)) and hasattr(item, "mol")) else item
-        if obj_mol is None:
-            r = getattr(item, "reason", None)
-            reason = r if isinstance(r, str) and r and r != "ok" else "decode_failed"
-        elif isinstance(obj_mol, Chem.Mol) and obj_mol.GetNumAtoms() == 0:
-            reason = "empty"
-        elif isinstance(obj_mol, str) and not obj_mol.strip():
-            reason = "empty"
-        else:
-            mol = to_mol(obj_mol)
-            if mol is not None:
-                try:
-                    with rdBase.BlockLogs():
-                        back = Chem.MolFromSmiles(Chem.MolToSmiles(mol))
-                    mol = back
-                except Exception:  # noqa: BLE001
-                    mol = None
-            if mol is None:
-                reason = "parse_failed"
-            elif require_connected and len(Chem.GetMolFrags(mol)) > 1:
-                reason = "disconnected"
-            else:
-                smi = Chem.MolToSmiles(mol)
-        smiles.append(smi)
-        reasons.append(reason)
-    return smiles, reasons
+    checks = [check(item, require_connected) for item in samples]
+    return [c.smiles for c in checks], [c.reason for c in checks]
 
 
 def validity(samples: Iterable[Any], require_connected: bool = False) -> dict[str, float]:
     """``{"validity": |V|/n, "invalid_<reason>": fraction of n, ...}`` (fractions in [0, 1])."""
     _, reasons = classify(samples, require_connected)
     n = len(reasons)
-    out: dict[str, float] = {"validity": (reasons.count("ok") / n) if n else float("nan")}
-    for r in sorted(set(reasons) - {"ok"}):
+    out: dict[str, float] = {"validity": (reasons.count(OK) / n) if n else float("nan")}
+    for r in sorted(set(reasons) - {OK}):
         out[f"invalid_{r}"] = reasons.count(r) / n
     return out
 
@@ -278,7 +247,7 @@ def evaluate(samples: Iterable[Any], rewards: Any = None, reference: Optional[It
     valid_smiles = [s for s in smiles if s is not None]
     row: dict[str, Any] = {"name": name, "n": n,
                            "validity": len(valid_smiles) / n if n else float("nan")}
-    for r in sorted(set(reasons) - {"ok"}):
+    for r in sorted(set(reasons) - {OK}):
         row[f"invalid_{r}"] = reasons.count(r) / n
     row["uniqueness"] = uniqueness(valid_smiles)
     ref_set = _canon_set(reference) if reference is not None else None

@@ -32,6 +32,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+from rdkit import rdBase
+
+from tfftmol.chem.mol import to_mol
 
 __all__ = ["PropertyModel", "load_property_model", "import_deepchem", "WEIGHTS_DIR", "MODEL_NAMES",
            "build_regressor"]
@@ -98,16 +101,12 @@ class PropertyModel:
 
     def featurize(self, mols: Sequence[Any]) -> np.ndarray:
         """ECFP features (bits or counts, as in the card), shape ``(n, size)`` float32.  Items are RDKit ``Mol`` or SMILES; all must be valid."""
-        from tfftmol.chem.rewards import to_mol
-
         parsed = [to_mol(m) for m in mols]
         bad = [i for i, m in enumerate(parsed) if m is None]
         if bad:
             raise ValueError(f"property model: items {bad[:10]} are not valid molecules")
         if not parsed:
             return np.zeros((0, int(self.card["featurizer"]["size"])), dtype=np.float32)
-        from rdkit import rdBase
-
         with contextlib.redirect_stdout(io.StringIO()), rdBase.BlockLogs():  # RDKit deprecation chatter
             feats = np.stack([np.asarray(self._featurizer._featurize(m), dtype=np.float32) for m in parsed])
         return feats
