@@ -3,7 +3,7 @@
 For each target config (default: ``configs/qed_right.yaml``,
 ``configs/qed_left_validity.yaml``, ``configs/gap_right.yaml``,
 ``configs/sa_left.yaml``) and each seed, runs the expected-reward baseline and
-TFFT through :func:`tfftmol.chem.finetune.finetune` with the *same* alpha,
+TFFT through :func:`tfftmol.pipeline.run` with the *same* alpha,
 number of Adjoint Matching steps, batch, offline batch (shared through the
 cache) and evaluation noise.  The pretrained row is the pre-trained model
 evaluated on the same noise inside each run.
@@ -40,7 +40,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tfftmol.chem.finetune import finetune, load_config  # noqa: E402
+from tfftmol.pipeline import load_run_config as load_config, run as run_pipeline  # noqa: E402
 from tfftmol.core.config import load_yaml  # noqa: E402
 
 TARGETS = ["qed_right", "qed_left_validity", "gap_right", "sa_left"]
@@ -97,7 +97,7 @@ def _run_pair(target: str, seed: int, budget: str, model: str | None, steps: int
                    cache_dir=str(Path(runs_dir) / "cache"), threads=1)
         cfg = load_config(cfg)  # validated before any compute
         t0 = time.perf_counter()
-        res = finetune(cfg, progress=progress, log=(print if progress else (lambda s: None)))
+        res = run_pipeline(cfg, overwrite=True, progress=progress, log=(print if progress else (lambda s: None)))
         wall = time.perf_counter() - t0
         tm = res.timings
         train = float(tm.get("stage1", 0.0) + tm.get("stage2", 0.0) + tm.get("refine", 0.0))

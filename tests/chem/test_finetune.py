@@ -65,7 +65,7 @@ def test_end_to_end_writes_every_report_file(first_run):
     for f in REPORT_FILES:
         assert (res.run_dir / f).is_file() and (res.run_dir / f).stat().st_size > 0, f
     metrics = pd.read_csv(res.run_dir / "metrics.csv")
-    assert list(metrics["name"]) == ["pretrained", "tfft"]
+    assert list(metrics["method"]) == ["pretrained", "tfft"]
     for col in ["validity", "uniqueness", "novelty", "int_div", "reward_mean", "reward_cvar_right_0.9",
                 "reward_cvar_left_0.1", "kl", "eta"]:
         assert col in metrics.columns, col
@@ -86,12 +86,12 @@ def test_offline_batch_cache_is_reused(first_run, tiny_model, monkeypatch):
     assert len(cache) == 1
     mtime = cache[0].stat().st_mtime_ns
 
-    import tfftmol.core.tfft as core_tfft
+    import tfftmol.core.offline as core_offline
 
     def no_sampling(*a, **k):
         raise AssertionError("the offline batch was recomputed")
 
-    monkeypatch.setattr(core_tfft, "sample_ode", no_sampling)  # the offline batch's sampler
+    monkeypatch.setattr(core_offline, "sample", no_sampling)  # the offline batch's sampler
     lines2: list[str] = []
     cfg = tiny_config(tiny_model, out, name="tiny-again", eval_samples=8, kl_samples=0)
     cfg["tfft"]["am"]["steps"] = 1
@@ -107,7 +107,7 @@ def test_offline_batch_cache_is_reused(first_run, tiny_model, monkeypatch):
     ({"tfft": {"am": {"stepz": 3}}}, "stepz"),
     ({"reward": {"name": "no_such_reward"}}, "no_such_reward"),
     ({"surrogate": {"hidden": 10, "heads": 4}}, "heads"),
-    ({"eval_sampler": "rk4"}, "eval_sampler"),
+    ({"eval_sampler": "rk4"}, "sampler"),
 ])
 def test_bad_config_fails_before_any_compute(tiny_model, tmp_path, monkeypatch, patch, field):
     cfg = tiny_config(tiny_model, tmp_path / "runs")
@@ -120,8 +120,11 @@ def test_bad_config_fails_before_any_compute(tiny_model, tmp_path, monkeypatch, 
     def no_compute(*a, **k):
         raise AssertionError("compute started before the config was validated")
 
-    monkeypatch.setattr(ft, "load_base", no_compute)
-    monkeypatch.setattr(ft, "run_tfft", no_compute)
+    import tfftmol.chem.task as chem_task
+    import tfftmol.pipeline.run as pipeline_run
+
+    monkeypatch.setattr(chem_task, "load_base", no_compute)
+    monkeypatch.setattr(pipeline_run, "run_tfft", no_compute)
     with pytest.raises(ConfigError) as err:
         ft.finetune(cfg, progress=False, log=lambda s: None)
     assert field in str(err.value)
@@ -197,7 +200,7 @@ def test_sigkill_during_stage2_then_resume_matches_uninterrupted(tiny_model, tmp
     a, b = resumed.metrics[cols], straight.metrics[cols]
     num = a.select_dtypes("number").columns
     np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=1e-5, atol=1e-7)
-    assert list(a["name"]) == list(b["name"])
+    assert list(a["method"]) == list(b["method"])
     assert list(resumed.samples["smiles"]) == list(straight.samples["smiles"])
     assert resumed.kl > 0
 
@@ -284,10 +287,10 @@ def test_shipped_configs_validate(name, reward, tail, beta, capsys):
     from tfftmol.cli import main
 
     cfg = ft.load_config(ROOT / "configs" / f"{name}.yaml")
-    assert (cfg.name, cfg.model, cfg.reward["name"], cfg.tfft.tail, cfg.tfft.beta) == \
-        (name, "qm9-graph", reward, tail, beta)
+    assert (cfg.task, cfg.name, cfg.options.model, cfg.options.reward["name"], cfg.tfft.tail, cfg.tfft.beta) == \
+        ("molecule", name, "qm9-graph", reward, tail, beta)
     if name == "sa_left":  # lower SA is better: the reward is -SA
-        assert cfg.reward["transform"] == [{"affine": {"scale": -1.0}}]
+        assert cfg.options.reward["transform"] == [{"affine": {"scale": -1.0}}]
     assert main(["finetune", "--config", str(ROOT / "configs" / f"{name}.yaml"), "--check"]) == 0
     assert "config OK" in capsys.readouterr().out
 
@@ -330,7 +333,9 @@ def test_molecule_grid_is_written_with_the_notebook_renderer_installed(tmp_path)
 
         img = Draw.MolsToGridImage([__import__("rdkit.Chem", fromlist=["x"]).MolFromSmiles("CC")])
         assert not hasattr(img, "save")                      # the renderer really is active
-        ft._grid(df, tmp_path / "grid.png", "top")
+        from tfftmol.chem.task import _grid
+
+        _grid(df, tmp_path / "grid.png", "top")
     finally:
         IPythonConsole.UninstallIPythonRenderer()
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -162,7 +162,7 @@ def test_shipped_image_configs_validate(name):
     path = ROOT / "configs" / name
     assert is_digits_config(path)
     cfg = load_config(path)
-    assert cfg.model == "digits-flow" and cfg.prompts == list(range(10))
+    assert cfg.task == "digits" and cfg.options.model == "digits-flow" and cfg.options.prompts == list(range(10))
 
 
 def test_molecular_configs_are_not_image_configs():
@@ -171,7 +171,7 @@ def test_molecular_configs_are_not_image_configs():
 
 
 @pytest.mark.parametrize("patch, field", [({"prompts": [1, 2, 3]}, "prompts"), ({"reward": {"name": "qed"}}, "reward"),
-                                          ({"eval_samples": 205}, "eval_samples"), ({"bogus": 1}, "bogus")])
+                                          ({"eval_samples": 205}, "samples"), ({"bogus": 1}, "bogus")])
 def test_bad_image_config_names_the_field(patch, field):
     with pytest.raises(ConfigError, match=field):
         load_config({"model": "digits-flow", **patch})
@@ -184,14 +184,14 @@ def test_finetune_cli_runs_an_image_config_and_writes_the_report(tmp_path, capsy
     rc = main(["finetune", "--config", str(cfg), "--out", str(tmp_path / "runs"), "--quiet"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "tfft-left" in out and "pretrained" in out
+    assert "tfft" in out and "pretrained" in out
     d = tmp_path / "runs" / "tiny"
     for f in ("report.md", "metrics.csv", "per_prompt.csv", "history.csv", "config.yaml", "model.safetensors"):
         assert (d / f).is_file(), f
     for f in ("grid_before.png", "grid_after.png", "tail_grid.png", "reward_hist.png", "training.png"):
         assert (d / f).stat().st_size > 5000, f
     m = pd.read_csv(d / "metrics.csv")
-    assert list(m.method) == ["pretrained", "tfft-left"]
+    assert list(m.method) == ["pretrained", "tfft"]  # one label vocabulary for every task
     assert {"reward_cvar_left_0.1", "reward_cvar_right_0.9", "worst_prompt_align_mean", "diversity"} <= set(m.columns)
     pp = pd.read_csv(d / "per_prompt.csv")
     assert len(pp) == 20 and sorted(set(pp.prompt)) == list(range(10))

@@ -52,9 +52,8 @@ def test_constraint_is_honoured(constrained):
     assert any(t.value > best.value and t.user_attrs["kl"] > KL_MAX for t in trials)
 
 
-def test_outputs_are_written_and_the_best_yaml_runs_as_a_toy2d_config(constrained):
-    from tfftmol.core.config import from_dict
-    from tfftmol.image2d.experiment import Toy2DConfig
+def test_outputs_are_written_and_the_best_yaml_is_a_run_config(constrained):
+    from tfftmol.pipeline import load_run_config
 
     f = constrained.files
     for name in ("trials", "best", "summary", "history", "importances", "contour_beta_alpha"):
@@ -63,10 +62,10 @@ def test_outputs_are_written_and_the_best_yaml_runs_as_a_toy2d_config(constraine
     assert len(df) == 8 and set(df["state"]) == {"COMPLETE"}
     assert "params_beta" in df and "params_alpha" in df and "user_attrs_kl" in df and "feasible" in df
     best_row = df.loc[df["feasible"]].sort_values("value_cvar", ascending=False).iloc[0]  # named by the metric
-    cfg = from_dict(Toy2DConfig, yaml.safe_load(f["best"].read_text()))
-    assert cfg.alpha == pytest.approx(best_row["params_alpha"])
-    assert cfg.beta_right == pytest.approx(best_row["params_beta"])
-    assert cfg.methods == ["pretrained", "tfft-right"]
+    cfg = load_run_config(f["best"])  # runnable as `tfftmol run --config best.yaml`
+    assert cfg.task == "toy2d"
+    assert cfg.tfft.alpha == pytest.approx(best_row["params_alpha"])
+    assert cfg.tfft.beta == pytest.approx(best_row["params_beta"])
 
 
 def test_multi_objective_returns_a_pareto_front(tmp_path):

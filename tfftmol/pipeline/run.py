@@ -71,6 +71,16 @@ class RunResult:
         return self.tfft.model
 
     @property
+    def samples(self) -> Optional[pd.DataFrame]:
+        """Per-sample table of the fine-tuned model's evaluation samples."""
+        return self.evaluations[self.config.tfft.method].samples
+
+    @property
+    def pre_samples(self) -> Optional[pd.DataFrame]:
+        """Per-sample table of the pre-trained model's evaluation samples (same noise)."""
+        return self.evaluations["pretrained"].samples
+
+    @property
     def eta(self) -> Optional[float]:
         return None if self.tfft.threshold is None else float(self.tfft.threshold.eta)
 

@@ -13,7 +13,7 @@ _WHERE = {
     "load_tune_config": "config",
     "TuneResult": "study", "run_study": "study", "make_storage": "study", "default_storage_url": "study",
     "write_outputs": "study", "FeasibleMedianPruner": "study",
-    "Toy2DRunner": "trials", "MolRunner": "trials", "make_runner": "trials", "apply_params": "trials",
+    "PipelineRunner": "trials", "make_runner": "trials", "apply_params": "trials",
     "reward_metrics": "trials",
 }
 

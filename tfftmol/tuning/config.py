@@ -34,7 +34,7 @@ from tfftmol.core.config import ConfigError, from_dict, load_yaml
 __all__ = ["SearchSpace", "ObjectiveSpec", "ConstraintSpec", "TuneConfig", "load_tune_config", "KINDS", "SAMPLERS",
            "PRUNERS"]
 
-KINDS = ("mol", "toy2d")
+KINDS = ("run", "mol", "toy2d")
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
 PRUNERS = ("median", "none")
 
@@ -142,9 +142,9 @@ class TuneConfig:
     """An Optuna study over TFFT's ``beta`` and ``alpha`` (module docstring for the YAML layout).
 
     Attributes:
-        kind: ``"mol"`` (each trial is :func:`tfftmol.chem.finetune.finetune`) or ``"toy2d"``
-            (each trial is :func:`tfftmol.core.tfft.run_tfft` on a 2D flow of a
-            :class:`~tfftmol.image2d.experiment.Toy2DConfig`).
+        kind: ``"run"`` (a run config of any task: molecule, digits, toy2d), ``"mol"`` (a
+            molecular config) or ``"toy2d"`` (the 2D comparison's fields); every trial is
+            :func:`tfftmol.pipeline.run` on the resulting run config.
         base: the config every trial starts from: a YAML path (relative to the study file, then
             to the working directory) or an inline mapping.
         budget: a patch deep-merged into ``base`` (e.g. fewer steps for a quick study).
