@@ -121,7 +121,7 @@ print(thr.summary())
 # ## Stage 2: TFFT right-CVaR
 #
 # A run is one config: `configs/qed_right.yaml` (load it, change what you like, pass the dict).
-# `tfftmol.finetune` draws the offline batch, solves the threshold, fits the differentiable
+# `tfftmol.run` draws the offline batch, solves the threshold, fits the differentiable
 # surrogate of QED, runs Adjoint Matching on the hinge pseudo-reward and evaluates both models
 # on fresh molecules from the same noise. The report (tables, histograms, grids) goes to
 # `run_dir`.
@@ -134,7 +134,7 @@ if SMALL:  # about 75 s; measured at this budget: right-CVaR_0.9 rose on seeds 0
     cfg["tfft"]["am"].update(steps=100, batch_size=32, time_steps=20, loss_time_steps=6, lr=5e-4)
     cfg["surrogate"].update(epochs=12, patience=4, refit_epochs=1)
     cfg.update(refit_every=20, eval_samples=1000, eval_steps=20, kl_samples=50, checkpoint_every=1000)
-result = tfftmol.finetune(cfg, progress=not SMALL, log=print if not SMALL else (lambda s: None))
+result = tfftmol.run(cfg, overwrite=True, progress=not SMALL, log=print if not SMALL else (lambda s: None))
 result.table().round(4)
 
 # %% [markdown]

@@ -64,7 +64,7 @@ if SMALL:  # about 75 s; measured at this budget: left-CVaR_0.1 -0.35 -> 0.06 (s
     cfg["tfft"]["am"].update(steps=100, batch_size=32, time_steps=20, loss_time_steps=6, lr=5e-4)
     cfg["surrogate"].update(epochs=12, patience=4, refit_epochs=1)
     cfg.update(refit_every=20, eval_samples=1000, eval_steps=20, kl_samples=50, checkpoint_every=1000)
-result = tfftmol.finetune(cfg, progress=not SMALL, log=print if not SMALL else (lambda s: None))
+result = tfftmol.run(cfg, overwrite=True, progress=not SMALL, log=print if not SMALL else (lambda s: None))
 result.table().round(4)
 
 # %% [markdown]
@@ -116,7 +116,7 @@ for label, df in (("pre-trained", result.pre_samples), ("TFFT left-CVaR", result
 # is the control-cost estimate of how far the fine-tuned model moved.
 
 # %%
-m = result.metrics.set_index("name")
+m = result.metrics.set_index("method")
 cols = ["validity", "uniqueness", "novelty", "int_div", "reward_mean", "reward_cvar_left_0.1", "kl"]
 print(m[cols].round(4).to_string())
 before, after = m["reward_cvar_left_0.1"].iloc[0], m["reward_cvar_left_0.1"].iloc[1]

@@ -184,7 +184,7 @@ if SMALL:
     cfg["tfft"]["am"].update(steps=30, batch_size=32, time_steps=20, loss_time_steps=6, lr=5e-4)
     cfg["surrogate"].update(epochs=8, patience=3, refit_epochs=1)
     cfg.update(refit_every=15, eval_samples=300, eval_steps=20, kl_samples=50, checkpoint_every=1000)
-result = tfftmol.finetune(cfg, progress=not SMALL, log=print if not SMALL else (lambda s: None))
+result = tfftmol.run(cfg, overwrite=True, progress=not SMALL, log=print if not SMALL else (lambda s: None))
 result.table().round(4)
 
 # %% [markdown]

@@ -22,7 +22,7 @@
 # constraint; then it reads the Pareto front and the parameter importances, reloads the study from
 # its SQLite file, and explains how to point many workers at PostgreSQL.
 #
-# Every trial is exactly `tfftmol finetune` on `configs/qed_right.yaml` with the trial's `beta` and
+# Every trial is exactly `tfftmol run` on `configs/qed_right.yaml` with the trial's `beta` and
 # `alpha`; the objective `cvar` is always measured at the same level (`eval_beta = 0.9`), whatever
 # `beta` the trial trains with, so trials are comparable.
 #
@@ -148,7 +148,7 @@ plt.show()
 # Workers beat a heartbeat: a trial whose worker dies is marked failed by the next worker and
 # replaced. `optuna-dashboard postgresql://...` (or `optuna-dashboard sqlite:///.../study.db`)
 # browses a study live. `best.yaml` in the study directory is a ready-to-run config of the best
-# feasible trial: `tfftmol finetune --config .../best.yaml`.
+# feasible trial: `tfftmol run --config .../best.yaml`.
 
 # %%
 print(sorted(p.name for p in res.study_dir.iterdir()))

@@ -102,20 +102,20 @@ assert ft_l > pre_l + 1.0 and abs(ft_l - tg_l) < 0.6, (pre_l, ft_l, tg_l)
 # %% [markdown]
 # ## Images: prompted 8x8 digits, left-CVaR of the alignment
 #
-# `configs/digits_left.yaml` runs through the same `tfftmol.finetune` as the molecular configs
+# `configs/digits_left.yaml` runs through the same `tfftmol.run` as the molecular configs
 # (it dispatches on `model: digits-flow`). The prompts 0-9 are assigned round-robin; the reward
 # of an image is `log p(prompt | image)` from the shipped CNN classifier.
 
 # %%
 print(tfftmol.model_card("digits-flow")["description"])
-# a config is plain YAML: load it, edit the dict, pass it to tfftmol.finetune
+# a config is plain YAML: load it, edit the dict, pass it to tfftmol.run
 digits_cfg = yaml.safe_load((CONFIGS / "digits_left.yaml").read_text())
 digits_cfg.update(name="digits_left", out_dir=str(OUT), threads=1)
 if SMALL:
     digits_cfg["tfft"].update(offline_samples=2000, bootstrap=0, refine_samples=1000)
     digits_cfg["tfft"]["am"].update(steps=60, batch_size=50, time_steps=20, loss_time_steps=6, lr=1e-3)
     digits_cfg.update(eval_samples=1000, eval_steps=20, kl_samples=200, grid_per_prompt=6)
-digits = tfftmol.finetune(digits_cfg, progress=not SMALL, log=lambda s: None)
+digits = tfftmol.run(digits_cfg, overwrite=True, progress=not SMALL, log=lambda s: None)
 digits.table().round(4)
 
 # %% [markdown]

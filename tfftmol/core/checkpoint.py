@@ -47,8 +47,16 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata=dict(metadata) if metadata else None)
+        flat, seen = {}, set()
+        for k, v in tensors.items():
+            v = v.detach().contiguous().cpu()
+            ptr = v.untyped_storage().data_ptr() if v.numel() else None
+            if ptr is not None and ptr in seen:  # two names for one tensor (e.g. a buffer kept twice): store a copy
+                v = v.clone()
+            elif ptr is not None:
+                seen.add(ptr)
+            flat[k] = v
+        save_file(flat, tmp, metadata=dict(metadata) if metadata else None)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
