@@ -62,10 +62,11 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +83,8 @@ STATE_DIM: int = _graph.STATE_DIM  # 189
 
 __all__ = ["Surrogate", "SurrogateReport", "SurrogateNet", "split_state", "tail_precision",
            "N_NODES", "NODE_CLASSES", "EDGE_CLASSES", "STATE_DIM"]
+
+_BUFFER_KEYS = ("buffer.x", "buffer.y", "buffer.valid")  # replay buffer in the state dict (kept on the CPU)
 
 
 def split_state(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -614,16 +617,38 @@ class Surrogate:
 
     # -- persistence ----------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only (safetensors-compatible): network weights, target scaling and penalty."""
+        """Everything a resumed run needs, as tensors only (safetensors-compatible).
+
+        Keys: ``net.*`` (network weights), ``y_mean``, ``y_std``, ``penalty``
+        (NaN: no hurdle model), ``seed``, ``rng`` (the numpy generator state that
+        draws splits and replay samples, as the UTF-8 bytes of its JSON) and,
+        once fitted with ``replay_size > 0``, the replay buffer ``buffer.x``
+        ``(R, 189)``, ``buffer.y`` ``(R,)``, ``buffer.valid`` ``(R,)``.
+        """
         sd = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         sd["y_mean"] = torch.tensor(self.y_mean, dtype=torch.float64)
         sd["y_std"] = torch.tensor(self.y_std, dtype=torch.float64)
         sd["penalty"] = torch.tensor(float("nan") if self.penalty is None else self.penalty, dtype=torch.float64)
+        sd["seed"] = torch.tensor(self.seed, dtype=torch.int64)
+        rng = json.dumps(self._rng.bit_generator.state, default=int).encode()  # 128-bit ints: JSON, not int64
+        sd["rng"] = torch.tensor(list(rng), dtype=torch.uint8)
+        if self._buffer is not None:
+            for name, t in zip(_BUFFER_KEYS, self._buffer):
+                sd[name] = t.detach().cpu().contiguous()
         return sd
 
-    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`.  A dict holding only weights (no ``rng``/``buffer.*``) gives an
+        empty replay buffer and a generator reseeded from ``seed``."""
         self.net.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("net.")})
         self.y_mean, self.y_std = float(sd["y_mean"]), float(sd["y_std"])
         pen = float(sd.get("penalty", torch.tensor(float("nan"))))
         self.penalty = None if math.isnan(pen) else pen
+        if "seed" in sd:
+            self.seed = int(sd["seed"])
+        self._rng = np.random.default_rng(self.seed)
+        if "rng" in sd:
+            self._rng.bit_generator.state = json.loads(bytes(sd["rng"].tolist()).decode())
+        has_buffer = all(k in sd for k in _BUFFER_KEYS)
+        self._buffer = tuple(sd[k].cpu() for k in _BUFFER_KEYS) if has_buffer else None  # type: ignore[assignment]
         self.fitted = True

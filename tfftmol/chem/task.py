@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -279,20 +278,14 @@ class MolecularReward:
         self.load_state(st)
 
     def state(self) -> dict:
-        """Surrogate weights, replay buffer, its RNG, pending samples and the fit reports (tensors + JSON)."""
-        s = self.surrogate
-        buf = list(s._buffer) if s._buffer is not None else []
-        return {"surrogate": s.state_dict(), "buffer": buf, "rng": _json_safe(s._rng.bit_generator.state),
-                "seed": s.seed, "pending": [list(p) for p in self._pending], "reports": self.reports}
+        """The surrogate's state (weights, replay buffer, its RNG: ``Surrogate.state_dict``), pending samples
+        and the fit reports (tensors + JSON)."""
+        return {"surrogate": self.surrogate.state_dict(), "pending": [list(p) for p in self._pending],
+                "reports": self.reports}
 
     def load_state(self, st: Mapping[str, Any]) -> None:
         """Restore what :meth:`state` returned (used on resume; the offline fit is then skipped)."""
-        s = self.surrogate
-        s.load_state_dict(dict(st["surrogate"]))
-        s._buffer = tuple(st["buffer"]) if st["buffer"] else None
-        s.seed = int(st["seed"])
-        s._rng = np.random.default_rng(s.seed)
-        s._rng.bit_generator.state = st["rng"]
+        self.surrogate.load_state_dict(dict(st["surrogate"]))
         self._pending = [tuple(p) for p in st["pending"]]
         self.reports = list(st["reports"])
         self._restored = True
@@ -319,14 +312,6 @@ def denoised_copies(base, t: float, seed: int, batch_size: int = 1000) -> Callab
         return torch.cat(out)
 
     return fn
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def evaluate_samples(decoded: list, reward: Reward, name: str, tail: str, beta: float,
