@@ -1,11 +1,14 @@
-"""The molecular task: graph flows, RDKit rewards with a fitted surrogate, molecule metrics and grids.
+"""The molecular task: graph and latent flows, RDKit rewards with a fitted surrogate, molecule metrics and grids.
 
 Options (``RunConfig.options``)::
 
-    model: qm9-graph               # a shipped molecular model or a .safetensors path
+    model: qm9-graph               # a shipped molecular model (qm9-graph, zinc-selfies) or a .safetensors path
     reward: {name: qed}            # tfftmol.chem.rewards.build_reward
     surrogate: {...}               # SurrogateConfig
     refit_every: 50                # surrogate refit period in stage-2 steps (0 = never)
+    warm_start: null               # latent models: ZINC250k training molecules the surrogate starts from
+                                   # (null = 30000 for a latent model, 0 = off; graph models: 0 only)
+    warm_labels: decoded           # warm-start labels: reward of the decoded latent, or of the data molecule
     reward_jobs: 1                 # worker processes for the true reward
     grid_size: 12                  # molecules per tail grid
 
@@ -16,8 +19,15 @@ offline batch and refitted on-policy; values, validity and the tail indicator
 
     grad g(X_1) = g'(r_true(X_1)) * grad_x s(X_1).
 
+The surrogate is the GNN :class:`~tfftmol.chem.surrogate.Surrogate` on the
+QM9 graph state, and the MLP :class:`~tfftmol.chem.latent_reward.LatentSurrogate`
+on the latent state of ``zinc-selfies`` (optionally warm-started from encoded
+ZINC250k training molecules with true labels).  In latent space the decoded
+molecule is a function of ``X_1``, so Adjoint Matching runs exactly
+(``terminal_time: 1``).
+
 Evaluation adds validity (with the failure reasons), uniqueness, novelty
-against the QM9 training split and internal diversity; the report adds the
+against the model's training split (QM9 or ZINC250k) and internal diversity; the report adds the
 surrogate's held-out accuracy per (re)fit and molecule grids of both tails.
 """
 from __future__ import annotations
@@ -33,7 +43,7 @@ import torch
 
 from tfftmol.core.adjoint import AdjointMatching
 from tfftmol.core.checkpoint import save_tensors
-from tfftmol.core.config import ConfigError, check_int, check_number, from_dict
+from tfftmol.core.config import ConfigError, check_choice, check_int, check_number, from_dict
 from tfftmol.core.reward import RewardBatch
 from tfftmol.pipeline.task import Evaluation, ReportContext
 from tfftmol.tables import markdown_table
@@ -42,9 +52,11 @@ from .rewards import Reward, RewardResult, build_reward
 from .surrogate import Surrogate, SurrogateReport
 
 __all__ = ["SurrogateConfig", "MoleculeOptions", "MoleculeTask", "MolecularReward", "denoised_copies",
-           "evaluate_samples", "load_base", "MOLECULAR_MODELS"]
+           "evaluate_samples", "load_base", "is_latent", "MOLECULAR_MODELS", "LATENT_MODELS"]
 
-MOLECULAR_MODELS = ("qm9-graph",)
+MOLECULAR_MODELS = ("qm9-graph", "zinc-selfies")
+LATENT_MODELS = ("zinc-selfies",)
+DEFAULT_WARM_START = 30000  # ZINC250k training molecules of a latent surrogate's warm start (warm_start: null)
 
 
 @dataclass
@@ -96,6 +108,8 @@ class MoleculeOptions:
     refit_every: int = 50
     reward_jobs: int = 1
     grid_size: int = 12
+    warm_start: Optional[int] = None
+    warm_labels: str = "decoded"
 
     def __post_init__(self):
         if isinstance(self.surrogate, Mapping):
@@ -111,6 +125,20 @@ class MoleculeOptions:
             raise ConfigError(f"reward: {e}") from e
         check_int(self, "refit_every", low=0, note=" (0 = never refit)")
         check_int(self, "reward_jobs", "grid_size")
+        if self.warm_start is not None:
+            check_int(self, "warm_start", low=0, note=" (0 = off, null = the default for the model)")
+            if self.warm_start and not is_latent(self.model):
+                raise ConfigError(f"warm_start={self.warm_start} needs a latent model {list(LATENT_MODELS)}; "
+                                  f"model={self.model!r} is a graph model (use warm_start: 0)")
+        from .latent_reward import WARM_LABELS
+        check_choice(self, "warm_labels", WARM_LABELS)
+
+    @property
+    def warm_start_size(self) -> int:
+        """``warm_start`` with ``None`` resolved: the default for a latent model, else 0."""
+        if self.warm_start is not None:
+            return int(self.warm_start)
+        return DEFAULT_WARM_START if is_latent(self.model) else 0
 
 
 def _check_model(model: Any) -> None:
@@ -120,7 +148,7 @@ def _check_model(model: Any) -> None:
         raise ConfigError(f"model={model!r} must be a model name {available_models()} or a .safetensors path")
     if model in available_models():
         if model not in MOLECULAR_MODELS:
-            raise ConfigError(f"model={model!r} is not a molecular graph model; molecular models: "
+            raise ConfigError(f"model={model!r} is not a molecular model; molecular models: "
                               f"{list(MOLECULAR_MODELS)}")
         return
     if model.endswith(".safetensors"):
@@ -131,12 +159,31 @@ def _check_model(model: Any) -> None:
                       "nor a path to a .safetensors file")
 
 
+def is_latent(model: str) -> bool:
+    """Whether a config's ``model`` (a name or a .safetensors path) is a latent (SELFIES) flow."""
+    if model in LATENT_MODELS:
+        return True
+    if isinstance(model, str) and model.endswith(".safetensors") and Path(model).is_file():
+        from safetensors import safe_open
+
+        from .selfies.loader import FORMAT
+        try:
+            with safe_open(model, framework="pt") as f:
+                return (f.metadata() or {}).get("format") == FORMAT
+        except Exception:  # noqa: BLE001  (not a readable safetensors file: load_base reports it)
+            return False
+    return False
+
+
 def load_base(model: str, device: str | torch.device = "cpu"):
     """The pre-trained molecular flow named by a config's ``model`` field (frozen, eval mode)."""
-    from .qm9_model import load_qm9_graph
-
     _check_model(model)
-    base = load_qm9_graph(device=device) if model == "qm9-graph" else load_qm9_graph(device=device, path=model)
+    if is_latent(model):
+        from .selfies import load_zinc_selfies
+        base = load_zinc_selfies(device=device, path=None if model in LATENT_MODELS else model)
+    else:
+        from .qm9_model import load_qm9_graph
+        base = load_qm9_graph(device=device) if model == "qm9-graph" else load_qm9_graph(device=device, path=model)
     for p in base.parameters():
         p.requires_grad_(False)
     return base.eval()
@@ -345,16 +392,21 @@ def evaluate_samples(decoded: list, reward: Reward, name: str, tail: str, beta: 
     return row, samples
 
 
-def _reference_smiles() -> set:
-    """Canonical SMILES of the QM9 training split (the pre-training data), for novelty."""
-    global _REFERENCE
-    if _REFERENCE is None:
-        from .data import load_qm9
-        _REFERENCE = set(load_qm9("train")["smiles"])
-    return _REFERENCE
+def _reference_smiles(latent: bool = False) -> set:
+    """Canonical SMILES of the pre-training data's training split (QM9, or ZINC250k for a latent model),
+    for novelty."""
+    key = "zinc250k" if latent else "qm9"
+    if key not in _REFERENCE:
+        if latent:
+            from .selfies import load_zinc250k
+            _REFERENCE[key] = set(load_zinc250k("train")["smiles"])
+        else:
+            from .data import load_qm9
+            _REFERENCE[key] = set(load_qm9("train")["smiles"])
+    return _REFERENCE[key]
 
 
-_REFERENCE: Optional[set] = None
+_REFERENCE: dict[str, set] = {}
 
 
 class MoleculeTask:
@@ -376,9 +428,18 @@ class MoleculeTask:
         o = cfg.options
         reward = build_reward(dict(o.reward))
         sc = o.surrogate
-        surrogate = Surrogate(hidden=sc.hidden, layers=sc.layers, heads=sc.heads, temperature=sc.temperature,
-                              lr=sc.lr, batch_size=sc.batch_size, replay_size=sc.replay_size, seed=cfg.seed,
-                              device=device)
+        if is_latent(o.model):
+            from .latent_reward import LatentSurrogate, warm_start_data
+            surrogate = LatentSurrogate(int(base.state_shape[0]), hidden=sc.hidden, layers=sc.layers, lr=sc.lr,
+                                        batch_size=sc.batch_size, replay_size=sc.replay_size, seed=cfg.seed,
+                                        device=device)
+            if o.warm_start_size:
+                surrogate.set_warm_start(*warm_start_data(base, reward, o.warm_start_size, cfg.offline_cache_dir,
+                                                          labels=o.warm_labels, n_jobs=o.reward_jobs, log=log))
+        else:
+            surrogate = Surrogate(hidden=sc.hidden, layers=sc.layers, heads=sc.heads, temperature=sc.temperature,
+                                  lr=sc.lr, batch_size=sc.batch_size, replay_size=sc.replay_size, seed=cfg.seed,
+                                  device=device)
         tc = cfg.tfft.am.terminal_time
         denoise = denoised_copies(base, tc, cfg.seed) if tc < 1.0 else None
         return MolecularReward(reward, base.decode, surrogate, sc, o.refit_every, o.reward_jobs, log, denoise)
@@ -392,7 +453,8 @@ class MoleculeTask:
     def evaluate(self, cfg, samples, reward, label: str) -> Evaluation:
         x = samples.x.detach().cpu()
         dec = reward.decode(x)
-        row, table = evaluate_samples(dec, reward.reward, label, cfg.tfft.tail, cfg.tfft.beta, _reference_smiles(),
+        row, table = evaluate_samples(dec, reward.reward, label, cfg.tfft.tail, cfg.tfft.beta,
+                                      _reference_smiles(is_latent(cfg.options.model)),
                                       cfg.seed, cfg.options.reward_jobs)
         keep = {k: v for k, v in row.iloc[0].to_dict().items()
                 if k in ("validity", "uniqueness", "novelty", "int_div") or k.startswith("invalid_")}
@@ -429,7 +491,10 @@ class MoleculeTask:
         from .qm9_model import save_qm9_graph
 
         meta = {"base_model": cfg.options.model, **{k: str(v) for k, v in metadata.items()}}
-        if isinstance(model, GraphTransformerFlow):
+        from .selfies import ZincSelfiesFlow, save_zinc_selfies
+        if isinstance(model, ZincSelfiesFlow):  # loads back with load_base / options.model: <path>
+            save_zinc_selfies(model, path, extra_metadata=meta)
+        elif isinstance(model, GraphTransformerFlow):
             save_qm9_graph(model, path, extra_metadata=meta)
         else:
             sd = {k: v for k, v in model.state_dict().items() if not k.startswith("base.")}
