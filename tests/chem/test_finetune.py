@@ -120,8 +120,11 @@ def test_bad_config_fails_before_any_compute(tiny_model, tmp_path, monkeypatch, 
     def no_compute(*a, **k):
         raise AssertionError("compute started before the config was validated")
 
+    import importlib
+
     import tfftmol.chem.task as chem_task
-    import tfftmol.pipeline.run as pipeline_run
+
+    pipeline_run = importlib.import_module("tfftmol.pipeline.run")  # the module, not the function it exports
 
     monkeypatch.setattr(chem_task, "load_base", no_compute)
     monkeypatch.setattr(pipeline_run, "run_tfft", no_compute)

@@ -33,6 +33,7 @@ from rdkit.Chem import DataStructs, rdFingerprintGenerator
 
 from tfftmol.chem.mol import OK, check, to_mol
 from tfftmol.chem.rewards import Reward, RewardResult, build_reward
+from tfftmol.core.risk import reward_stats  # the one definition; re-exported here
 
 try:  # the core's risk measures, when present, are the single source of truth
     from tfftmol.core.risk import cvar as _core_cvar
@@ -158,29 +159,6 @@ def _local_cvar(v: np.ndarray, beta: float, tail: str) -> float:
         frac = 0.0
     total = float(v[:k].sum()) + (frac * float(v[k]) if frac > 0 and k < v.size else 0.0)
     return total / mass
-
-
-def reward_stats(values: np.ndarray, valid: Optional[np.ndarray] = None, prefix: str = "reward",
-                 quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-                 cvar_levels: Sequence[float | tuple[str, float]] = (0.1, 0.9)) -> dict[str, float]:
-    """Mean, quantiles and CVaRs of ``values`` (invalid samples keep their penalty).
-
-    ``cvar_levels`` items are a level ``beta`` (both tails reported) or a pair
-    ``("right" | "left", beta)``.  Keys: ``{prefix}_mean``, ``{prefix}_mean_valid``,
-    ``{prefix}_q{q}``, ``{prefix}_cvar_{tail}_{beta}``.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    out: dict[str, float] = {f"{prefix}_mean": float(v.mean()) if v.size else float("nan")}
-    if valid is not None:
-        ok = np.asarray(valid, dtype=bool)
-        out[f"{prefix}_mean_valid"] = float(v[ok].mean()) if ok.any() else float("nan")
-    for q in quantiles:
-        out[f"{prefix}_q{q:g}"] = float(np.quantile(v, q)) if v.size else float("nan")
-    for level in cvar_levels:
-        pairs = [level] if isinstance(level, (tuple, list)) else [("right", level), ("left", level)]
-        for tail, beta in pairs:
-            out[f"{prefix}_cvar_{tail}_{float(beta):g}"] = cvar(v, float(beta), tail)
-    return out
 
 
 def fcd_available() -> bool:

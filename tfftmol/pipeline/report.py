@@ -20,6 +20,7 @@ from ..core.checkpoint import atomic_write_text
 from ..core.config import to_dict
 from ..core.risk import var
 from ..tables import markdown_table
+from .metrics import own_tail_column
 from .task import ReportContext
 
 __all__ = ["write_report", "plot_reward_hist", "plot_training"]
@@ -113,8 +114,6 @@ def _stage1_lines(res, metrics: pd.DataFrame, own: str, kl: float) -> list[str]:
 
 def write_report(cfg, task, result, base, reward) -> dict:
     """Write the report directory; returns ``{name: path}``."""
-    from .run import own_tail_column
-
     d = Path(result.run_dir)
     d.mkdir(parents=True, exist_ok=True)
     res = result.tfft

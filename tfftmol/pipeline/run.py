@@ -31,11 +31,12 @@ import torch
 from ..core.estimators import estimate_kl
 from ..core.offline import model_fingerprint
 from ..core.reward import reward_hook
-from ..core.risk import reward_stats
 from ..core.sampling import sample
 from ..core.tfft import TFFTResult, run_tfft
 from .config import RunConfig, load_run_config
+from .metrics import metrics_table, own_tail_column, realisation_ratio
 from .registry import get_task
+from .report import write_report
 from .rundir import RunDir
 from .task import Evaluation
 
@@ -97,19 +98,6 @@ class RunResult:
         return self.metrics[cols]
 
 
-def own_tail_column(cfg: RunConfig) -> str:
-    """Name of the metrics column of the run's own tail, e.g. ``reward_cvar_right_0.9``."""
-    return f"reward_cvar_{cfg.tfft.tail}_{cfg.tfft.beta:g}"
-
-
-def realisation_ratio(pre: float, reached: float, predicted: float) -> float:
-    """``(reached - pre) / (predicted - pre)``; ``nan`` when stage 1 predicts no gain."""
-    gap = predicted - pre
-    if not np.isfinite(gap) or abs(gap) < 1e-12:
-        return float("nan")
-    return float((reached - pre) / gap)
-
-
 def evaluate_models(cfg: RunConfig, task, models: dict, reward, cond_sampler=None,
                     progress: bool = False) -> dict[str, Evaluation]:
     """Sample every model from the same seeded noise and score the samples with the task.
@@ -132,17 +120,6 @@ def evaluate_models(cfg: RunConfig, task, models: dict, reward, cond_sampler=Non
             model.train(was)
         out[label] = task.evaluate(cfg, s, reward, label)
     return out
-
-
-def _row(cfg: RunConfig, label: str, ev: Evaluation) -> dict:
-    t, b = cfg.tfft.tail, cfg.tfft.beta
-    levels: list = [0.1, 0.9]
-    if b not in levels:
-        levels.append((t, b))
-    row = {"method": label, "run": cfg.name, "task": cfg.task, "n": int(len(ev.values))}
-    row.update(ev.row)
-    row.update(reward_stats(ev.values, ev.valid, "reward", cvar_levels=levels))
-    return row
 
 
 def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -170,8 +147,6 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
         RunDirError: the run directory is in use, exists, or cannot be resumed safely.
         KeyboardInterrupt: on SIGINT during stage 2, after the checkpoint is saved.
     """
-    from .report import write_report
-
     cfg = load_run_config(config, **overrides)
     task = get_task(cfg.task)
     t_start = time.perf_counter()
@@ -226,26 +201,3 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
     log(line)
     log(f"report: {result.files.get('report')}")
     return result
-
-
-def metrics_table(cfg: RunConfig, res: TFFTResult, evs: dict, kl: float, timings: dict) -> pd.DataFrame:
-    """One row per evaluated model, the same columns for every task."""
-    t = cfg.tfft
-    rows = [_row(cfg, label, ev) for label, ev in evs.items()]
-    m = pd.DataFrame(rows)
-    own = own_tail_column(cfg)
-    m["kl"] = [0.0] + [kl] * (len(m) - 1)
-    m["tail"], m["beta"], m["alpha"], m["seed"] = t.tail, t.beta, t.alpha, cfg.seed
-    m["steps"] = [0] + [t.am.steps] * (len(m) - 1)
-    m["train_seconds"] = [0.0] + [timings.get("stage2", np.nan)] * (len(m) - 1)
-    m["stage2_path"] = ["", *[getattr(res.trainer, "stage2_path", "gradient")] * (len(m) - 1)]
-    s1, rf = res.stage1, res.refined
-    m["eta_stage1"] = np.nan if s1 is None else float(s1.eta)
-    m["eta"] = np.nan if res.threshold is None else float(res.threshold.eta)
-    m["eta_refined"] = np.nan if rf is None else float(rf.eta)
-    m["cvar_predicted"] = np.nan if s1 is None else float(s1.predicted_cvar)
-    m["kl_predicted"] = np.nan if s1 is None else float(s1.predicted_kl)
-    pre = float(m[own].iloc[0])
-    m["realisation"] = [np.nan] + [realisation_ratio(pre, float(v), float(m["cvar_predicted"].iloc[0]))
-                                   for v in m[own].iloc[1:]]
-    return m
