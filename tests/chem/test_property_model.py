@@ -69,6 +69,7 @@ def test_unknown_model_name():
     assert MODEL_NAMES == ("qm9-property",)
 
 
+@pytest.mark.slow  # 9.4 s: the rewards benchmark's --quick run
 def test_benchmark_quick(tmp_path, model):
     spec = importlib.util.spec_from_file_location("bench_rewards", WEIGHTS_DIR.parents[2] / "benchmarks" / "rewards.py")
     bench = importlib.util.module_from_spec(spec)

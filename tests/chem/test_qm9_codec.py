@@ -52,6 +52,7 @@ def test_encode_values_and_split_join():
     assert sorted(ec[1][ec[1] > 0].tolist()) == [1, 1, 1, 2, 2, 2]
 
 
+@pytest.mark.slow  # 25 s: round trip of a large training sample
 def test_round_trip_training_sample(train_smiles):
     """20,000 training molecules encode and decode to the same canonical SMILES."""
     nodes, edges = g.encode_classes(train_smiles)

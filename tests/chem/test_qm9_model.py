@@ -83,6 +83,7 @@ def test_config_validation():
         GraphTransformerConfig(t_eps=0.0)
 
 
+@pytest.mark.slow  # 10 s
 def test_short_training_lowers_loss():
     torch.manual_seed(0)
     model = GraphTransformerFlow(GraphTransformerConfig(d_node=32, d_edge=16, n_layers=2, n_heads=4))
@@ -168,6 +169,7 @@ def test_loaded_model_samples(tmp_path):
     assert (tmp_path / "s.csv").exists() and list(df.columns) == ["smiles", "valid", "reason"]
 
 
+@pytest.mark.slow  # 28 s
 @needs_weights
 def test_benchmark_quick(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -30,6 +30,7 @@ def data():
     return smiles, x
 
 
+@pytest.mark.slow  # qed 121 s, logp 20 s
 @pytest.mark.parametrize("name", ["qed", "logp"])
 def test_heldout_r2_at_least_0_8(data, name):
     smiles, x = data

@@ -35,12 +35,14 @@ def fitted():
     return g, g.tilted_linear(W, LAM), am, model, x, stats
 
 
+@pytest.mark.slow  # the 400-step 'fitted' fixture: 78 s
 def test_sign_mean_moves_toward_plus_w(fitted):
     g, tgt, am, model, x, stats = fitted
     assert float(x.mean(0)[0]) > 0.8 * float(tgt.mean()[0])  # toward +w, most of the way
     assert abs(float(x.mean(0)[1])) < 0.1
 
 
+@pytest.mark.slow  # the 400-step 'fitted' fixture: 78 s
 def test_mean_and_component_weights_match_closed_form(fitted):
     g, tgt, am, model, x, stats = fitted
     assert float((x.mean(0) - tgt.mean()).norm()) < 0.35
@@ -51,6 +53,7 @@ def test_mean_and_component_weights_match_closed_form(fitted):
     assert tv < 0.2 and tv < 0.5 * tv_pre
 
 
+@pytest.mark.slow  # the 400-step 'fitted' fixture: 78 s
 @pytest.mark.parametrize("comp", [0, 1, 5])  # the three heavy components of the target
 def test_component_means_and_covariances(fitted, comp):
     g, tgt, am, model, x, stats = fitted
@@ -62,6 +65,7 @@ def test_component_means_and_covariances(fitted, comp):
     assert abs(float(cov[0, 1])) < 0.02
 
 
+@pytest.mark.slow  # the 400-step 'fitted' fixture: 78 s
 def test_kl_estimate_is_close_to_the_closed_form(fitted):
     """KL(p*||p_pre) for the tilt: lam E*[r] - log Z; the control cost estimates KL(p_ft || p_pre)."""
     g, tgt, am, model, x, stats = fitted

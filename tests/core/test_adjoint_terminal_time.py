@@ -36,6 +36,7 @@ def _mass_plus(terminal_time: float) -> float:
     return float((x[:, 0] > 0).float().mean())
 
 
+@pytest.mark.slow  # 29 s: two 150-step fine-tunes
 def test_denoised_adjoint_moves_mass_between_discrete_states_where_the_exact_one_cannot():
     exact, denoised = _mass_plus(1.0), _mass_plus(0.5)
     assert abs(exact - 0.5) < 0.1, exact          # the exact lean adjoint is starved

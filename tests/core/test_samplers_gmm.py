@@ -39,6 +39,7 @@ def test_velocity_matches_posterior_expectation(t):
     assert torch.allclose(ref, exact, atol=0.03 / (1 - t)), (ref, exact)
 
 
+@pytest.mark.slow  # 20-24 s each (3000 samples, 100 SDE / 50 Heun steps)
 @pytest.mark.parametrize("make", [circle_gmm, unequal_gmm], ids=["circle", "unequal"])
 @pytest.mark.parametrize("sampler", ["sde", "heun"])
 def test_samplers_reproduce_the_gmm(make, sampler):

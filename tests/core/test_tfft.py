@@ -72,6 +72,7 @@ def left_run():
     return _run("left", 0.1, 1.0)
 
 
+@pytest.mark.slow  # the 300-step right_run fixture: 75 s
 def test_right_tail_moves_toward_the_exact_target(right_run):
     g, res, x0, x, xt, eta = right_run
     assert res.threshold.eta == pytest.approx(eta, abs=0.1)
@@ -81,6 +82,7 @@ def test_right_tail_moves_toward_the_exact_target(right_run):
     assert _mass(x, eta, "right") < 0.15  # it does not overshoot the target's 0.10
 
 
+@pytest.mark.slow  # the 300-step right_run fixture: 75 s
 def test_right_tail_leaves_the_left_tail_alone(right_run):
     """The exact right-tail target barely changes the left tail; neither may the fine-tune."""
     g, res, x0, x, xt, eta = right_run
@@ -90,6 +92,7 @@ def test_right_tail_leaves_the_left_tail_alone(right_run):
     assert abs(d_left) < 0.25 * d_right
 
 
+@pytest.mark.slow  # the 300-step left_run fixture: 74 s
 def test_left_tail_moves_to_the_exact_target(left_run):
     g, res, x0, x, xt, eta = left_run
     assert res.threshold.eta == pytest.approx(eta, abs=0.05)
@@ -98,6 +101,7 @@ def test_left_tail_moves_to_the_exact_target(left_run):
     assert 0.07 < _mass(x, eta, "left") < 0.13  # target 0.10
 
 
+@pytest.mark.slow  # the 300-step left_run fixture: 74 s
 def test_left_tail_does_not_inflate_the_right_tail(left_run):
     g, res, x0, x, xt, eta = left_run
     d_right = cvar(x, 0.9, "right") - cvar(x0, 0.9, "right")
@@ -107,6 +111,7 @@ def test_left_tail_does_not_inflate_the_right_tail(left_run):
     assert d_right < 0.2 * d_left
 
 
+@pytest.mark.slow  # 60 s
 def test_starved_case_moves_with_the_default_config():
     """beta=0.9, alpha=0.5: ~3e-4 of the pre-trained mass above eta*; a plain hinge learns nothing."""
     logs = []
