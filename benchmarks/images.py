@@ -33,9 +33,9 @@ import torch
 
 from tfftmol.core.adjoint import AMConfig, estimate_kl
 from tfftmol.core.tfft import TFFTConfig, run_tfft
-from tfftmol.image2d.digits import load_digits_data, make_digit_reward, sample_digits, within_prompt_diversity
-from tfftmol.image2d.digits_finetune import evaluate_images, plot_grid, plot_reward_hists, plot_same_noise
-from tfftmol.image2d.digits_pretrained import load_digits_classifier, load_digits_flow
+from tfftmol.digits.models import load_digits_data, make_digit_reward, sample_digits, within_prompt_diversity
+from tfftmol.digits.task import evaluate_images, plot_grid, plot_reward_hists, plot_same_noise
+from tfftmol.digits.pretrained import load_digits_classifier, load_digits_flow
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("pretrained", "expected", "tfft-right", "tfft-left")

@@ -4,7 +4,7 @@ Usage: ``python scripts/pretrain_digits.py [--flow-steps 20000] [--only classifi
 
 Both train on the same stratified training split of scikit-learn's bundled
 ``load_digits`` (1,347 images); the 450 test images are held out from both.
-Writes ``tfftmol/image2d/weights/digits-{classifier,flow}.safetensors`` and JSON
+Writes ``tfftmol/digits/weights/digits-{classifier,flow}.safetensors`` and JSON
 cards: the classifier's card states its test accuracy, the flow's card the
 classifier's accuracy on the flow's samples with the prompt as label, at each
 guidance weight tried, and the guidance weight the loader uses by default.
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from tfftmol.core.checkpoint import save_tensors
-from tfftmol.image2d.digits import (DigitClassifier, DigitFlow, classifier_accuracy, load_digits_data,
+from tfftmol.digits.models import (DigitClassifier, DigitFlow, classifier_accuracy, load_digits_data,
                                     sample_digits, train_classifier, train_digit_flow, within_prompt_diversity)
 
-OUT = Path(__file__).resolve().parents[1] / "tfftmol" / "image2d" / "weights"
+OUT = Path(__file__).resolve().parents[1] / "tfftmol" / "digits" / "weights"
 DATA = "sklearn.datasets.load_digits, stratified train_test_split(test_size=0.25, random_state=0)"
 
 
@@ -122,7 +122,7 @@ def main(argv=None):
     if a.only != "flow":
         clf = train_classifier_main(a)
     else:
-        from tfftmol.image2d.digits_pretrained import load_digits_classifier
+        from tfftmol.digits.pretrained import load_digits_classifier
         clf = load_digits_classifier()
     if a.only != "classifier":
         train_flow_main(a, clf)

@@ -17,13 +17,14 @@ _PKG = Path(__file__).resolve().parent
 # name -> (loader "module:function", card path relative to the package)
 _REGISTRY: dict[str, tuple[str, str]] = {
     "qm9-graph": ("tfftmol.chem.qm9_model:load_qm9_graph", "chem/weights/qm9-graph.card.json"),
+    "zinc-selfies": ("tfftmol.chem.selfies.loader:load_zinc_selfies", "chem/weights/zinc-selfies.card.json"),
     "toy2d-gmm": ("tfftmol.image2d.pretrained:load_toy2d", "image2d/weights/toy2d-gmm.card.json"),
     "toy2d-moons": ("tfftmol.image2d.pretrained:load_toy2d", "image2d/weights/toy2d-moons.card.json"),
     "toy2d-ring": ("tfftmol.image2d.pretrained:load_toy2d", "image2d/weights/toy2d-ring.card.json"),
     "gmm-exact": ("tfftmol.image2d.pretrained:load_gmm_exact", ""),
-    "digits-flow": ("tfftmol.image2d.digits_pretrained:load_digits_flow", "image2d/weights/digits-flow.card.json"),
-    "digits-classifier": ("tfftmol.image2d.digits_pretrained:load_digits_classifier",
-                          "image2d/weights/digits-classifier.card.json"),
+    "digits-flow": ("tfftmol.digits.pretrained:load_digits_flow", "digits/weights/digits-flow.card.json"),
+    "digits-classifier": ("tfftmol.digits.pretrained:load_digits_classifier",
+                          "digits/weights/digits-classifier.card.json"),
 }
 
 

@@ -13,7 +13,7 @@ from tfftmol.core.adjoint import AdjointMatching, AMConfig, IdentityTransform
 from tfftmol.core.config import ConfigError
 from tfftmol.core.risk import cvar
 from tfftmol.core.tfft import TFFTConfig, offline_batch, run_tfft
-from tfftmol.image2d.digits import (check_prompts, classifier_accuracy, load_digits_data, make_digit_reward,
+from tfftmol.digits.models import (check_prompts, classifier_accuracy, load_digits_data, make_digit_reward,
                                     prompt_schedule, sample_digits)
 from tfftmol.image2d.digits_finetune import is_digits_config, load_config
 
@@ -53,7 +53,7 @@ def test_classifier_card_states_its_held_out_accuracy(clf):
 def test_shipped_weights_are_small_and_cards_complete():
     for name in ("digits-flow", "digits-classifier"):
         card = tfftmol.model_card(name)
-        w = ROOT / "tfftmol" / "image2d" / "weights" / f"{name}.safetensors"
+        w = ROOT / "tfftmol" / "digits" / "weights" / f"{name}.safetensors"
         assert w.stat().st_size == card["size_bytes"] < 20e6
         assert card["budget"]["seconds"] > 0 and "load_digits" in card["data"]
     fc = tfftmol.model_card("digits-flow")

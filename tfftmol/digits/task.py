@@ -11,7 +11,7 @@ Options (``RunConfig.options``)::
 
 The flow's round-robin prompts are the core's per-sample condition; the reward
 scores sample ``i`` of a batch against prompt ``i mod P`` (see
-:mod:`tfftmol.image2d.digits`).  Evaluation adds the alignment ``log p(prompt | x)``,
+:mod:`tfftmol.digits.models`).  Evaluation adds the alignment ``log p(prompt | x)``,
 the classifier accuracy, the per-prompt worst case and a diversity proxy; the
 report adds per-prompt tables, sample grids before and after, and the lowest-reward
 images of the pre-trained model beside the fine-tuned model's from the same noise.
@@ -32,7 +32,7 @@ from tfftmol.tables import markdown_table
 from ..core.checkpoint import save_tensors
 from ..core.config import ConfigError, check_int
 from ..core.risk import cvar, var
-from ..image2d.digits import (DigitClassifier, DigitReward, check_prompts, make_digit_reward, prompt_schedule,
+from .models import (DigitClassifier, DigitReward, check_prompts, make_digit_reward, prompt_schedule,
                               state_to_images, within_prompt_diversity)
 from ..pipeline.task import Evaluation, ReportContext
 
@@ -95,7 +95,7 @@ class DigitsTask:
                 f"prompts {o.prompts} round-robin; reward `{json.dumps(o.reward)}`")
 
     def load_base(self, cfg, device):
-        from ..image2d.digits_pretrained import load_digits_flow
+        from .pretrained import load_digits_flow
 
         o = cfg.options
         base = load_digits_flow(device=device, guidance=o.guidance, prompts=o.prompts)
@@ -104,7 +104,7 @@ class DigitsTask:
         return base.eval()
 
     def build_reward(self, cfg, base, device, log):
-        from ..image2d.digits_pretrained import load_digits_classifier
+        from .pretrained import load_digits_classifier
 
         clf = load_digits_classifier(device=device)
         reward = make_digit_reward(dict(cfg.options.reward), clf, cfg.options.prompts)

@@ -31,7 +31,7 @@ from scipy import special, stats
 
 from ..core.flow import gaussian_prior
 
-__all__ = ["GaussianMixtureFlow", "circle_gmm", "population_threshold"]
+__all__ = ["GaussianMixtureFlow", "circle_gmm", "population_threshold", "hinge_target_stats", "random_gmm"]
 
 
 class GaussianMixtureFlow:
@@ -202,3 +202,120 @@ def population_threshold(gmm: GaussianMixtureFlow, w, alpha: float, beta: float,
     a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
     res = optimize.minimize_scalar(f, bounds=(a, b), method="bounded", options={"xatol": 1e-12})
     return float(res.x), float(sign * res.fun)
+
+
+# ---------------------------------------------------------------------------
+# exact statistics of the hinge-tilted target (for the exact-family benchmark)
+# ---------------------------------------------------------------------------
+
+def _hinge_target_pieces(gmm: GaussianMixtureFlow, w, eta: float, alpha: float, beta: float, tail: str):
+    """The reward ``r = w·x`` under ``p* ∝ p_1 exp(pseudo(r) / alpha)`` as ``2K`` truncated normals.
+
+    Returns ``(logmass, mu, sd, lo, hi, log_z)``: per piece its normalised log mass, the mean and
+    std of the (untruncated) normal of ``r``, its support ``[lo, hi]`` in ``r``, and
+    ``log Z = log E_pre[exp(pseudo / alpha)]``.
+    """
+    lo_k, hi_k, m, sd, c = gmm._hinge_pieces(w, eta, alpha, beta, tail)
+    log_z = float(special.logsumexp(np.concatenate([lo_k, hi_k])))
+    K = len(m)
+    if tail == "right":   # lower piece untouched, upper piece shifted by + c sd^2
+        mu = np.concatenate([m, m + c * sd ** 2])
+    else:                 # lower piece shifted by + c sd^2, upper piece untouched
+        mu = np.concatenate([m + c * sd ** 2, m])
+    lo = np.concatenate([np.full(K, -np.inf), np.full(K, float(eta))])
+    hi = np.concatenate([np.full(K, float(eta)), np.full(K, np.inf)])
+    return np.concatenate([lo_k, hi_k]) - log_z, mu, np.concatenate([sd, sd]), lo, hi, log_z
+
+
+def _piece_beyond(q: float, mu, sd, lo, hi, right: bool):
+    """Per truncated-normal piece: conditional mass and conditional ``E[r 1(beyond q)]`` beyond ``q``.
+
+    ``beyond`` is ``r > q`` (right) or ``r < q`` (left); both normalised by the piece's own mass.
+    """
+    a, b = (lo - mu) / sd, (hi - mu) / sd
+    if right:
+        a2, b2 = np.maximum(a, (q - mu) / sd), b
+    else:
+        a2, b2 = a, np.minimum(b, (q - mu) / sd)
+    # masses via log-differences of the normal cdf/sf, stable in both tails
+    def logdiff(u, v):  # log(Phi(v) - Phi(u)) for u <= v
+        out = np.full(np.shape(u), -np.inf)
+        ok = v > u
+        uu, vv = u[ok], v[ok]
+        upper = uu > 0  # use survival functions on the right half
+        l1 = np.where(upper, stats.norm.logsf(uu), stats.norm.logcdf(vv))
+        l2 = np.where(upper, stats.norm.logsf(vv), stats.norm.logcdf(uu))
+        out[ok] = l1 + np.log1p(-np.exp(np.minimum(l2 - l1, 0.0)))
+        return out
+    log_piece = logdiff(a, b)
+    log_part = logdiff(a2, b2)
+    frac = np.exp(np.where(np.isfinite(log_piece), log_part - log_piece, -np.inf))
+    frac = np.where(b2 > a2, frac, 0.0)
+    # E[z 1(a2<z<b2)] / P(a<z<b) = (phi(a2) - phi(b2)) / P(a<z<b)
+    dens = np.exp(np.where(np.isfinite(log_piece), stats.norm.logpdf(a2) - log_piece, -np.inf)) - \
+        np.exp(np.where(np.isfinite(log_piece), stats.norm.logpdf(b2) - log_piece, -np.inf))
+    dens = np.where(b2 > a2, dens, 0.0)
+    return frac, mu * frac + sd * dens
+
+
+def hinge_target_stats(gmm: GaussianMixtureFlow, w, eta: float, alpha: float, beta: float,
+                       tail: str) -> dict:
+    """Exact statistics of ``p* ∝ p_1 exp(pseudo(w·x) / alpha)`` (the TFFT target at threshold ``eta``).
+
+    Returns a dict with
+
+    * ``kl``: ``KL(p* || p_1) = E_{p*}[pseudo / alpha] - log E_{p_1}[exp(pseudo / alpha)]`` (nats);
+    * ``cvar``: own-tail CVaR_beta of ``r`` under ``p*`` (right: mean of the top ``1 - beta``,
+      left: mean of the bottom ``beta``), through its exact VaR (a root of the mixture cdf);
+    * ``var``: that VaR;  ``mass_beyond``: ``P_{p*}(r > eta)`` (right) or ``P_{p*}(r < eta)``
+      (left), equal to ``1 - beta`` (right) / ``beta`` (left) at the population ``eta*``;
+    * ``mean``: ``E_{p*}[r]``; ``log_z``.
+
+    Pseudo-rewards: right ``(r - eta)_+ / (1 - beta)``, left ``-(eta - r)_+ / beta``.
+    """
+    from scipy import optimize
+
+    right = tail == "right"
+    logmass, mu, sd, lo, hi, log_z = _hinge_target_pieces(gmm, w, eta, alpha, beta, tail)
+    pm = np.exp(logmass)
+    pm = pm / pm.sum()
+    full_frac, full_mean = _piece_beyond(-np.inf if right else np.inf, mu, sd, lo, hi, right)
+    mean = float(pm @ full_mean)
+    # KL = E[pseudo/alpha] - log Z; pseudo/alpha = c (r - eta) on the tilted pieces, 0 elsewhere
+    K = len(mu) // 2
+    if right:
+        c = 1.0 / (alpha * (1.0 - beta))
+        tilt = np.arange(K, 2 * K)
+        e_pseudo = c * float(pm[tilt] @ (full_mean[tilt] - eta))
+    else:
+        c = 1.0 / (alpha * beta)
+        tilt = np.arange(K)
+        e_pseudo = -c * float(pm[tilt] @ (eta - full_mean[tilt]))
+    kl = max(e_pseudo - log_z, 0.0)
+    level = 1.0 - beta if right else beta  # mass of the own tail
+
+    def beyond_mass(q):
+        f, _ = _piece_beyond(q, mu, sd, lo, hi, right)
+        return float(pm @ f) - level
+
+    span_lo = float(np.min(mu - 12 * sd))
+    span_hi = float(np.max(mu + 12 * sd))
+    var = optimize.brentq(beyond_mass, span_lo, span_hi, xtol=1e-12, rtol=1e-12, maxiter=500)
+    f, part = _piece_beyond(var, mu, sd, lo, hi, right)
+    cvar = float(pm @ part) / float(pm @ f)
+    mb, _ = _piece_beyond(eta, mu, sd, lo, hi, right)
+    return {"kl": kl, "cvar": cvar, "var": float(var), "mass_beyond": float(pm @ mb), "mean": mean,
+            "log_z": log_z}
+
+
+def random_gmm(seed: int, dim: int = 2, k_range: tuple[int, int] = (2, 6), std_range: tuple[float, float] = (0.2, 1.0),
+               mean_box: float = 2.5, dtype=torch.float32) -> GaussianMixtureFlow:
+    """A seeded random isotropic mixture: ``K`` uniform in ``k_range`` (inclusive), Dirichlet(1) weights,
+    means uniform in ``[-mean_box, mean_box]^dim``, stds uniform in ``std_range``."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(k_range[0], k_range[1] + 1))
+    weights = rng.dirichlet(np.ones(k))
+    means = rng.uniform(-mean_box, mean_box, size=(k, dim))
+    stds = rng.uniform(std_range[0], std_range[1], size=k)
+    return GaussianMixtureFlow(torch.as_tensor(means, dtype=dtype), torch.as_tensor(stds, dtype=dtype),
+                               torch.as_tensor(weights, dtype=dtype), dtype=dtype)
