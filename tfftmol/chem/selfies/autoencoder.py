@@ -1,0 +1,134 @@
+"""A small SELFIES VAE: bidirectional-GRU encoder, GRU decoder conditioned on the latent.
+
+Every string the decoder emits is a SELFIES, so every decoded latent is a
+molecule (DESIGN.md §7).  Decoding is greedy (argmax) by default, so a latent
+maps to one molecule: a deterministic ``decode`` is what a reward on the final
+latent of a flow needs.
+
+Shapes: tokens ``(B, L)`` long (symbols, ``<eos>``, ``<pad>``; see
+:mod:`.codec`), latents ``(B, latent_dim)``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .codec import BOS, EOS, PAD
+
+__all__ = ["VAEConfig", "SelfiesVAE"]
+
+
+@dataclass
+class VAEConfig:
+    vocab_size: int
+    max_len: int                 # symbols; sequences have max_len + 1 positions (<eos>)
+    emb_dim: int = 64
+    enc_hidden: int = 128
+    dec_hidden: int = 256
+    latent_dim: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SelfiesVAE(nn.Module):
+    """``encode(tokens) -> (mu, logvar)``; ``forward(tokens) -> (logits, mu, logvar)`` (teacher forcing);
+    ``generate(z) -> tokens`` (greedy, or sampled with ``temperature > 0``)."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        c = self.config = config
+        self.emb = nn.Embedding(c.vocab_size, c.emb_dim, padding_idx=PAD)
+        self.enc = nn.GRU(c.emb_dim, c.enc_hidden, batch_first=True, bidirectional=True)
+        self.to_mu = nn.Linear(2 * c.enc_hidden, c.latent_dim)
+        self.to_logvar = nn.Linear(2 * c.enc_hidden, c.latent_dim)
+        self.z_to_h = nn.Linear(c.latent_dim, c.dec_hidden)
+        self.dec = nn.GRU(c.emb_dim + c.latent_dim, c.dec_hidden, batch_first=True)
+        self.out = nn.Linear(c.dec_hidden, c.vocab_size)
+
+    # -- encoder -------------------------------------------------------------------------------
+    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens (B, L)`` -> ``mu, logvar`` each ``(B, latent_dim)``."""
+        lengths = ((tokens != PAD).sum(1)).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.emb(tokens), lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.enc(packed)                       # (2, B, H)
+        h = torch.cat([h[0], h[1]], dim=-1)
+        return self.to_mu(h), self.to_logvar(h).clamp(-12.0, 6.0)
+
+    # -- decoder (teacher forcing) -------------------------------------------------------------
+    def decode_logits(self, z: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, L, V)`` of ``tokens`` given ``z``; the input at position 0 is ``<bos>``."""
+        B, L = tokens.shape
+        inp = torch.cat([torch.full((B, 1), BOS, dtype=torch.long, device=tokens.device), tokens[:, :-1]], 1)
+        x = torch.cat([self.emb(inp), z.unsqueeze(1).expand(B, L, z.shape[-1])], -1)
+        h0 = torch.tanh(self.z_to_h(z)).unsqueeze(0)
+        y, _ = self.dec(x, h0)
+        return self.out(y)
+
+    def forward(self, tokens: torch.Tensor, sample: bool = True):
+        mu, logvar = self.encode(tokens)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        return self.decode_logits(z, tokens), mu, logvar
+
+    # -- decoder (generation) ------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, max_len: int | None = None, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Tokens ``(B, max_len + 1)`` decoded from ``z`` (finite), stopping at ``<eos>``.
+
+        The GRU recurrence is written out with the embedding and latent parts of
+        the input projection precomputed (same maths as ``nn.GRU``), which is what
+        makes decoding fast on a CPU.  ``<pad>`` and ``<bos>`` are never emitted.
+        """
+        L = (self.config.max_len if max_len is None else int(max_len)) + 1
+        B = z.shape[0]
+        H = self.config.dec_hidden
+        E = self.config.emb_dim
+        w_ih, w_hh = self.dec.weight_ih_l0, self.dec.weight_hh_l0
+        b_ih, b_hh = self.dec.bias_ih_l0, self.dec.bias_hh_l0
+        tok_gates = self.emb.weight @ w_ih[:, :E].T                 # (V, 3H)
+        z_gates = z @ w_ih[:, E:].T + b_ih                          # (B, 3H)
+        h = torch.tanh(self.z_to_h(z))
+        out = torch.full((B, L), PAD, dtype=torch.long, device=z.device)
+        prev = torch.full((B,), BOS, dtype=torch.long, device=z.device)
+        done = torch.zeros(B, dtype=torch.bool, device=z.device)
+        mask_bias = torch.zeros(self.config.vocab_size, device=z.device)
+        mask_bias[PAD] = mask_bias[BOS] = float("-inf")
+        for i in range(L):
+            gi = tok_gates[prev] + z_gates
+            gh = torch.addmm(b_hh, h, w_hh.T)
+            i_r, i_z, i_n = gi.chunk(3, 1)
+            h_r, h_z, h_n = gh.chunk(3, 1)
+            r = torch.sigmoid(i_r + h_r)
+            u = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            h = n + u * (h - n)
+            logits = self.out(h) + mask_bias
+            if i == L - 1:
+                nxt = torch.full((B,), EOS, dtype=torch.long, device=z.device)
+            elif temperature > 0:
+                nxt = torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
+            else:
+                nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
+            out[:, i] = nxt
+            done = done | (nxt == EOS)
+            prev = nxt.clamp(min=0)
+            if bool(done.all()):
+                break
+        return out
+
+
+def vae_loss(model: SelfiesVAE, tokens: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
+    """``sum-over-tokens CE / B + beta * KL / B`` and its parts (per molecule) + token accuracy."""
+    logits, mu, logvar = model(tokens)
+    mask = tokens != PAD
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), reduction="none").view_as(tokens)
+    ce = (ce * mask).sum() / tokens.shape[0]
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum() / tokens.shape[0]
+    with torch.no_grad():
+        acc = ((logits.argmax(-1) == tokens) & mask).sum().float() / mask.sum().clamp(min=1)
+    return ce + beta * kl, {"ce": float(ce.detach()), "kl": float(kl.detach()), "tok_acc": float(acc)}
