@@ -59,13 +59,20 @@ def metrics_table(cfg: RunConfig, res: TFFTResult, evs: dict, kl: float, timings
     m["tail"], m["beta"], m["alpha"], m["seed"] = t.tail, t.beta, t.alpha, cfg.seed
     m["steps"] = [0] + [t.am.steps] * (len(m) - 1)
     m["train_seconds"] = [0.0] + [timings.get("stage2", np.nan)] * (len(m) - 1)
-    m["stage2_path"] = ["", *[getattr(res.trainer, "stage2_path", "gradient")] * (len(m) - 1)]
+    m["stage2_path"] = ["", *[str(getattr(res.trainer, "stage2", "gradient"))] * (len(m) - 1)]
     s1, rf = res.stage1, res.refined
     m["eta_stage1"] = np.nan if s1 is None else float(s1.eta)
     m["eta"] = np.nan if res.threshold is None else float(res.threshold.eta)
     m["eta_refined"] = np.nan if rf is None else float(rf.eta)
     m["cvar_predicted"] = np.nan if s1 is None else float(s1.predicted_cvar)
     m["kl_predicted"] = np.nan if s1 is None else float(s1.predicted_kl)
+    tracking = getattr(res, "tracking", None) or {}
+    m["eta_tracked"] = float(tracking["eta"]) if tracking.get("eta") is not None else np.nan
+    if res.threshold is not None or tracking.get("eta") is not None:
+        eta = float(tracking["eta"]) if tracking.get("eta") is not None else float(res.threshold.eta)
+        # mass of each model's evaluation samples beyond the final threshold (the target puts 1 - beta or beta there)
+        m["mass_beyond_eta"] = [float(np.mean(ev.values > eta) if t.tail == "right" else np.mean(ev.values < eta))
+                                for ev in evs.values()]
     pre = float(m[own].iloc[0])
     m["realisation"] = [np.nan] + [realisation_ratio(pre, float(v), float(m["cvar_predicted"].iloc[0]))
                                    for v in m[own].iloc[1:]]
