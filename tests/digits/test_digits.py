@@ -130,6 +130,7 @@ def test_one_adjoint_matching_step_changes_the_copy_only(flow, clf):
 
 
 # -- TFFT -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # 16 s: a short fine-tune
 def test_short_left_cvar_run_raises_pooled_left_cvar_of_alignment(flow, clf):
     """60 Adjoint Matching steps of TFFT-left (beta=0.1) on alignment: the pooled left-CVaR_0.1 over
     1000 fresh images (same noise) rises (measured: -0.49 -> -0.18)."""
@@ -177,6 +178,7 @@ def test_bad_image_config_names_the_field(patch, field):
         load_config({"model": "digits-flow", **patch})
 
 
+@pytest.mark.slow  # 19 s: a fine-tune through the CLI
 def test_finetune_cli_runs_an_image_config_and_writes_the_report(tmp_path, capsys):
     from tfftmol.cli import main
 
@@ -200,6 +202,7 @@ def test_finetune_cli_runs_an_image_config_and_writes_the_report(tmp_path, capsy
     assert "grid_before.png" in report and "Per prompt" in report and "Stage 1" in report
 
 
+@pytest.mark.slow  # 18 s: a fine-tune through the Python API
 def test_python_finetune_dispatches_image_configs(tmp_path):
     res = tfftmol.finetune(_tiny_config(tmp_path, out_dir=str(tmp_path / "r")), progress=False, log=lambda s: None)
     assert res.metrics.shape[0] == 2 and res.eta is not None
@@ -207,6 +210,7 @@ def test_python_finetune_dispatches_image_configs(tmp_path):
 
 
 # -- benchmark --------------------------------------------------------------------------------------
+@pytest.mark.slow  # 25 s: benchmarks/images.py --quick
 def test_images_benchmark_quick(tmp_path):
     path = ROOT / "benchmarks" / "images.py"
     spec = importlib.util.spec_from_file_location("images_bench", path)

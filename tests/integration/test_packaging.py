@@ -38,6 +38,7 @@ def test_every_dependency_is_pinned():
         assert "==" in d, d
 
 
+@pytest.mark.slow  # 12 s: a fresh interpreter importing torch
 def test_core_imports_without_rdkit():
     code = (
         "import sys\n"

@@ -37,6 +37,7 @@ def test_multimodal_reward_has_its_peaks_at_the_centres():
     assert float(v[0]) == pytest.approx(1.0, abs=0.01)
 
 
+@pytest.mark.slow  # 16 s
 def test_toy2d_cli_prints_a_table_and_writes_a_plot(tmp_path, capsys):
     from tfftmol.cli import main
 
@@ -49,6 +50,7 @@ def test_toy2d_cli_prints_a_table_and_writes_a_plot(tmp_path, capsys):
     assert (tmp_path / "toy2d.png").stat().st_size > 10000
 
 
+@pytest.mark.slow  # 90 s: benchmarks/toy2d.py --quick
 def test_benchmark_quick_mode_runs(tmp_path):
     import importlib.util
     from pathlib import Path
