@@ -174,31 +174,13 @@ class DigitFlow(VelocityModule):
 def train_digit_flow(model: DigitFlow, x: torch.Tensor, y: torch.Tensor, steps: int = 20000,
                      batch_size: int = 256, lr: float = 1e-3, p_uncond: float = 0.1, seed: int = 0,
                      progress: bool = False, log_every: int = 0, log=print) -> list[float]:
-    """Conditional flow matching with label dropout; cosine learning-rate decay; returns the loss per step."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.02)
-    losses = []
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="flow matching", mininterval=10)
+    """Conditional flow matching with label dropout (:func:`tfftmol.training.train_flow_matching`)."""
+    from ..training import train_flow_matching
+
     model.train()
-    for s in it:
-        idx = torch.randint(0, len(x), (batch_size,), generator=gen)
-        x1, c = x[idx], y[idx].clone()
-        c[torch.rand(batch_size, generator=gen) < p_uncond] = NULL_LABEL
-        x0 = torch.randn(x1.shape, generator=gen)
-        t = torch.rand(batch_size, generator=gen)
-        xt = t[:, None] * x1 + (1 - t[:, None]) * x0
-        loss = ((model.raw(xt, t, c) - (x1 - x0)) ** 2).sum(1).mean()  # velocity target: data - noise
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if log_every and (s + 1) % log_every == 0:
-            log(f"step {s + 1}: loss {np.mean(losses[-log_every:]):.4f}")
+    losses = train_flow_matching(model.raw, model.parameters(), x, y, steps=steps, batch_size=batch_size, lr=lr,
+                                 seed=seed, p_uncond=p_uncond, null_label=NULL_LABEL, progress=progress,
+                                 log_every=log_every, log=log)
     model.eval()
     return losses
 

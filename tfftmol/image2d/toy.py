@@ -72,28 +72,11 @@ class MLPFlow(VelocityModule):
 
 def train_flow_matching(model: MLPFlow, data: torch.Tensor, steps: int = 3000, batch_size: int = 512,
                         lr: float = 2e-3, seed: int = 0, progress: bool = False) -> list[float]:
-    """Flow-matching training; returns the loss per step. Cosine learning-rate decay."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.02)
-    losses = []
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="flow matching")
-    for _ in it:
-        idx = torch.randint(0, len(data), (batch_size,), generator=gen)
-        x1 = data[idx]
-        x0 = torch.randn(x1.shape, generator=gen)
-        t = torch.rand(batch_size, generator=gen)
-        xt = t[:, None] * x1 + (1 - t[:, None]) * x0
-        loss = ((model(xt, t) - (x1 - x0)) ** 2).sum(1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    return losses
+    """Flow-matching training (:func:`tfftmol.training.train_flow_matching`); returns the loss per step."""
+    from ..training import train_flow_matching as _train
+
+    return _train(model, model.parameters(), data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                  progress=progress)
 
 
 def linear_reward(w=(1.0, 0.0)) -> DifferentiableReward:
