@@ -24,6 +24,7 @@ def constrained(tmp_path_factory):
     return run_study(cfg, "constrained", n_trials=8, out_dir=out, log=lambda s: None)
 
 
+@pytest.mark.slow  # the 8-trial 'constrained' study fixture: 102 s
 def test_study_beats_the_default_config(constrained):
     res = constrained
     trials = res.study.get_trials(states=(TS.COMPLETE,))
@@ -37,6 +38,7 @@ def test_study_beats_the_default_config(constrained):
     assert res.best_params["alpha"] < 1.0
 
 
+@pytest.mark.slow  # the 8-trial 'constrained' study fixture: 102 s
 def test_constraint_is_honoured(constrained):
     res = constrained
     trials = res.study.get_trials(states=(TS.COMPLETE,))
@@ -52,6 +54,7 @@ def test_constraint_is_honoured(constrained):
     assert any(t.value > best.value and t.user_attrs["kl"] > KL_MAX for t in trials)
 
 
+@pytest.mark.slow  # the 8-trial 'constrained' study fixture: 102 s
 def test_outputs_are_written_and_the_best_yaml_is_a_run_config(constrained):
     from tfftmol.pipeline import load_run_config
 
@@ -68,6 +71,7 @@ def test_outputs_are_written_and_the_best_yaml_is_a_run_config(constrained):
     assert cfg.tfft.beta == pytest.approx(best_row["params_beta"])
 
 
+@pytest.mark.slow  # 57 s
 def test_multi_objective_returns_a_pareto_front(tmp_path):
     cfg = toy_config(objectives=[{"metric": "cvar", "direction": "maximize"},
                                  {"metric": "kl", "direction": "minimize"}],
@@ -90,6 +94,7 @@ def test_multi_objective_returns_a_pareto_front(tmp_path):
     assert res.files["pareto_front"].exists() and res.files["pareto_front"].stat().st_size > 0
 
 
+@pytest.mark.slow  # 53 s
 def test_resuming_a_study_continues_its_trial_count(tmp_path):
     cfg = toy_config(sampler="random")
     first = run_study(cfg, "resume", n_trials=3, out_dir=tmp_path, plots=False, log=lambda s: None)
@@ -106,6 +111,7 @@ def test_resuming_a_study_continues_its_trial_count(tmp_path):
     assert str(tmp_path / "resume" / "study.db") in again.storage_url
 
 
+@pytest.mark.slow  # 28 s
 def test_seeded_sampler_is_reproducible(tmp_path):
     cfg = toy_config(sampler="random", enqueue_default=False, base=dict(toy_config()["base"], kl_samples=0))
     cfg["base"]["tfft"] = dict(cfg["base"]["tfft"], am=dict(cfg["base"]["tfft"]["am"], steps=5))
@@ -118,6 +124,7 @@ def test_seeded_sampler_is_reproducible(tmp_path):
     assert [t.params for t in c.study.trials] != pa
 
 
+@pytest.mark.slow  # 49 s
 def test_pruning_stops_poor_trials_from_intermediate_evaluations(tmp_path):
     cfg = toy_config(sampler="random", pruner="median", prune_startup_trials=1, eval_every=20,
                      intermediate_samples=500, seed=3)
