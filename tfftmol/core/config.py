@@ -14,7 +14,8 @@ from typing import Any, Mapping, Type, TypeVar
 
 import yaml
 
-__all__ = ["from_dict", "to_dict", "load_yaml", "dump_yaml", "merge", "ConfigError"]
+__all__ = ["from_dict", "to_dict", "load_yaml", "dump_yaml", "merge", "ConfigError", "read_mapping", "check_int",
+           "check_number", "check_choice"]
 
 T = TypeVar("T")
 
@@ -151,3 +152,28 @@ def check_choice(obj, name: str, choices) -> None:
     v = getattr(obj, name)
     if v not in choices:
         raise ConfigError(f"{name}={v!r} must be one of {list(choices)}")
+
+
+def read_mapping(source: Any, cls: type, what: str = "config") -> dict:
+    """A config source as a fresh plain mapping: a ``cls`` instance, a YAML path or a mapping.
+
+    Raises:
+        ConfigError: a missing file, a file that does not hold a mapping, or another type.
+    """
+    import copy
+
+    if isinstance(source, cls):
+        return to_dict(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{what} file {str(path)!r} does not exist")
+        data = load_yaml(path)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{what} file {str(path)!r} must hold a mapping, not {type(data).__name__}")
+        return dict(data)
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source))
+    if dataclasses.is_dataclass(source) and not isinstance(source, type):
+        return to_dict(source)
+    raise ConfigError(f"a {what} is a {cls.__name__}, a mapping or a YAML path, got {type(source).__name__}")

@@ -21,14 +21,13 @@ given at one level only is used for all three; two given seeds that differ are a
 """
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..core.config import ConfigError, check_choice, check_int, from_dict, load_yaml, to_dict
+from ..core.config import ConfigError, check_choice, check_int, from_dict, read_mapping, to_dict
 from ..core.settings import TFFTConfig
 
 __all__ = ["EvalConfig", "RunConfig", "load_run_config", "NAME_PATTERN", "check_run_name"]
@@ -212,22 +211,8 @@ def load_run_config(source: Any, **overrides: Any) -> RunConfig:
         ConfigError: an unknown key, a value out of range, conflicting seeds, a bad
             name; the message names the field and the accepted values.
     """
-    if isinstance(source, RunConfig):
-        data = to_dict(source)
-    elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        data = load_yaml(path)
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping, not {type(data).__name__}")
-    elif isinstance(source, Mapping):
-        data = json.loads(json.dumps(dict(source), default=_plain))  # a deep copy of plain data
-    elif hasattr(source, "__dataclass_fields__"):
-        data = to_dict(source)
-    else:
-        raise ConfigError(f"a config is a RunConfig, a mapping or a YAML path, got {type(source).__name__}")
-    data = copy.deepcopy(dict(data))
+    data = read_mapping(source, RunConfig)
+    data = json.loads(json.dumps(data, default=_plain))  # plain data only (Paths and dataclasses flattened)
     if "task" not in data and "options" not in data:
         data = _from_flat(data)
     for k, v in overrides.items():

@@ -281,19 +281,11 @@ def load_tune_config(source: Any, **overrides: Any) -> TuneConfig:
     Raises:
         ConfigError: unknown keys, bad bounds, unknown sampler or pruner, a missing base file.
     """
-    if isinstance(source, TuneConfig):
-        from tfftmol.core.config import to_dict
-        data = to_dict(source)
-    elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"study config {str(path)!r} does not exist")
-        data = load_yaml(path)
-        data.setdefault("source_dir", str(path.resolve().parent))
-    elif isinstance(source, Mapping):
-        data = dict(source)
-    else:
-        raise ConfigError(f"a study config is a TuneConfig, a mapping or a YAML path, got {type(source).__name__}")
+    from tfftmol.core.config import read_mapping
+
+    data = read_mapping(source, TuneConfig, "study config")
+    if isinstance(source, (str, Path)):
+        data.setdefault("source_dir", str(Path(source).resolve().parent))
     data.update(overrides)
     cfg = from_dict(TuneConfig, data)
     cfg.base_data()  # the base must exist and parse
