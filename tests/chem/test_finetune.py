@@ -163,6 +163,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 22 s: a SIGKILLed run and its resume in subprocesses
 def test_sigkill_during_stage2_then_resume_matches_uninterrupted(tiny_model, tmp_path):
     out = tmp_path / "runs"
     cfg = tiny_config(tiny_model, out, name="killed", refit_every=3, checkpoint_every=2)
@@ -242,6 +243,7 @@ def test_surrogate_state_survives_a_checkpoint(tmp_path):
     assert b.reports[1]["r2"] == pytest.approx(a.reports[1]["r2"], nan_ok=True)
 
 
+@pytest.mark.slow  # 131 s: benchmarks/property_targets.py --quick in a subprocess
 def test_property_targets_benchmark_quick(tiny_model, tmp_path):
     out, runs = tmp_path / "results", tmp_path / "runs"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "property_targets.py"), "--quick",
