@@ -1,0 +1,229 @@
+"""TFFT on a family of exact targets: random Gaussian mixtures with random linear rewards.
+
+Every case is a seeded random isotropic 2D mixture (2-6 components, Dirichlet(1) weights,
+means uniform in [-2.5, 2.5]^2, stds uniform in [0.2, 1]; :func:`tfftmol.image2d.gmm.random_gmm`)
+with the reward ``r = w·x``, ``w`` a random direction of norm ``--w-norm`` (0.25: at alpha 0.25
+the exact right-tail KLs are 1-5 nats; at norm 0.5 they reach 200 nats, which no fine-tune of a
+few hundred steps can represent).  For a linear reward the TFFT target
+``p* ∝ p_pre exp(pseudo(r) / alpha)`` at the *population* ``eta*`` is known in closed form
+(:func:`tfftmol.image2d.gmm.population_threshold`, :func:`tfftmol.image2d.gmm.hinge_target_stats`):
+its own-tail CVaR, its KL to ``p_pre`` and its tail mass ``1 - beta`` (right) / ``beta`` (left).
+
+Each case runs :func:`tfftmol.core.tfft.run_tfft` with the default settings of the package
+(SDE offline batch, on-policy threshold tracking with guards, adaptive dead-hinge continuation)
+at alpha in {0.25, 0.5, 1, 2}, right tail (beta 0.9) and left tail (beta 0.1), and evaluates the
+fine-tuned model on SDE samples:
+
+* ``cvar_ft`` vs ``cvar_exact`` (own tail) and ``rel_error = (cvar_ft - cvar_exact) / |cvar_exact|``;
+* ``mass_beyond``: the fine-tuned mass beyond the population ``eta*`` (target ``mass_target`` = 0.1);
+* ``kl_ft`` (control-cost estimate) vs ``kl_exact``;
+* ``flagged``: a guard fired (corrected or stopped the run); ``stopped``: the run was stopped.
+
+Writes ``benchmarks/results/exact_family.csv`` and ``.md``.  ``--track none`` runs the same
+family without tracking (the behaviour before issue 15), for comparison.
+
+    python benchmarks/exact_family.py [--cases 20] [--steps 300] [--quick] [--out benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+from tfftmol.core.adjoint import estimate_kl  # noqa: E402
+from tfftmol.core.risk import cvar  # noqa: E402
+from tfftmol.core.samplers import sample_sde  # noqa: E402
+from tfftmol.core.settings import AMConfig, TFFTConfig  # noqa: E402
+from tfftmol.core.tfft import run_tfft  # noqa: E402
+from tfftmol.core.threshold import TfftWarning  # noqa: E402
+from tfftmol.core.tracking import ThresholdGuardError  # noqa: E402
+from tfftmol.image2d.gmm import hinge_target_stats, population_threshold, random_gmm  # noqa: E402
+from tfftmol.image2d.toy import linear_reward  # noqa: E402
+
+COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft", "cvar_exact", "rel_error",
+           "gap_error", "gap_cut", "mass_beyond", "mass_target", "kl_ft", "kl_exact", "kl_ratio", "eta_stage1", "eta_final",
+           "eta_exact", "stage1_runaway_mass", "tracked", "corrections", "flagged", "stopped", "sampler", "track", "steps",
+           "wall_s"]
+
+
+def make_case(case: int, w_norm: float = 0.25):
+    """The mixture and reward direction of case ``case`` (seeded)."""
+    g = random_gmm(case)
+    u = np.random.default_rng(1000 + case).normal(size=2)
+    return g, w_norm * u / np.linalg.norm(u)
+
+
+def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_samples: int, kl_samples: int,
+            time_steps: int, track: str, w_norm: float, batch: int = 256, lr: float = 2e-3, log=None) -> dict:
+    beta = 0.9 if tail == "right" else 0.1
+    g, w = make_case(case, w_norm)
+    reward = linear_reward([float(v) for v in w])
+    cfg = TFFTConfig(tail=tail, beta=beta, alpha=alpha, offline_samples=offline, offline_steps=time_steps,
+                     bootstrap=50, seed=case, track_threshold=track,
+                     am=AMConfig(steps=steps, batch_size=batch, time_steps=time_steps, loss_time_steps=10,
+                                 lr=lr, grad_clip=0.0, ema=0.95, seed=case))
+    t0 = time.perf_counter()
+    stopped = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TfftWarning)
+        try:
+            res = run_tfft(g, reward, cfg, progress=False, log=log or (lambda s: None))
+            model, tracking, stage1 = res.model, res.tracking, res.stage1
+        except ThresholdGuardError as err:  # stopped by a guard: evaluate the model where it stopped
+            stopped = True
+            model, stage1 = err.trainer.final_model(), None
+            tracking = {"eta": err.quantities["eta"], "eta_stage1": err.quantities["eta_stage1"],
+                        "corrections": err.quantities["corrections"], "flags": [str(err)]}
+    wall = time.perf_counter() - t0
+    wt = torch.as_tensor(w, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(10_000 + case)
+    r_ft = (sample_sde(model, eval_samples, time_steps, generator=gen).double() @ wt).numpy()
+    r_pre = (g.sample_data(eval_samples, generator=torch.Generator().manual_seed(20_000 + case)).double() @ wt).numpy()
+    eta, _ = population_threshold(g, w, alpha, beta, tail)
+    ex = hinge_target_stats(g, w, eta, alpha, beta, tail)
+    kl = estimate_kl(model, g, kl_samples, time_steps, seed=30_000 + case)
+    c_ft, c_pre = cvar(r_ft, beta, tail), cvar(r_pre, beta, tail)
+    mass = float((r_ft > eta).mean() if tail == "right" else (r_ft < eta).mean())
+    eta1 = tracking["eta_stage1"] if tracking else (stage1.eta if stage1 is not None else float("nan"))
+    runaway = hinge_target_stats(g, w, eta1, alpha, beta, tail)["mass_beyond"] if np.isfinite(eta1) else float("nan")
+    corrections = int(tracking["corrections"]) if tracking else 0
+    return {
+        "case": case, "alpha": alpha, "tail": tail, "beta": beta, "n_components": len(g.weights),
+        "cvar_pre": c_pre, "cvar_ft": c_ft, "cvar_exact": ex["cvar"],
+        "rel_error": (c_ft - ex["cvar"]) / abs(ex["cvar"]), "gap_error": (c_ft - ex["cvar"]) / abs(ex["cvar"] - c_pre),
+        "gap_cut": (c_ft - c_pre) / (ex["cvar"] - c_pre),
+        "mass_beyond": mass, "mass_target": 1 - beta if tail == "right" else beta,
+        "kl_ft": kl, "kl_exact": ex["kl"], "kl_ratio": kl / ex["kl"],
+        "eta_stage1": eta1, "eta_final": tracking["eta"] if tracking else eta1, "eta_exact": eta,
+        "stage1_runaway_mass": runaway, "tracked": bool(tracking and tracking.get("tracked", True)),
+        "corrections": corrections, "flagged": bool(corrections or stopped),
+        "stopped": stopped, "sampler": cfg.offline_sampler, "track": track, "steps": steps, "wall_s": wall,
+    }
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """The issue's targets, per tracking mode."""
+    rows = []
+    for track, d in df.groupby("track", sort=False):
+        a = d["rel_error"].abs()
+        band = d["mass_beyond"].between(0.07, 0.13)
+        unflagged = d[~d["flagged"]]
+        rows.append({
+            "track": track, "runs": len(d),
+            "median |rel_error|": float(a.median()), "worst |rel_error|": float(a.max()),
+            "median |gap_error|": float(d["gap_error"].abs().median()),
+            "cases with |cvar_exact| < 0.1": int((d["cvar_exact"].abs() < 0.1).sum()),
+            "mass in [0.07, 0.13]": float(band.mean()),
+            "max kl_ft / kl_exact": float(d["kl_ratio"].max()),
+            "runs with kl_ft > 1.5 kl_exact": int((d["kl_ratio"] > 1.5).sum()),
+            "flagged": int(d["flagged"].sum()), "stopped": int(d["stopped"].sum()),
+            "unflagged with mass > 2x target": int((unflagged["mass_beyond"] > 2 * unflagged["mass_target"]).sum()),
+            "median gap_cut": float(d["gap_cut"].median()),
+        })
+    return pd.DataFrame(rows)
+
+
+def per_setting(df: pd.DataFrame) -> pd.DataFrame:
+    g = df.groupby(["track", "tail", "alpha"], sort=False)
+    return g.agg(runs=("case", "size"), median_abs_rel_error=("rel_error", lambda s: s.abs().median()),
+                 worst_abs_rel_error=("rel_error", lambda s: s.abs().max()),
+                 mass_in_band=("mass_beyond", lambda s: s.between(0.07, 0.13).mean()),
+                 median_mass=("mass_beyond", "median"), max_kl_ratio=("kl_ratio", "max"),
+                 median_kl_ratio=("kl_ratio", "median"), stage1_runaway_mass=("stage1_runaway_mass", "median"),
+                 median_abs_gap_error=("gap_error", lambda s: s.abs().median()), tracked=("tracked", "sum"),
+                 flagged=("flagged", "sum")).reset_index()
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if isinstance(v, (float, np.floating)):
+                cells.append(f"{v:.4g}" if np.isfinite(v) else "")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", type=int, default=20)
+    p.add_argument("--first-case", type=int, default=0)
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
+    p.add_argument("--tails", nargs="+", default=["right", "left"])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--time-steps", type=int, default=30)
+    p.add_argument("--offline", type=int, default=10000)
+    p.add_argument("--eval-samples", type=int, default=20000)
+    p.add_argument("--kl-samples", type=int, default=2000)
+    p.add_argument("--w-norm", type=float, default=0.25)
+    p.add_argument("--track", nargs="+", default=["auto"], choices=["auto", "mass", "quantile", "guard", "none"])
+    p.add_argument("--quick", action="store_true", help="one case, alpha 1, 10 steps (used by the tests)")
+    p.add_argument("--append", action="store_true", help="add rows to an existing CSV (runs split in chunks)")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.quick:
+        a.cases, a.alphas, a.steps, a.offline, a.eval_samples, a.kl_samples, a.time_steps = 1, [1.0], 10, 2000, 2000, 200, 20
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "exact_family.csv"
+    rows = []
+    t0 = time.perf_counter()
+    for track in a.track:
+        for case in range(a.first_case, a.first_case + a.cases):
+            for alpha in a.alphas:
+                for tail in a.tails:
+                    row = run_one(case, alpha, tail, a.steps, a.offline, a.eval_samples, a.kl_samples, a.time_steps,
+                                  track, a.w_norm, a.batch, a.lr)
+                    rows.append(row)
+                    if not a.quiet:
+                        print(f"[{time.perf_counter() - t0:6.0f}s] case {case} alpha {alpha:g} {tail:5s} {track}: "
+                              f"cvar {row['cvar_ft']:.4g} vs {row['cvar_exact']:.4g} ({100 * row['rel_error']:+.1f}%), "
+                              f"mass {row['mass_beyond']:.3f}, kl {row['kl_ft']:.3g} vs {row['kl_exact']:.3g}, "
+                              f"eta {row['eta_stage1']:.4g} -> {row['eta_final']:.4g} (exact {row['eta_exact']:.4g})"
+                              f"{', FLAGGED' if row['flagged'] else ''}", flush=True)
+                    df = pd.DataFrame(rows, columns=COLUMNS)
+                    if a.append and csv.exists():
+                        df = pd.concat([pd.read_csv(csv), df], ignore_index=True)
+                    df.to_csv(csv.with_suffix(".partial.csv"), index=False)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if a.append and csv.exists():
+        df = pd.concat([pd.read_csv(csv), df], ignore_index=True)
+    df.to_csv(csv, index=False)
+    partial = csv.with_suffix(".partial.csv")
+    if partial.exists():
+        partial.unlink()
+    write_markdown(df, out, a, time.perf_counter() - t0)
+    return df
+
+
+def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
+    md = [f"# Exact-family benchmark (issue 15)\n",
+          f"{df['case'].nunique()} random 2D Gaussian mixtures (2-6 components), r = w·x with |w| = {a.w_norm:g}, "
+          f"alpha in {sorted(df['alpha'].unique().tolist())}, right tail beta 0.9 and left tail beta 0.1; "
+          f"{a.steps} Adjoint Matching steps (batch {a.batch}, {a.time_steps} SDE steps, 10 loss times, Adam {a.lr:g}, "
+          f"EMA 0.95), offline batch M = {a.offline} ({df['sampler'].iloc[0]}), evaluation on {a.eval_samples} SDE "
+          f"samples, KL on {a.kl_samples}. Exact values at the population eta*. This run: {seconds:.0f} s on one "
+          f"thread.\n",
+          "## Targets\n", to_markdown(summary(df)), "\n## Per setting\n", to_markdown(per_setting(df)), "\n"]
+    (out / "exact_family.md").write_text("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
