@@ -41,6 +41,7 @@ from .reward import TerminalReward, reward_hook
 from .sampling import Trajectory, sample, velocity_of
 from .sde import adjoint_step, control, sigma_memoryless
 from .settings import AMConfig
+from .value import ValueTrainer, freeze_transform, noised_pairs, reward_has_grad, sample_controlled
 
 __all__ = ["AMConfig", "AdjointMatching", "ResidualFlow", "lean_adjoint", "StepStats", "estimate_kl", "sample_importance",
            "TerminalTransform", "IdentityTransform"]
@@ -70,10 +71,15 @@ class ResidualFlow(VelocityModule):
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*mods, last)
 
-    def forward(self, x, t, cond=None):
+    def residual(self, x, t, cond=None):
+        """``v_theta - v_base`` (the correction alone, without evaluating the base)."""
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
         h = torch.cat([x.flatten(1), time_features(t.to(x.dtype))], 1)
-        return self.base.velocity(x, t, cond) + self.net(h).view_as(x)
+        return self.net(h).view_as(x)
+
+    def forward(self, x, t, cond=None):
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        return self.base.velocity(x, t, cond) + self.residual(x, t, cond)
 
 
 def terminal_grad(reward: TerminalReward, x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +130,8 @@ class StepStats:
     reward_mean: float
     lr: float
     stage: int = 0
+    stage2: str = "gradient"
+    value_loss: Optional[float] = None
 
 
 class AdjointMatching:
@@ -170,6 +178,15 @@ class AdjointMatching:
         self.opt = torch.optim.Adam(self.params, lr=c.lr)
         self.ema_params = [p.detach().clone() for p in self.params] if c.ema > 0 else None
         self.generator = torch.Generator(device="cpu").manual_seed(c.seed)
+        # stage 2 path: the lean adjoint of the reward gradient, or a learned value model (values only)
+        if c.stage2 == "gradient" and not reward_has_grad(reward):
+            raise ValueError(f"stage2='gradient' needs a reward with a gradient; reward "
+                             f"{getattr(reward, 'name', type(reward).__name__)!r} declares has_grad=False: "
+                             f"use stage2='value' or 'auto'")
+        self.stage2 = "value" if c.stage2 == "value" or (c.stage2 == "auto" and not reward_has_grad(reward)) \
+            else "gradient"
+        self.value = ValueTrainer(base.state_shape, c.value, self.device, seed=c.seed) \
+            if self.stage2 == "value" else None
         self.step_count = 0
         self.history: list[dict] = []
         self.extra: dict = {}  # driver state that must survive a resume (JSON-able)
@@ -232,20 +249,54 @@ class AdjointMatching:
         return sample(self.model, n, method="sde", steps=self.config.time_steps, generator=self.generator,
                       cond=cond, x0=x0, return_trajectory=True).trajectory
 
+    def warm_start_value(self, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
+                         steps: Optional[int] = None) -> float:
+        """Warm-start the value model (``stage2 == "value"``) on ``(x_t, t, r(x_1))`` pairs of the base process.
+
+        E.g. noised training data or the offline batch (:func:`tfftmol.core.value.noised_pairs`).
+        ``kind="scalar"`` values them with the current target ``lam g(r)``.  Returns the last loss.
+        """
+        if self.value is None:
+            raise ValueError("warm_start_value needs stage2='value' (this trainer uses the reward gradient)")
+        x_t, t, r = x_t.to(self.device), t.to(self.device), r.to(self.device)
+        target = None
+        if self.value.config.kind == "scalar":
+            target = self.lam * freeze_transform(self.transform, r).value(r).to(x_t.dtype)
+        return self.value.fit_pairs(x_t, t, r.to(x_t.dtype), steps=steps, target=target)
+
+    def _sample_controlled(self, n: int):
+        """On-policy trajectories with their per-step control costs (for the value path)."""
+        cond = self.cond_sampler(n, self.generator) if self.cond_sampler else None
+        self.model.eval()
+        x0 = self.base.sample_prior(n, generator=self.generator, device="cpu").to(self.device)
+        return sample_controlled(self.model, self.base, n, self.config.time_steps, generator=self.generator,
+                                 cond=cond, x_start=x0)
+
     def step(self, stage: int = 0) -> StepStats:
         c = self.config
-        traj = self.sample_trajectories(c.batch_size)
-        x1 = traj.final
-        rb = self.reward.value_and_grad(x1)
-        gp = self.transform.grad(rb.values).to(x1.dtype)                  # g'(r), (B,)
-        shape = (-1,) + (1,) * (x1.dim() - 1)
-        N = traj.xs.shape[0]
-        if c.terminal_time < 1.0:
-            adj, pool = self._denoised_adjoint(traj, gp, shape)
+        vloss = None
+        if self.value is not None:
+            # values-only stage 2: the adjoint is -grad V_phi of the learned value (core/value.py)
+            ct = self._sample_controlled(c.batch_size)
+            traj = ct.traj
+            x1 = traj.final
+            rb = self.reward.evaluate(x1)
+            gp = self.transform.grad(rb.values).to(x1.dtype)
+            vloss = self.value.update(ct, rb.values, self.transform, self.lam)
+            shape = (-1,) + (1,) * (x1.dim() - 1)
+            adj, pool = None, traj.xs.shape[0] - 1
         else:
-            a_T = self._clip(-self.lam * gp.reshape(shape) * rb.grad, shape)  # a(1) = -lam grad g(X_1)
-            adj = lean_adjoint(self.base, traj, a_T)                       # (N, B, *S)
-            pool = N - 1                                                   # t_1 .. t_{N-1}
+            traj = self.sample_trajectories(c.batch_size)
+            x1 = traj.final
+            rb = self.reward.value_and_grad(x1)
+            gp = self.transform.grad(rb.values).to(x1.dtype)                  # g'(r), (B,)
+            shape = (-1,) + (1,) * (x1.dim() - 1)
+            if c.terminal_time < 1.0:
+                adj, pool = self._denoised_adjoint(traj, gp, shape)
+            else:
+                a_T = self._clip(-self.lam * gp.reshape(shape) * rb.grad, shape)  # a(1) = -lam grad g(X_1)
+                adj = lean_adjoint(self.base, traj, a_T)                   # (N, B, *S)
+                pool = traj.xs.shape[0] - 1                                # t_1 .. t_{N-1}
         k = pool if c.loss_time_steps in (0, None) or c.loss_time_steps >= pool else c.loss_time_steps
         idx = torch.randperm(pool, generator=self.generator)[:k].sort().values
         B = x1.shape[0]
@@ -254,7 +305,10 @@ class AdjointMatching:
         cond = traj.cond
         if cond is not None and isinstance(cond, torch.Tensor):
             cond = cond.repeat(k, *([1] * (cond.dim() - 1)))
-        a = adj[idx].flatten(0, 1)
+        if adj is None:
+            a = self.value.adjoint(xs, ts, self.value.g_bins(self.transform, self.lam, rb.values), cond)
+        else:
+            a = adj[idx].flatten(0, 1)
         sig = sigma_memoryless(ts).reshape(shape)
         self.model.train()
         v_ft = self.model.velocity(xs, ts, cond)
@@ -277,7 +331,7 @@ class AdjointMatching:
         h = 1.0 / c.time_steps
         kl = float(0.5 * (u.detach() ** 2).flatten(1).sum(1).mean() * pool * h)
         stats = StepStats(self.step_count, float(loss.detach()), kl, float((gp != 0).float().mean()),
-                          float(rb.values.mean()), lr, stage)
+                          float(rb.values.mean()), lr, stage, self.stage2, vloss)
         self.step_count += 1
         if self.step_count % c.log_every == 0 or self.step_count == 1:
             self.history.append(stats.__dict__.copy())
@@ -305,6 +359,7 @@ class AdjointMatching:
             "history": self.history,
             "lam": self.lam,
             "extra": self.extra,
+            **({"value": self.value.state_dict()} if self.value is not None else {}),
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -318,3 +373,5 @@ class AdjointMatching:
         self.history = list(s["history"])
         self.lam = float(s["lam"])
         self.extra = dict(s.get("extra", {}))
+        if self.value is not None and "value" in s:
+            self.value.load_state_dict(s["value"])

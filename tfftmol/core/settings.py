@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .config import ConfigError, check_choice, check_int, check_number, from_dict
+from .value import ValueConfig
 
 __all__ = ["AMConfig", "TFFTConfig"]
 
@@ -43,6 +44,12 @@ class AMConfig:
         hidden, layers: width and depth of the residual MLP correction.
         seed: seeds the trajectory noise and the time subsets.
         log_every: history stride.
+        stage2: where the regression target comes from.  ``"gradient"``: the lean adjoint of the
+            reward gradient (exact Adjoint Matching).  ``"value"``: ``-grad_x V_phi`` of a value model
+            learned on-policy from reward *values* only (:mod:`tfftmol.core.value`, DESIGN.md §6).
+            ``"auto"`` (default): ``"value"`` for a reward that declares ``has_grad = False``,
+            else ``"gradient"``.  The run's history records the path (``stage2`` of every entry).
+        value: :class:`~tfftmol.core.value.ValueConfig`, the value model's settings (``stage2 = "value"``).
     """
 
     steps: int = 1000
@@ -61,6 +68,8 @@ class AMConfig:
     layers: int = 3
     seed: int = 0
     log_every: int = 10
+    stage2: str = "auto"
+    value: ValueConfig = field(default_factory=ValueConfig)
 
     def __post_init__(self):
         check_int(self, "steps", "batch_size", "hidden", "layers", "log_every")
@@ -74,6 +83,9 @@ class AMConfig:
         check_number(self, "grad_clip", 0, None)
         check_number(self, "adjoint_clip", 0, None)
         check_choice(self, "correction", ("auto", "copy", "residual"))
+        check_choice(self, "stage2", ("auto", "gradient", "value"))
+        if isinstance(self.value, dict):
+            self.value = from_dict(ValueConfig, self.value, "am.value")
 
 
 @dataclass

@@ -41,6 +41,7 @@ from .pseudo import AdaptiveHinge, PseudoReward
 from .reward import TerminalReward, reward_cache_key, reward_hook
 from .settings import AMConfig, TFFTConfig
 from .threshold import ThresholdResult
+from .value import start_value_stage
 
 __all__ = ["TFFTConfig", "TFFTResult", "Stage", "run_tfft", "offline_batch", "plan_stages", "model_fingerprint",
            "AdaptiveHinge", "refine_threshold"]
@@ -163,6 +164,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             trainer.load_state_dict(state)
             log(f"resumed from checkpoint at step {trainer.step_count}")
     trainer.extra["run_key"] = key
+    timings["value_warm_start"] = start_value_stage(trainer, x_off if need_offline else None,
+                                                    v_off if need_offline else None, log, cfg.seed)
 
     def save():
         if ckpt is not None:
