@@ -4,8 +4,11 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # 146 s: three small studies plus 1 vs 2 workers
 
 
 def test_tuning_benchmark_quick(tmp_path):

@@ -40,6 +40,7 @@ def _worker(cfg_path, url, out, log_path):
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow  # 133 s: two tune workers against a real PostgreSQL server
 def test_two_workers_share_a_study_and_a_killed_trial_is_failed(postgres, tmp_path):
     cfg = toy_config(sampler="random", heartbeat_interval=1, grace_period=3)
     cfg["base"]["kl_samples"] = 0
