@@ -41,6 +41,7 @@ from .pseudo import AdaptiveHinge, PseudoReward
 from .reward import TerminalReward, reward_cache_key, reward_hook
 from .settings import AMConfig, TFFTConfig
 from .threshold import ThresholdResult
+from .tracking import ThresholdGuardError, ThresholdTracker, TrackingConfig, threshold_trust
 from .value import start_value_stage
 
 __all__ = ["TFFTConfig", "TFFTResult", "Stage", "run_tfft", "offline_batch", "plan_stages", "model_fingerprint",
@@ -63,6 +64,9 @@ class TFFTResult:
         stage1: the stage-1 result at the requested ``(alpha, beta)``, as solved on the
             offline batch (``None`` for ``expected``).
         refined: the refined threshold if the half-way refinement ran, else ``None``.
+        tracking: the on-policy threshold tracking of the final stage (``track_threshold``):
+            ``eta`` (final tracked threshold), ``eta_stage1``, ``corrections``, ``flags`` (guard
+            messages), ``trace`` (per-step records), ``trust`` (stage-1 trust message); or ``None``.
     """
 
     model: nn.Module
@@ -74,6 +78,7 @@ class TFFTResult:
     trainer: AdjointMatching
     stage1: Optional[ThresholdResult] = None
     refined: Optional[ThresholdResult] = None
+    tracking: Optional[dict] = None
 
 
 def run_key(base: FlowModel, reward: TerminalReward, config: TFFTConfig) -> str:
@@ -133,6 +138,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         stages = plan_stages(rewards_np, cfg, log)
         threshold = stage1 = stages[-1].threshold
         log(str(threshold))
+        log(f"offline batch sampler: {cfg.offline_sampler} ({cfg.offline_steps} steps)")
     else:
         stages = [Stage(cfg.alpha, cfg.beta, 0, cfg.am.steps, None)]
     timings["stage1"] = time.perf_counter() - t1
@@ -140,9 +146,29 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     adaptive = cfg.method == "tfft" and cfg.continuation in ("auto", "adaptive") and \
         stages[-1].threshold.active_fraction < cfg.min_active_fraction
 
+    tracker = None
+    trust = None
+    if cfg.method == "tfft" and cfg.track_threshold != "none":
+        trust = threshold_trust(rewards_np, cfg.beta, cfg.alpha, cfg.tail, bootstrap=cfg.bootstrap or 30, seed=cfg.seed,
+                                interval=stage1.eta_interval, warn=False)
+        log(trust.message)
+        fin = stages[-1]
+        mode = {"mass": "mass", "quantile": "quantile", "guard": "off",
+                "auto": "mass" if (cfg.tail == "right" and not trust.trusted) else "off"}[cfg.track_threshold]
+        log(f"threshold tracking: {'on-policy (mass rule)' if mode == 'mass' else mode if mode == 'quantile' else 'off, guards on'}"
+            f" (track_threshold={cfg.track_threshold!r})")
+        gain = cfg.track_gain or (0.05 if mode == "quantile" else 0.2)
+        tcfg = TrackingConfig(mode=mode, gain=gain,
+                              hold=cfg.track_hold, band=(cfg.guard_band_low, cfg.guard_band_high),
+                              kl_factor=cfg.guard_kl_factor,
+                              a_min=cfg.adaptive_active_fraction if cfg.continuation in ("auto", "adaptive") else None)
+        tracker = ThresholdTracker(fin.threshold, tcfg, total_steps=fin.stop - fin.start, smoothing=cfg.smoothing, log=log)
+
     def target(stage: Stage):
         if cfg.method == "expected":
             return IdentityTransform(), 1.0 / stage.alpha
+        if tracker is not None and stage is stages[-1]:
+            return tracker, 1.0 / stage.alpha
         exact = PseudoReward.from_threshold(stage.threshold, smoothing=cfg.smoothing)
         if adaptive:
             return AdaptiveHinge(exact, cfg.adaptive_active_fraction), 1.0 / stage.alpha
@@ -166,6 +192,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     trainer.extra["run_key"] = key
     timings["value_warm_start"] = start_value_stage(trainer, x_off if need_offline else None,
                                                     v_off if need_offline else None, log, cfg.seed)
+    if tracker is not None and "tracking" in trainer.extra:  # resumed: restore the tracked threshold
+        tracker.load_state_dict(trainer.extra["tracking"])
 
     def save():
         if ckpt is not None:
@@ -196,18 +224,35 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             j = max(i for i, s in enumerate(stages) if s.start <= trainer.step_count)
             refine_now = (j == last and (last > 0 or not adaptive)) or \
                 (adaptive and trainer.step_count >= int(cfg.am.steps * (1 - cfg.final_stage_fraction)))
+            auto_refine = cfg.refine_threshold == "auto" and (last > 0 or adaptive) and tracker is None
             if (cfg.method == "tfft" and refine_now and "refined" not in trainer.extra
-                    and (cfg.refine_threshold == "always" or (cfg.refine_threshold == "auto" and (last > 0 or adaptive)))):
+                    and (cfg.refine_threshold == "always" or auto_refine)):
                 t3 = time.perf_counter()
                 refined = refine_threshold(trainer.model, base, reward, stages[last].threshold, cfg,
                                            cond_sampler=cond_sampler, log=log)
                 timings["refine"] = time.perf_counter() - t3
                 stages[last].threshold = refined_thr = refined
                 trainer.extra["refined"] = {"eta": refined.eta}
+                if tracker is not None:
+                    tracker.eta = float(refined.eta)
             tr, lam = target(stages[j])
             trainer.set_target(tr, lam)
             st = trainer.step(stage=j)
             d = st.__dict__
+            if tr is tracker:
+                try:
+                    rec = tracker.update(trainer.step_count - 1 - stages[j].start, st.kl)
+                except ThresholdGuardError as err:
+                    trainer.extra["tracking"] = tracker.state_dict()
+                    save()
+                    err.trainer = trainer
+                    raise
+                trainer.extra["tracking"] = tracker.state_dict()
+                d["eta_used"], d["eta_tracked"] = tracker.last_eta, tracker.eta
+                d["mass_beyond_eta"] = rec.get("mass_beyond")
+                if trainer.history and trainer.history[-1]["step"] == st.step:
+                    trainer.history[-1].update(eta_used=tracker.last_eta, eta_tracked=tracker.eta,
+                                               mass_beyond_eta=rec.get("mass_beyond"))
             if isinstance(tr, AdaptiveHinge):
                 d["eta_used"] = tr.last_eta
                 if trainer.history and trainer.history[-1]["step"] == st.step:
@@ -240,5 +285,13 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     timings["total"] = time.perf_counter() - t0
     if cfg.method == "tfft":
         threshold = stages[-1].threshold
+    tracking = None
+    if tracker is not None:
+        tracking = {"eta": tracker.eta, "eta_stage1": tracker.eta0, "corrections": tracker.corrections,
+                    "tracked": tracker.tracking,
+                    "flags": list(tracker.flags), "trace": tracker.trace, "trust": trust.message if trust else None,
+                    "sampler": cfg.offline_sampler}
+        log(f"threshold tracking: eta {tracker.eta0:.5g} (stage 1) -> {tracker.eta:.5g} (self-consistent, on-policy); "
+            f"{tracker.corrections} guard correction(s)")
     return TFFTResult(trainer.final_model(), threshold, stages, trainer.history, rewards_np, timings, trainer,
-                      stage1=stage1, refined=refined_thr)
+                      stage1=stage1, refined=refined_thr, tracking=tracking)
