@@ -14,7 +14,11 @@ Optional hooks, declared here and looked up only through the helpers below
   (e.g. to fit a surrogate or warm-start a value model);
 * ``grad(x)``: the terminal gradient alone, when cheaper than ``value_and_grad``;
 * ``cache_key``: a string that identifies the reward for the offline-batch cache;
-* ``state_dict()`` / ``load_state_dict(d)``: reward state that a resumed run must restore.
+* ``state_dict()`` / ``load_state_dict(d)``: reward state that a resumed run must restore;
+* ``has_grad``: ``False`` for a reward that gives values only (an RDKit score, a black-box
+  oracle): ``value_and_grad`` may then return ``grad=None``, and stage 2 learns a value model
+  instead of back-propagating the reward (``AMConfig.stage2 = "auto"``; :mod:`tfftmol.core.value`).
+  Absent means ``True``.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["TerminalReward", "RewardBatch", "DifferentiableReward", "OPTIONAL_HOOKS", "reward_hook", "reward_cache_key"]
+__all__ = ["TerminalReward", "RewardBatch", "DifferentiableReward", "OPTIONAL_HOOKS", "reward_hook", "reward_cache_key",
+           "reward_has_grad"]
 
 
 @dataclass
@@ -33,7 +38,8 @@ class RewardBatch:
     Attributes:
         values: ``(B,)`` float tensor, higher is better (invalid samples carry their penalty).
         valid: ``(B,)`` bool tensor.
-        grad: ``(B, *state_shape)`` gradient of the (surrogate) reward w.r.t. ``x``, or ``None``.
+        grad: ``(B, *state_shape)`` gradient of the (surrogate) reward w.r.t. ``x``, or ``None``
+            (always ``None`` for a reward that declares ``has_grad = False``).
     """
 
     values: torch.Tensor
@@ -52,7 +58,7 @@ class TerminalReward(Protocol):
         """True rewards plus the gradient used for the terminal adjoint."""
 
 
-OPTIONAL_HOOKS = ("fit_offline", "grad", "cache_key", "state_dict", "load_state_dict")
+OPTIONAL_HOOKS = ("fit_offline", "grad", "cache_key", "state_dict", "load_state_dict", "has_grad")
 
 
 def reward_hook(reward: object, name: str):
@@ -60,6 +66,12 @@ def reward_hook(reward: object, name: str):
     if name not in OPTIONAL_HOOKS:
         raise ValueError(f"hook={name!r} is not a declared reward hook; declared: {list(OPTIONAL_HOOKS)}")
     return getattr(reward, name, None)
+
+
+def reward_has_grad(reward: object) -> bool:
+    """Whether a reward supplies a terminal gradient: its declared ``has_grad`` (default ``True``)."""
+    flag = reward_hook(reward, "has_grad")
+    return True if flag is None else bool(flag)
 
 
 def reward_cache_key(reward: object) -> str:

@@ -65,11 +65,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .reward import reward_has_grad
 from .sampling import Trajectory
 from .sde import sigma_memoryless
 
 __all__ = ["ValueConfig", "ValueNet", "ValueModel", "ValueTrainer", "ControlledTrajectory", "sample_controlled",
-           "noised_pairs", "reward_has_grad", "ValuesOnly", "freeze_transform"]
+           "noised_pairs", "reward_has_grad", "ValuesOnly", "freeze_transform", "start_value_stage"]
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -127,11 +128,6 @@ class ValueConfig:
 
 
 # -- rewards without gradients --------------------------------------------------------------
-def reward_has_grad(reward: Any) -> bool:
-    """Whether a reward supplies a terminal gradient: its ``has_grad`` attribute (default ``True``)."""
-    return bool(getattr(reward, "has_grad", True))
-
-
 class ValuesOnly:
     """A reward seen through its values only: ``has_grad = False``, ``value_and_grad`` returns ``grad=None``.
 
