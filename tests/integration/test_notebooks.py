@@ -66,6 +66,7 @@ def kernel_dir(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # 66-269 s per notebook (821 s for the five)
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_in_small_budget_mode(name, tmp_path, kernel_dir, monkeypatch, capsys):
     monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
