@@ -15,6 +15,12 @@ mass beyond ``eta*`` the hinge follows the batch's own tail; its fixed point is
 the exact target.  The loop checkpoints atomically, stops cleanly on SIGINT and
 resumes.  :class:`TFFTResult` keeps the stage-1 threshold and the refined one
 (if the half-way refinement ran) as separate fields.
+
+``track_threshold`` (default ``"auto"``): in the final stage the threshold follows the
+on-policy self-consistency condition ``P_model(r > eta) = 1 - beta`` whose root is the
+exact ``eta*`` (:mod:`tfftmol.core.tracking`), when stage 1 is not trustworthy on the
+right tail; guards on the on-policy tail mass and the KL run in every mode and stop a
+run they cannot correct (:class:`~tfftmol.core.tracking.ThresholdGuardError`).
 """
 from __future__ import annotations
 
@@ -123,7 +129,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     if need_offline:
         x_off, v_off, valid_off, cached = offline_batch(
             base, reward, cfg.offline_samples, cfg.offline_steps, cfg.offline_sampler, cfg.seed, cache_dir,
-            device=device, cond_sampler=cond_sampler, progress=progress)
+            device=device, cond_sampler=cond_sampler, progress=progress, log=log)
         rewards_np = v_off.numpy().astype(np.float64)
         timings["offline"] = time.perf_counter() - t0
         log(f"offline batch: {len(rewards_np)} samples ({'cached' if cached else 'sampled'}), "
