@@ -198,6 +198,7 @@ def test_shipped_study_configs_load():
     assert load_tune_config(root / "tune_qed_multi.yaml").resolved_sampler() == "nsga2"
 
 
+@pytest.mark.slow  # 8-14 s: a study through the CLI
 def test_cli_tune_runs_a_study_and_prints_the_summary(tmp_path, capsys):
     from tfftmol.cli import main
 
