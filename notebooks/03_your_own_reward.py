@@ -193,7 +193,7 @@ result.table().round(4)
 # fraction truly there; `rank_precision_hi`: the same for its top-ranked 10%):
 
 # %%
-reports = pd.DataFrame(result.surrogate_reports)
+reports = pd.DataFrame(result.reward.reports)  # the surrogate's held-out accuracy per (re)fit
 print(reports[["step", "kind", "spearman", "spearman_valid", "precision_hi", "rank_precision_hi", "mae",
                "validity_accuracy"]].round(3).to_string())
 assert len(result.samples) == cfg["eval_samples"] and set(result.samples.columns) >= {"smiles", "reward", "valid"}

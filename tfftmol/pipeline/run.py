@@ -56,6 +56,7 @@ class RunResult:
         tfft: the :class:`~tfftmol.core.tfft.TFFTResult` (model, thresholds, history).
         timings: seconds per phase.
         files: ``name -> path`` of the report files.
+        reward: the task's reward object (e.g. a molecular reward with its surrogate's ``reports``).
     """
 
     config: RunConfig
@@ -66,6 +67,7 @@ class RunResult:
     tfft: TFFTResult
     timings: dict
     files: dict = field(default_factory=dict)
+    reward: Any = None
 
     @property
     def model(self):
@@ -189,7 +191,7 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
         metrics = metrics_table(cfg, res, evs, kl, timings)
         timings["tfft_total"] = timings.pop("total", np.nan)
         timings["total"] = time.perf_counter() - t_start
-        result = RunResult(cfg, rd.path, metrics, evs, kl, res, timings)
+        result = RunResult(cfg, rd.path, metrics, evs, kl, res, timings, reward=reward)
         result.files = write_report(cfg, task, result, base, reward)
         rd.finish(fp)
     own = own_tail_column(cfg)
