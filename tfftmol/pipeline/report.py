@@ -112,8 +112,12 @@ def _stage1_lines(res, metrics: pd.DataFrame, own: str, kl: float) -> list[str]:
     return lines
 
 
-def write_report(cfg, task, result, base, reward) -> dict:
-    """Write the report directory; returns ``{name: path}``."""
+def write_report(cfg, task, result, base, reward, plots: bool = True) -> dict:
+    """Write the report directory; returns ``{name: path}``.
+
+    With ``plots=False`` (Optuna trials) the tables, CSVs, weights and ``report.md`` are
+    written but no figure is drawn and the task's extra sections are skipped.
+    """
     d = Path(result.run_dir)
     d.mkdir(parents=True, exist_ok=True)
     res = result.tfft
@@ -133,13 +137,18 @@ def write_report(cfg, task, result, base, reward) -> dict:
             "config": json.dumps(to_dict(cfg), default=str)}
     task.save_model(cfg, res.model, files["weights"], meta)
     eta = None if res.threshold is None else float(res.threshold.eta)
-    plot_reward_hist({k: result.evaluations[k].values for k in labels},
-                     {k: result.evaluations[k].valid for k in labels}, files["reward_hist"], cfg.tfft.tail,
-                     cfg.tfft.beta, eta, title=f"{cfg.name}: {cfg.tfft.tail}-CVaR beta={cfg.tfft.beta:g}")
-    ctx = ReportContext(res, result.metrics, result.evaluations, reward, base, result.kl)
-    extra_lines, extra_files = task.report(cfg, d, ctx)
-    plot_training(res.history, files["training"], extra_files.pop("_training_overlay", None))
-    files.update(extra_files)
+    if plots:
+        plot_reward_hist({k: result.evaluations[k].values for k in labels},
+                         {k: result.evaluations[k].valid for k in labels}, files["reward_hist"], cfg.tfft.tail,
+                         cfg.tfft.beta, eta, title=f"{cfg.name}: {cfg.tfft.tail}-CVaR beta={cfg.tfft.beta:g}")
+        ctx = ReportContext(res, result.metrics, result.evaluations, reward, base, result.kl)
+        extra_lines, extra_files = task.report(cfg, d, ctx)
+        plot_training(res.history, files["training"], extra_files.pop("_training_overlay", None))
+        files.update(extra_files)
+    else:
+        extra_lines = []
+        files.pop("reward_hist")
+        files.pop("training")
 
     own = own_tail_column(cfg)
     t = cfg.tfft
@@ -162,7 +171,8 @@ def write_report(cfg, task, result, base, reward) -> dict:
     lines += extra_lines
     lines += ["## Timings (s)", "",
               markdown_table(pd.DataFrame([{k: float(v) for k, v in result.timings.items()}])), "",
-              "## Plots", "", "![reward histograms](reward_hist.png)", "", "![training curves](training.png)", ""]
+              *(["## Plots", "", "![reward histograms](reward_hist.png)", "", "![training curves](training.png)", ""]
+                if plots else [])]
     lines += ["## Files", "", "- `metrics.csv`: the table above, all columns; `history.csv`: stage-2 statistics",
               "- `samples.csv` / `samples_pretrained.csv`: per-sample evaluation tables (same noise)",
               "- `model.safetensors`: fine-tuned weights; `config.yaml`: the config of this run; "

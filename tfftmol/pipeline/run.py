@@ -125,7 +125,7 @@ def evaluate_models(cfg: RunConfig, task, models: dict, reward, cond_sampler=Non
 
 
 def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-        callbacks: Optional[list[Callable]] = None, log: Callable[[str], None] = print,
+        callbacks: Optional[list[Callable]] = None, log: Callable[[str], None] = print, plots: bool = True,
         **overrides: Any) -> RunResult:
     """Run one fine-tune of any task kind end to end and write its report.
 
@@ -139,6 +139,7 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
         progress: progress bars.
         callbacks: extra ``cb(trainer, stats)`` after every stage-2 step.
         log: where the diagnostics go.
+        plots: draw the report's figures (Optuna trials skip them; the numbers are the same).
         overrides: top-level config fields to replace (``out_dir``, ``name``, ...).
 
     Returns:
@@ -192,7 +193,7 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
         timings["tfft_total"] = timings.pop("total", np.nan)
         timings["total"] = time.perf_counter() - t_start
         result = RunResult(cfg, rd.path, metrics, evs, kl, res, timings, reward=reward)
-        result.files = write_report(cfg, task, result, base, reward)
+        result.files = write_report(cfg, task, result, base, reward, plots=plots)
         rd.finish(fp)
     own = own_tail_column(cfg)
     m = metrics

@@ -215,7 +215,7 @@ class PipelineRunner(TrialRunner):
         cfg = self.run_config(params, name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TfftWarning)
-            res = run(cfg, overwrite=True, progress=False, callbacks=callbacks, log=self.log)
+            res = run(cfg, overwrite=True, progress=False, callbacks=callbacks, log=self.log, plots=False)
         ev = res.evaluations[cfg.tfft.method]
         m = reward_metrics(ev.values, ev.valid, self.cfg.eval_tail, self.cfg.eval_beta)
         row = res.metrics.iloc[-1]
