@@ -56,7 +56,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--card", type=Path, default=CARD_PATH)
     ap.add_argument("--budget-minutes", type=float, default=0.0, help="wall-clock budget of this stage (0 = steps)")
     ap.add_argument("--steps", type=int, default=0, help="maximum optimizer steps (0 = from the budget only)")
-    ap.add_argument("--batch-size", type=int, default=0, help="0 = 128 (ae) / 1024 (flow)")
+    ap.add_argument("--batch-size", type=int, default=0, help="0 = 128 (ae) / 256 (flow)")
     ap.add_argument("--lr", type=float, default=0.0, help="0 = 1e-3 (ae) / 1e-3 (flow)")
     ap.add_argument("--min-lr-frac", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=200)
@@ -274,7 +274,7 @@ def train_flow(args) -> None:
     log(run, "flow", f"encoded {len(mu)} training molecules in {time.time() - t_enc:.0f} s; "
         f"z_std range {float(z_std.min()):.3f}..{float(z_std.max()):.3f}")
     cfg = FlowConfig(dim=mu.shape[1], width=args.width, depth=args.depth)
-    bs = args.batch_size or 1024
+    bs = args.batch_size or 256
     lr = args.lr or 1e-3
     torch.manual_seed(args.seed)
     net = LatentVelocityMLP(cfg)
@@ -387,7 +387,7 @@ def export(args) -> None:
                    "ema": ae_args.get("ema"), "threads": 1, "device": "cpu",
                    "history": ae_ck["state"]["history"]},
             "flow": {"steps": ck["state"]["step"], "wall_minutes": round(ck["state"]["elapsed"] / 60, 1),
-                     "batch_size": args.batch_size or 1024, "lr": args.lr or 1e-3, "threads": 1,
+                     "batch_size": args.batch_size or 256, "lr": args.lr or 1e-3, "threads": 1,
                      "x1": "fresh posterior draw mu + sigma * eps of a training molecule, normalised",
                      "history": ck["state"]["history"]},
         },
