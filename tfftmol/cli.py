@@ -92,13 +92,14 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
     from .pipeline import RunDirError, run
     from .core.checkpoint import CheckpointError
     from .core.config import ConfigError
+    from .core.reward import RewardFailureError
 
     try:
         res = run(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}; continue with --resume", file=sys.stderr)
         return 130
-    except (RunDirError, CheckpointError, ConfigError) as e:
+    except (RunDirError, CheckpointError, ConfigError, RewardFailureError) as e:
         raise SystemExit(f"tfftmol: {e}") from None
     print()
     _print_table(res.table())

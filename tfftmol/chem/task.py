@@ -11,6 +11,8 @@ Options (``RunConfig.options``)::
     warm_labels: decoded           # warm-start labels: reward of the decoded latent, or of the data molecule
     reward_jobs: 1                 # worker processes for the true reward
     grid_size: 12                  # molecules per tail grid
+    max_reward_failure_fraction: 0.2  # stop when more of a batch than this fails in the reward itself
+                                   # (reward_error / reward_nan; chemically invalid molecules do not count)
 
 Stage 2 takes its terminal gradient from a differentiable surrogate ``s(x)``
 (:class:`~tfftmol.chem.surrogate.Surrogate`) fitted to the true rewards of the
@@ -44,7 +46,7 @@ import torch
 from tfftmol.core.adjoint import AdjointMatching
 from tfftmol.core.checkpoint import save_tensors
 from tfftmol.core.config import ConfigError, check_choice, check_int, check_number, from_dict
-from tfftmol.core.reward import RewardBatch
+from tfftmol.core.reward import RewardBatch, RewardFailureError
 from tfftmol.pipeline.task import Evaluation, ReportContext
 from tfftmol.tables import markdown_table
 
@@ -52,7 +54,12 @@ from .rewards import Reward, RewardResult, build_reward
 from .surrogate import Surrogate, SurrogateReport
 
 __all__ = ["SurrogateConfig", "MoleculeOptions", "MoleculeTask", "MolecularReward", "denoised_copies",
-           "evaluate_samples", "load_base", "is_latent", "MOLECULAR_MODELS", "LATENT_MODELS"]
+           "evaluate_samples", "load_base", "is_latent", "MOLECULAR_MODELS", "LATENT_MODELS", "RewardFailureError",
+           "REWARD_FAILURES"]
+
+#: Reasons that are failures of the reward itself, not of the molecule (:data:`tfftmol.chem.mol.REASONS`).
+REWARD_FAILURES = ("reward_error", "reward_nan")
+
 
 MOLECULAR_MODELS = ("qm9-graph", "zinc-selfies")
 LATENT_MODELS = ("zinc-selfies",)
@@ -110,6 +117,7 @@ class MoleculeOptions:
     grid_size: int = 12
     warm_start: Optional[int] = None
     warm_labels: str = "decoded"
+    max_reward_failure_fraction: float = 0.2
 
     def __post_init__(self):
         if isinstance(self.surrogate, Mapping):
@@ -125,6 +133,7 @@ class MoleculeOptions:
             raise ConfigError(f"reward: {e}") from e
         check_int(self, "refit_every", low=0, note=" (0 = never refit)")
         check_int(self, "reward_jobs", "grid_size")
+        check_number(self, "max_reward_failure_fraction", 0, 1)
         if self.warm_start is not None:
             check_int(self, "warm_start", low=0, note=" (0 = off, null = the default for the model)")
             if self.warm_start and not is_latent(self.model):
@@ -214,13 +223,25 @@ class MolecularReward:
             ``(xhat, r(x1))`` pairs, so the surrogate learns ``E[r(X_1) | xhat]`` at the soft
             states where the fine-tuner takes its gradient (``AMConfig.terminal_time < 1``);
             ``key`` makes the noise a function of the fit, so a resumed run refits identically.
+        max_failure_fraction: every scored batch (offline and stage 2) is counted by reason
+            (:attr:`failures`); the first ``reward_error`` / ``reward_nan`` is logged once with its
+            traceback, and a batch in which more than this fraction fails in the reward itself
+            raises :class:`RewardFailureError` naming the reason and the fraction.  A penalty that
+            is not below every valid reward value seen is logged as a warning (once).
     """
 
     def __init__(self, reward: Reward, decode: Callable[[torch.Tensor], list], surrogate: Surrogate,
                  config: Optional[SurrogateConfig] = None, refit_every: int = 0, n_jobs: int = 1,
                  log: Callable[[str], None] = print,
-                 denoise: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None):
+                 denoise: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
+                 max_failure_fraction: float = 0.2):
         self.reward = reward
+        self.max_failure_fraction = float(max_failure_fraction)
+        self.failures: dict[str, int] = {}  # reason -> molecules scored with it (every batch since the start)
+        self.n_scored = 0
+        self.failure_messages: dict[str, str] = {}  # reward failure reason -> first message (with traceback)
+        self.min_valid: Optional[float] = None  # smallest valid reward value seen
+        self._penalty_warned = False
         self.denoise = denoise
         self.decode = decode
         self.surrogate = surrogate
@@ -229,8 +250,8 @@ class MolecularReward:
         self.n_jobs = int(n_jobs)
         self.log = log
         self.name = reward.name
-        self.cache_key = "mol:" + hashlib.sha1(
-            json.dumps(reward.to_config(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.cache_key = "mol:" + hashlib.sha1(  # config + SHA-256 of any user code (Reward.identity)
+            json.dumps(reward.identity(), sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.reports: list[dict] = []  # one per (re)fit: step, R2, Spearman, tail precisions, ...
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (x, values, valid) since last refit
         self._restored = False
@@ -245,7 +266,58 @@ class MolecularReward:
     def evaluate(self, x: torch.Tensor) -> RewardBatch:
         """True rewards ``(B,)`` (float64, penalty where invalid) and validity ``(B,)``; no gradient."""
         res, _ = self.score(x)
+        self.account(res)
         return RewardBatch(torch.as_tensor(res.values, dtype=torch.float64), torch.as_tensor(res.valid))
+
+    def account(self, res: RewardResult) -> None:
+        """Count a scored batch by reason; log a reward failure once; stop on too many (class docstring).
+
+        Raises:
+            RewardFailureError: more than ``max_failure_fraction`` of the batch is ``reward_error`` or
+                ``reward_nan`` (chemically invalid molecules never count).
+        """
+        import numpy as np
+
+        n = len(res)
+        self.n_scored += n
+        for r, c in res.counts.items():
+            if r != "ok" and c:
+                self.failures[r] = self.failures.get(r, 0) + int(c)
+        for r in REWARD_FAILURES:
+            c = int(res.counts.get(r, 0))
+            if c and r not in self.failure_messages:
+                self.failure_messages[r] = res.messages.get(r, "")
+                self.log(f"reward {self._who!r}: {r} on {c} of {n} molecules of a batch (logged once; every "
+                         f"failure is counted and reported); first: {self.failure_messages[r] or '(no message)'}")
+        if res.valid.any():
+            lo = float(np.min(res.raw[res.valid]))
+            self.min_valid = lo if self.min_valid is None else min(self.min_valid, lo)
+            if not self._penalty_warned and res.penalty >= self.min_valid:
+                self._penalty_warned = True
+                self.log(f"warning: reward {self._who!r}: the penalty {res.penalty:g} of invalid molecules is not "
+                         f"below every valid reward (a valid molecule scored {self.min_valid:g}), so invalid "
+                         "molecules can outrank valid ones; set `penalty:` below the reward's range")
+        bad = {r: int(res.counts.get(r, 0)) for r in REWARD_FAILURES}
+        total = sum(bad.values())
+        if n and total / n > self.max_failure_fraction:
+            worst = max(bad, key=bad.get)
+            first = (self.failure_messages.get(worst) or "").splitlines()[:1]
+            raise RewardFailureError(
+                f"reward {self._who!r} failed in the reward itself on {total} of {n} molecules of a batch "
+                f"({total / n:.0%} > max_reward_failure_fraction={self.max_failure_fraction:g}): "
+                + ", ".join(f"{r}={c} ({c / n:.0%})" for r, c in bad.items() if c)
+                + (f"; first {worst}: {first[0]}" if first else "")
+                + ". The molecules are valid; the reward function is what fails (fix it, or raise "
+                  "options.max_reward_failure_fraction)")
+
+    @property
+    def _who(self) -> str:
+        label = getattr(self.reward, "label", None)
+        return f"{self.name}:{label}" if label else self.name
+
+    def failure_summary(self) -> dict[str, int]:
+        """Molecules scored during the run (offline batch and stage 2) by reason other than ``ok``."""
+        return {"scored": self.n_scored, **dict(sorted(self.failures.items()))}
 
     def value_and_grad(self, x: torch.Tensor) -> RewardBatch:
         """True rewards and validity as in :meth:`evaluate`, plus ``grad_x s(x)`` ``(B, 189)`` from the surrogate."""
@@ -267,8 +339,11 @@ class MolecularReward:
             self.log("surrogate: restored from the checkpoint (no refit of the offline batch)")
             return
         if not bool(valid.any()):
-            raise RuntimeError("surrogate: the offline batch has no valid molecule; the pre-trained model or the "
-                               "reward is broken (check the model's validity with `tfftmol sample`)")
+            counts = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "no count"
+            raise RuntimeError(f"surrogate: the offline batch has no valid molecule ({counts}); "
+                               + ("the reward function fails on valid molecules (reward_error/reward_nan above)"
+                                  if any(self.failures.get(r) for r in REWARD_FAILURES) else
+                                  "the pre-trained model produces no valid molecule (check it with `tfftmol sample`)"))
         c = self.config
         x, values, valid = self._with_denoised(x, values, valid, key=0)
         rep = self.surrogate.fit(x, values.double().numpy(), valid.numpy(), epochs=c.epochs,
@@ -328,13 +403,18 @@ class MolecularReward:
         """The surrogate's state (weights, replay buffer, its RNG: ``Surrogate.state_dict``), pending samples
         and the fit reports (tensors + JSON)."""
         return {"surrogate": self.surrogate.state_dict(), "pending": [list(p) for p in self._pending],
-                "reports": self.reports}
+                "reports": self.reports, "failures": {"scored": self.n_scored, "counts": dict(self.failures),
+                                                      "messages": dict(self.failure_messages)}}
 
     def load_state(self, st: Mapping[str, Any]) -> None:
         """Restore what :meth:`state` returned (used on resume; the offline fit is then skipped)."""
         self.surrogate.load_state_dict(dict(st["surrogate"]))
         self._pending = [tuple(p) for p in st["pending"]]
         self.reports = list(st["reports"])
+        f = st.get("failures") or {}
+        self.n_scored = int(f.get("scored", 0))
+        self.failures = {str(k): int(v) for k, v in (f.get("counts") or {}).items()}
+        self.failure_messages = {str(k): str(v) for k, v in (f.get("messages") or {}).items()}
         self._restored = True
 
 
@@ -425,8 +505,11 @@ class MoleculeTask:
         return load_base(cfg.options.model, device)
 
     def build_reward(self, cfg, base, device, log):
+        from tfftmol.core.config import config_search_dirs
+
         o = cfg.options
-        reward = build_reward(dict(o.reward))
+        with config_search_dirs(*getattr(cfg, "source_dirs", ())):  # the YAML's directory (callable rewards)
+            reward = build_reward(dict(o.reward))
         sc = o.surrogate
         if is_latent(o.model):
             from .latent_reward import LatentSurrogate, warm_start_data
@@ -442,7 +525,8 @@ class MoleculeTask:
                                   device=device)
         tc = cfg.tfft.am.terminal_time
         denoise = denoised_copies(base, tc, cfg.seed) if tc < 1.0 else None
-        return MolecularReward(reward, base.decode, surrogate, sc, o.refit_every, o.reward_jobs, log, denoise)
+        return MolecularReward(reward, base.decode, surrogate, sc, o.refit_every, o.reward_jobs, log, denoise,
+                               max_failure_fraction=o.max_reward_failure_fraction)
 
     def cond_sampler(self, cfg, base):
         return None
@@ -458,6 +542,8 @@ class MoleculeTask:
                                       cfg.seed, cfg.options.reward_jobs)
         keep = {k: v for k, v in row.iloc[0].to_dict().items()
                 if k in ("validity", "uniqueness", "novelty", "int_div") or k.startswith("invalid_")}
+        for r in REWARD_FAILURES:  # failures of the reward itself: always a column, 0 when none
+            keep[f"invalid_{r}"] = float((table["reason"] == r).mean()) if len(table) else float("nan")
         return Evaluation(table["reward"].to_numpy(float), table["valid"].to_numpy(bool), keep, table,
                           {"decoded": dec})
 
@@ -474,6 +560,20 @@ class MoleculeTask:
             lines += ["## Surrogate", "", "Held-out accuracy of each (re)fit (the gradient of stage 2 comes from "
                       "it; values and the tail indicator use the true reward).", "", markdown_table(sr[keep]), ""]
             files["_training_overlay"] = sr
+        fails = getattr(ctx.reward, "failure_summary", None)
+        if callable(fails):
+            summ = fails()
+            files["reward_failures"] = run_dir / "reward_failures.csv"
+            pd.DataFrame([summ]).to_csv(files["reward_failures"], index=False)
+            n = max(int(summ.get("scored", 0)), 1)
+            rows = [{"reason": k, "molecules": v, "fraction": v / n} for k, v in summ.items() if k != "scored"]
+            lines += ["## Reward failures", "",
+                      f"Molecules scored by the true reward during the run (offline batch unless cached, and stage 2): "
+                      f"{summ.get('scored', 0)}; invalid by reason (`reward_error`/`reward_nan` are failures of the "
+                      "reward function on valid molecules):", "",
+                      markdown_table(pd.DataFrame(rows)) if rows else "none", ""]
+            for r, msg in getattr(ctx.reward, "failure_messages", {}).items():
+                lines += [f"First `{r}`:", "", "```", msg.strip(), "```", ""]
         files["tails_top"] = run_dir / "tails_top.png"
         files["tails_bottom"] = run_dir / "tails_bottom.png"
         samples = ctx.evaluations[cfg.tfft.method].samples

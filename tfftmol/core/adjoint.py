@@ -82,6 +82,15 @@ class ResidualFlow(VelocityModule):
         return self.base.velocity(x, t, cond) + self.residual(x, t, cond)
 
 
+def _check_finite(reward: TerminalReward, values: torch.Tensor) -> None:
+    """Stage-2 rewards must be finite: a NaN or inf is never dropped or trained on silently (issue 16)."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        raise ValueError(f"reward {getattr(reward, 'name', type(reward).__name__)!r} returned {int(bad.sum())} "
+                         f"non-finite values (NaN or inf) in a stage-2 batch of {values.numel()}; a reward must give "
+                         "every sample a finite value (a penalty for an invalid one)")
+
+
 def terminal_grad(reward: TerminalReward, x: torch.Tensor) -> torch.Tensor:
     """The reward's gradient at ``x``: ``reward.grad(x)`` if it has one, else ``value_and_grad(x).grad``."""
     fn = reward_hook(reward, "grad")
@@ -281,6 +290,7 @@ class AdjointMatching:
             traj = ct.traj
             x1 = traj.final
             rb = self.reward.evaluate(x1)
+            _check_finite(self.reward, rb.values)
             gp = self.transform.grad(rb.values).to(x1.dtype)
             vloss = self.value.update(ct, rb.values, self.transform, self.lam)
             shape = (-1,) + (1,) * (x1.dim() - 1)
@@ -289,6 +299,7 @@ class AdjointMatching:
             traj = self.sample_trajectories(c.batch_size)
             x1 = traj.final
             rb = self.reward.value_and_grad(x1)
+            _check_finite(self.reward, rb.values)
             gp = self.transform.grad(rb.values).to(x1.dtype)                  # g'(r), (B,)
             shape = (-1,) + (1,) * (x1.dim() - 1)
             if c.terminal_time < 1.0:

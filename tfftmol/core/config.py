@@ -6,15 +6,17 @@ that names the key, its path and the accepted keys.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Type, TypeVar
+from typing import Any, Iterator, Mapping, Type, TypeVar
 
 import yaml
 
-__all__ = ["from_dict", "to_dict", "load_yaml", "dump_yaml", "merge", "ConfigError", "read_mapping", "check_int",
+__all__ = ["config_search_dirs", "SEARCH_DIRS", "from_dict", "to_dict", "load_yaml", "dump_yaml", "merge", "ConfigError", "read_mapping", "check_int",
            "check_number", "check_choice"]
 
 T = TypeVar("T")
@@ -22,6 +24,21 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field."""
+
+
+#: Directories where code a config names (a callable reward's ``fn: module:function``) is looked up first:
+#: the directory of the YAML file being loaded.  The working directory is never searched implicitly.
+SEARCH_DIRS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("tfftmol_config_dirs", default=())
+
+
+@contextlib.contextmanager
+def config_search_dirs(*dirs: str | Path) -> Iterator[None]:
+    """While active, code named by a config is looked up in ``dirs`` first (see :data:`SEARCH_DIRS`)."""
+    token = SEARCH_DIRS.set(tuple(str(Path(d).resolve()) for d in dirs) + SEARCH_DIRS.get())
+    try:
+        yield
+    finally:
+        SEARCH_DIRS.reset(token)
 
 
 def _is_dataclass_type(tp) -> bool:
@@ -53,7 +70,7 @@ def from_dict(cls: Type[T], data: Mapping[str, Any] | None, path: str = "") -> T
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted((k for k in data if not isinstance(k, str) or k not in fields), key=str)
     if unknown:
         where = f" in '{path}'" if path else ""
         raise ConfigError(f"unknown config key(s) {unknown}{where}; accepted keys: {sorted(fields)}")
@@ -63,14 +80,25 @@ def from_dict(cls: Type[T], data: Mapping[str, Any] | None, path: str = "") -> T
         sub = f"{path}.{name}" if path else name
         if _is_dataclass_type(tp) and value is not None:
             kwargs[name] = from_dict(tp, value, sub)
+        elif tp is float and isinstance(value, str):
+            kwargs[name] = _float_string(value, sub)
         else:
             kwargs[name] = value
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as e:  # __post_init__ validation
-        raise ConfigError(f"{path or cls.__name__}: {e}") from e
+    except (TypeError, ValueError, ArithmeticError, AttributeError, KeyError, IndexError) as e:
+        # __post_init__ validation, or a value of the wrong type that a check tripped over
+        raise ConfigError(f"{path or cls.__name__}: {type(e).__name__}: {e}") from e
+
+
+def _float_string(value: str, where: str) -> float:
+    """A float field given as a string: YAML 1.1 reads ``3e-4`` (no dot) as a string, so numbers are accepted."""
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ConfigError(f"{where}={value!r} must be a number (e.g. 3e-4 or 0.0003)") from None
 
 
 def to_dict(obj) -> dict:
@@ -88,10 +116,29 @@ def to_dict(obj) -> dict:
     return conv(obj)
 
 
-def load_yaml(path: str | Path) -> dict:
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    return data or {}
+def load_yaml(path: str | Path, allow_empty: bool = True) -> Any:
+    """Parse a YAML file safely (an empty file gives ``{}`` unless ``allow_empty=False``).
+
+    Raises:
+        ConfigError: the file does not parse (naming the file, line and column), is not
+            UTF-8 text, or is empty when ``allow_empty`` is false.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({what})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if data is None:
+        if not allow_empty:
+            raise ConfigError(f"{path}: config is empty (give at least the task and its options; "
+                              "an empty file would run every default)")
+        return {}
+    return data
 
 
 def dump_yaml(obj, path: str | Path | None = None) -> str:
@@ -168,9 +215,12 @@ def read_mapping(source: Any, cls: type, what: str = "config") -> dict:
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{what} file {str(path)!r} does not exist")
-        data = load_yaml(path)
+        data = load_yaml(path, allow_empty=False)
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{what} file {str(path)!r} must hold a mapping, not {type(data).__name__}")
+            raise ConfigError(f"{what} file {str(path)!r} must hold a mapping (key: value lines), "
+                              f"not a {type(data).__name__}")
+        if not data:
+            raise ConfigError(f"{what} file {str(path)!r}: config is empty")
         return dict(data)
     if isinstance(source, Mapping):
         return copy.deepcopy(dict(source))

@@ -28,7 +28,11 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 import torch
 
 __all__ = ["TerminalReward", "RewardBatch", "DifferentiableReward", "OPTIONAL_HOOKS", "reward_hook", "reward_cache_key",
-           "reward_has_grad"]
+           "reward_has_grad", "RewardFailureError"]
+
+
+class RewardFailureError(RuntimeError):
+    """Too large a fraction of a batch failed in the reward function itself (it raised or returned NaN/inf)."""
 
 
 @dataclass

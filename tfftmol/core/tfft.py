@@ -129,7 +129,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     if need_offline:
         x_off, v_off, valid_off, cached = offline_batch(
             base, reward, cfg.offline_samples, cfg.offline_steps, cfg.offline_sampler, cfg.seed, cache_dir,
-            device=device, cond_sampler=cond_sampler, progress=progress)
+            device=device, cond_sampler=cond_sampler, progress=progress, log=log)
         rewards_np = v_off.numpy().astype(np.float64)
         timings["offline"] = time.perf_counter() - t0
         log(f"offline batch: {len(rewards_np)} samples ({'cached' if cached else 'sampled'}), "

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..core.config import ConfigError, check_choice, check_int, from_dict, read_mapping, to_dict
+from ..core.config import ConfigError, check_choice, check_int, config_search_dirs, from_dict, read_mapping, to_dict
 from ..core.settings import TFFTConfig
 
 __all__ = ["EvalConfig", "RunConfig", "load_run_config", "NAME_PATTERN", "check_run_name"]
@@ -46,6 +46,29 @@ def check_run_name(name: Any) -> str:
         raise ConfigError(f"name={name!r} must be 1-128 characters of letters, digits, '_', '.', '-', "
                           "starting with a letter, digit or '_' (it names one directory inside out_dir)")
     return name
+
+
+def _check_device(device: Any) -> None:
+    """``device`` must name a torch device that this machine has (checked at load time, before compute)."""
+    import torch
+
+    if not isinstance(device, str):
+        raise ConfigError(f"device={device!r} must be a string such as 'cpu' or 'cuda'")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ConfigError(f"device={device!r} is not a torch device: {e}") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"device={device!r}: this machine has no CUDA device (torch.cuda.is_available() is "
+                              "False); use device: cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"device={device!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device={device!r}: MPS is not available on this machine; use device: cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={device!r}: only cpu, cuda[:N] and mps are supported")
 
 
 @dataclass
@@ -129,11 +152,7 @@ class RunConfig:
             self.eval = from_dict(EvalConfig, self.eval, "eval")
         if isinstance(self.tfft, Mapping):
             self.tfft = from_dict(TFFTConfig, self.tfft, "tfft")
-        try:
-            import torch
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as e:
-            raise ConfigError(f"device={self.device!r} is not a torch device: {e}") from None
+        _check_device(self.device)
         # seeds: a nested seed left at its default follows the run's seed; two set seeds must agree
         for where, obj in (("tfft.seed", self.tfft), ("tfft.am.seed", self.tfft.am)):
             if obj.seed not in (0, self.seed):
@@ -212,7 +231,10 @@ def load_run_config(source: Any, **overrides: Any) -> RunConfig:
             name; the message names the field and the accepted values.
     """
     data = read_mapping(source, RunConfig)
-    data = json.loads(json.dumps(data, default=_plain))  # plain data only (Paths and dataclasses flattened)
+    try:  # plain data only (Paths and dataclasses flattened)
+        data = json.loads(json.dumps(data, default=_plain, allow_nan=True))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config: {e}") from None
     if "task" not in data and "options" not in data:
         data = _from_flat(data)
     for k, v in overrides.items():
@@ -221,8 +243,16 @@ def load_run_config(source: Any, **overrides: Any) -> RunConfig:
         if k in RunConfig.__dataclass_fields__:
             data[k] = v
         else:
+            if not isinstance(data.get("options", {}), dict):
+                raise ConfigError(f"options={data['options']!r} must be a mapping of task options")
             data.setdefault("options", {})[k] = v
-    return from_dict(RunConfig, data)
+    # a callable reward (fn: module:function) is looked up in the config's own directory, never the cwd
+    dirs = [Path(source).resolve().parent] if isinstance(source, (str, Path)) else []
+    with config_search_dirs(*dirs):
+        cfg = from_dict(RunConfig, data)
+    if dirs or isinstance(source, RunConfig):  # where the task rebuilds the reward at run time
+        object.__setattr__(cfg, "source_dirs", tuple(str(d) for d in dirs) or getattr(source, "source_dirs", ()))
+    return cfg
 
 
 def _plain(o):
@@ -230,4 +260,4 @@ def _plain(o):
         return str(o)
     if hasattr(o, "__dataclass_fields__"):
         return to_dict(o)
-    raise TypeError(f"{type(o).__name__} is not plain config data")
+    raise TypeError(f"{type(o).__name__} {o!r} is not plain config data (numbers, strings, lists, mappings)")

@@ -92,8 +92,21 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} resolves outside out_dir={str(self.out)!r}")
 
     # -- lock ----------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        """``out_dir`` and the offline cache directory exist (created if needed) and accept a file, before compute."""
+        import tempfile
+
+        for what, d in (("out_dir", self.out), ("cache_dir", Path(self.cfg.offline_cache_dir))):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=d, prefix=".tfftmol-write-test-"):
+                    pass
+            except OSError as e:
+                raise RunDirError(f"{what}={str(d)!r} is not writable ({type(e).__name__}: {e.strerror or e}); "
+                                  "nothing was computed; choose a directory you can write to") from None
+
     def __enter__(self) -> "RunDir":
-        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_writable()
         self._check_inside()
         for _ in range(3):
             try:

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Iterable, Optional, Sequence
 import yaml
 from rdkit import Chem
 
+from tfftmol.chem.mol import OK
+
 from .pool import ScoreCache, score_batch
 from .result import Outcome, RewardResult, outcome
 from .transforms import Transform, build_transform
@@ -95,8 +97,16 @@ class Reward:
         return self._apply_transforms(float(self._score(mol)))
 
     def _score_mols(self, mols: list[Chem.Mol]) -> list[Outcome]:
-        """Score valid molecules: one :data:`~.result.Outcome` each, never raises."""
-        return [outcome(lambda m=m: self.score_mol(m)) for m in mols]
+        """Score valid molecules: one :data:`~.result.Outcome` each, never raises.
+
+        The first failure of the batch keeps its traceback in its message."""
+        out: list[Outcome] = []
+        first = True
+        for m in mols:
+            o = outcome(lambda m=m: self.score_mol(m), with_traceback=first)
+            first = first and o[1] == OK
+            out.append(o)
+        return out
 
     def __call__(self, mols: Iterable[Any], n_jobs: Optional[int] = 1) -> RewardResult:
         """Score a batch.
@@ -135,6 +145,22 @@ class Reward:
         if self.cache_size != DEFAULT_CACHE_SIZE:
             cfg["cache_size"] = self.cache_size
         return cfg
+
+    def sources(self) -> dict[str, str]:
+        """User code this reward runs: import path -> SHA-256 of its module's source (empty for built-ins).
+
+        Part of the reward's identity (the offline-batch cache key), so fixing a user's
+        reward function invalidates what the buggy version computed.
+        """
+        return {}
+
+    def identity(self) -> dict:
+        """The reward's identity: its config and the hashes of the user code it runs (:meth:`sources`)."""
+        out: dict[str, Any] = {"config": self.to_config()}
+        src = self.sources()
+        if src:
+            out["sources"] = src
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_config(), sort_keys=False)

@@ -66,5 +66,11 @@ class WeightedSum(Reward):
     def _score(self, mol: Chem.Mol) -> float:
         return sum(w * r.score_mol(mol) for w, r in self.terms)
 
+    def sources(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for _, r in self.terms:
+            out.update(r.sources())
+        return out
+
     def params(self):
         return {"terms": [{"weight": w, "reward": r.to_config()} for w, r in self.terms]}

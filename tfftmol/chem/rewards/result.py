@@ -22,12 +22,26 @@ __all__ = ["REASONS", "Outcome", "outcome", "RewardResult"]
 Outcome = tuple[float, str, str]
 
 
-def outcome(score: Callable[[], float]) -> Outcome:
-    """Run ``score()`` on one valid molecule and classify the result (never raises)."""
+#: Longest traceback kept in a message (the first failure of a batch carries one; see :func:`outcome`).
+MAX_TRACEBACK = 4000
+
+
+def outcome(score: Callable[[], float], with_traceback: bool = False) -> Outcome:
+    """Run ``score()`` on one valid molecule and classify the result (never raises).
+
+    An exception (including ``SystemExit``, e.g. a config's ``fn: sys:exit``; not
+    ``KeyboardInterrupt``) becomes ``reward_error``; with ``with_traceback`` its message
+    ends with the formatted traceback (the first failure of a batch, for the run's log).
+    """
     try:
         v = float(score())
-    except Exception as e:  # noqa: BLE001 - a failing reward is counted, not fatal
-        return (float("nan"), REWARD_ERROR, f"{type(e).__name__}: {e}")
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a failing reward is counted, not fatal
+        msg = f"{type(e).__name__}: {e}"
+        if with_traceback:
+            import traceback
+            tb = "".join(traceback.format_exception(e))
+            msg += "\n" + (tb if len(tb) <= MAX_TRACEBACK else "..." + tb[-MAX_TRACEBACK:])
+        return (float("nan"), REWARD_ERROR, msg)
     if not math.isfinite(v):
         return (float("nan"), REWARD_NAN, f"reward returned {v}")
     return (v, OK, "")
