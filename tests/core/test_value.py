@@ -6,15 +6,16 @@ alpha = 1, whose target p* is sampled exactly.  Budget: the fast budget of test_
 (M = 20,000, 300 steps, batch 256, 30 SDE steps, 10 loss times, Adam 2e-3, EMA 0.95).
 
 Measured at that budget (|own-tail CVaR - exact target's|, exact target 2.955, pre-trained
-2.199), one thread on a loaded 2-core machine:
+2.199), seeds 0 / 1 / 2 / 3:
 
-* gradient path (lean adjoint of grad r): 0.265 (seed 0) before the threshold tracking of
-  core/tracking.py, 0.172 / 0.195 (seeds 0 / 1) with it;
-* values only, default value model (scalar, warm-started from the offline batch): 0.152 /
-  0.171 (seeds 0 / 1) with tracking; KL 0.30 against the gradient path's 0.27.
+* gradient path (lean adjoint of grad r): 0.172 / 0.195 / 0.158 / 0.162;
+* values only, default value model (scalar, all grid times, warm-started from the offline
+  batch): 0.184 / 0.169 / 0.141 / 0.126 (KL 0.26 / 0.28 / 0.30 / 0.33 against 0.27 / 0.25 /
+  0.28 / 0.28).
 
-The assertion is the issue's criterion, error <= 1.5x the gradient path's, with the gradient
-path's error taken from the measurement above (running both would double the test time).
+The assertion is the issue's criterion on seed 0, error <= 1.5x the gradient path's, with
+the gradient path's seed-0 error taken from the measurement above (running both would double
+the test time).  About 45 s on one thread.
 """
 import copy
 import warnings
@@ -38,7 +39,7 @@ from tfftmol.image2d.toy import linear_reward
 W = [1.0, 0.0]
 FAST_AM = dict(steps=300, batch_size=256, time_steps=30, loss_time_steps=10, hidden=64, lr=2e-3, grad_clip=0.0,
                ema=0.95)
-GRAD_ERR = 0.265  # measured gradient-path CVaR error at this budget (module docstring)
+GRAD_ERR = 0.172  # measured gradient-path CVaR error at this budget, seed 0 (module docstring)
 
 
 @pytest.fixture(scope="module")

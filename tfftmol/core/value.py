@@ -34,23 +34,28 @@ has the optimum as its fixed point.  Two parametrisations (``ValueConfig.kind``)
 
 **Measured** on the exact 2D GMM (``circle_gmm``, ``r = x_1`` given as values only, TFFT
 right-CVaR_0.9 at alpha 1, M = 20,000, 300 steps of batch 256, 30 SDE steps, 10 loss times,
-Adam 2e-3, EMA 0.95; |own-tail CVaR - exact target's| with the target at 2.955, pre-trained
-2.199; the gradient path reaches 0.172 / 0.195 on seeds 0 / 1 with the quantile-tracked
-threshold):
+Adam 2e-3, EMA 0.95, the default threshold tracking; |own-tail CVaR - exact target's| with
+the target at 2.955, pre-trained 2.199), seeds 0 / 1 / 2 / 3:
 
-* ``scalar``, 1 value step per step, warm-started from the offline batch: 0.152 (seed 0);
-  without the warm start 0.198 / 0.179 (seeds 0 / 1);
-* ``distribution`` with the warm start: 0.331 (0.30 before threshold tracking); without it 0.43;
+* reward gradient (lean adjoint): 0.172 / 0.195 / 0.158 / 0.162 (KL 0.27 / 0.25 / 0.28 / 0.28);
+* ``scalar`` (default: all grid times, one value step per step, warm start from the offline
+  batch): 0.184 / 0.169 / 0.141 / 0.126 (KL 0.26 / 0.28 / 0.30 / 0.33), at most 1.07x the
+  gradient path's error; with 10 grid times per step 0.152 / 0.171 / 0.287 / 0.156 (one seed
+  1.8x); without the warm start 0.198 / 0.179 (seeds 0 / 1);
+* ``distribution`` with the warm start: 0.331 (seed 0); without it 0.43;
 * a third form, the base's own conditional law of ``r`` learned with Girsanov weights and
   ``V = log E_base[exp(lam g)]`` read off it in closed form (exact for any policy, no policy
   iteration), diverged: its log-sum-exp is dominated by the extrapolated top bins, whose
   ``x``-gradients are noise (CVaR 2.20 -> 1.03, KL 2.9).  Not kept.
+* left-CVaR_0.1 (seed 0, 10 grid times): 0.051 against the gradient path's 0.045.
 
-Cost per fine-tuning step (CPU time, one thread, interleaved, same budget): expected-reward
-fine-tuning 52.3 ms, TFFT with the reward gradient 54.3 ms, values only 45.3 ms (0.87x the
-expected-reward baseline; 2 value steps: 56.7 ms, 1.08x): the value path replaces the lean
-adjoint's ``N`` vector-Jacobian products by ``N`` base evaluations and one small MLP step.  The
-warm start (300 steps) costs about as much as 50 fine-tuning steps, once.
+Cost per fine-tuning step, same budget (CPU time, one thread, 80 steps each, interleaved so
+that the machine's load hits all alike): expected-reward fine-tuning 49.7 ms, TFFT with the
+reward gradient 47.4 ms (0.95x), TFFT values only 45.3 ms (0.91x), expected-reward values only
+47.8 ms (0.96x).  The value path replaces the lean adjoint's ``N`` vector-Jacobian products by
+``N`` base evaluations (one, for a residual correction) and one small MLP step.  The warm start
+(300 steps of 1,024 pairs) costs 0.91 s CPU, 18 expected-FT steps, once: over 300 steps the
+values-only run costs 0.97x expected-FT, value model included.
 
 Everything is tensors and callables: a flow is a :class:`~tfftmol.core.flow.FlowModel`, the value
 network defaults to an MLP on the flattened state and Fourier time features, and a domain may
@@ -100,7 +105,7 @@ class ValueConfig:
     lr: float = 3e-3
     iters: int = 1
     batch: int = 0
-    time_steps: int = 10
+    time_steps: int = 0
     bins: int = 64
     bin_momentum: float = 0.05
     warm_start_steps: int = 300
