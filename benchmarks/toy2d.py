@@ -148,7 +148,7 @@ def main(argv=None):
     main_t.to_csv(out / "toy2d.csv", index=False)
     md = [f"# toy2d benchmark\n\nExact 6-component circle GMM flow, r(x) = x_1, {a.steps} Adjoint Matching steps "
           f"(batch 256, 50 SDE steps, all time steps in the loss, Adam 1e-3 cosine, EMA 0.99), offline batch "
-          f"M = {a.offline} (Heun, 50 steps), evaluation on {a.eval_samples} SDE samples at 100 steps.\n"]
+          f"M = {a.offline} ({TFFTConfig().offline_sampler} sampler, 50 steps), evaluation on {a.eval_samples} SDE samples at 100 steps.\n"]
     keep = [c for c in ["alpha", "method", "mean", "cvar_right_0.9", "cvar_left_0.1", "kl", "wall_s", "offline_s", "refine_s", "stage2_s", "time_ratio_vs_expected", "stage2_time_ratio_vs_expected",
                         "eta", "eta_population", "mass_beyond_eta", "mass_beyond_eta_population",
                         "pretrained_mass_beyond_eta_population", "target_mean", "target_cvar_right_0.9",
