@@ -141,3 +141,28 @@ def test_value_state_survives_a_checkpoint_round_trip(tmp_path):
         assert torch.equal(v, b.value.model.state_dict()[k]), k
     sa, sb = a.step(), b.step()  # the resumed trainer continues exactly as the original
     assert sa.loss == pytest.approx(sb.loss, rel=1e-6) and sa.value_loss == pytest.approx(sb.value_loss, rel=1e-6)
+
+
+def test_a_domain_supplies_warm_start_pairs_through_the_reward():
+    """A reward declaring value_pairs(n, generator) warm-starts the value model instead of the offline batch."""
+    from tfftmol.core.value import start_value_stage
+
+    g = circle_gmm()
+    calls = []
+
+    class Labelled(ValuesOnly):
+        def value_pairs(self, n, generator):
+            calls.append(n)
+            x1 = g.sample_data(n // 4, generator)
+            return noised_pairs(x1, x1[:, 0], 4, 30, generator)
+
+    tr = PseudoReward("right", 0.9, 1.5)
+    cfg = AMConfig(steps=5, batch_size=32, time_steps=30, loss_time_steps=3, value=ValueConfig(warm_start_steps=20))
+    am = AdjointMatching(g, Labelled(linear_reward(W)), tr, 1.0, cfg)
+    before = copy.deepcopy(am.value.model.state_dict())
+    logs = []
+    start_value_stage(am, None, None, logs.append)
+    assert calls == [256 * 20]
+    assert any("value_pairs" in s for s in logs) and any("values only" in s for s in logs)
+    assert any(not torch.equal(before[k], v) for k, v in am.value.model.state_dict().items() if k.startswith("net."))
+    am.step()  # and the values-only step runs on top of it

@@ -18,7 +18,10 @@ Optional hooks, declared here and looked up only through the helpers below
 * ``has_grad``: ``False`` for a reward that gives values only (an RDKit score, a black-box
   oracle): ``value_and_grad`` may then return ``grad=None``, and stage 2 learns a value model
   instead of back-propagating the reward (``AMConfig.stage2 = "auto"``; :mod:`tfftmol.core.value`).
-  Absent means ``True``.
+  Absent means ``True``;
+* ``value_pairs(n, generator)``: ``(x_t, t, r(x_1))`` pairs of the *pre-trained* process (e.g.
+  noised training data, :func:`tfftmol.core.value.noised_pairs`) that warm-start the value model
+  of the values-only stage 2, in place of the noised offline batch.
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ class TerminalReward(Protocol):
         """True rewards plus the gradient used for the terminal adjoint."""
 
 
-OPTIONAL_HOOKS = ("fit_offline", "grad", "cache_key", "state_dict", "load_state_dict", "has_grad")
+OPTIONAL_HOOKS = ("fit_offline", "grad", "cache_key", "state_dict", "load_state_dict", "has_grad", "value_pairs")
 
 
 def reward_hook(reward: object, name: str):

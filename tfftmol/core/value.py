@@ -70,7 +70,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .reward import reward_has_grad
+from .reward import reward_has_grad, reward_hook
 from .sampling import Trajectory
 from .sde import sigma_memoryless
 
@@ -146,6 +146,8 @@ class ValuesOnly:
         self.name = getattr(reward, "name", type(reward).__name__)
         if hasattr(reward, "cache_key"):
             self.cache_key = reward.cache_key
+        if hasattr(reward, "value_pairs"):
+            self.value_pairs = reward.value_pairs
 
     def evaluate(self, x: torch.Tensor):
         return self.reward.evaluate(x)
@@ -514,11 +516,13 @@ class ValueTrainer:
 
 def start_value_stage(trainer: Any, x_off: Optional[torch.Tensor], r_off: Optional[torch.Tensor],
                       log: Callable[[str], None] = print, seed: int = 0) -> float:
-    """Say which stage-2 path a trainer runs and, on the value path, warm-start it from the offline batch.
+    """Say which stage-2 path a trainer runs and, on the value path, warm-start its value model.
 
-    The offline batch holds samples of the pre-trained model with their true rewards (drawn for
-    stage 1 anyway), so its noised copies (:func:`noised_pairs`) are free warm-start data.  A
-    resumed trainer (``step_count > 0``) keeps its value model.
+    The data: the reward's ``value_pairs(n, generator)`` hook if it declares one (a domain's
+    ``(x_t, t, r(x_1))`` pairs, e.g. its noised training set with every reward labelled), else
+    the offline batch, which holds samples of the pre-trained model with their true rewards
+    (drawn for stage 1 anyway), so that its noised copies (:func:`noised_pairs`) are free
+    warm-start data.  A resumed trainer (``step_count > 0``) keeps its value model.
 
     Returns:
         seconds spent on the warm start.
@@ -529,12 +533,20 @@ def start_value_stage(trainer: Any, x_off: Optional[torch.Tensor], r_off: Option
         return 0.0
     vc = trainer.value.config
     log(f"stage 2: values only (learned value model, kind={vc.kind}; the reward gradient is not used)")
-    if trainer.step_count > 0 or x_off is None or r_off is None or vc.warm_start_steps == 0:
+    pairs_fn = reward_hook(trainer.reward, "value_pairs")
+    if trainer.step_count > 0 or vc.warm_start_steps == 0 or \
+            (not callable(pairs_fn) and (x_off is None or r_off is None)):
         return 0.0
     t0 = time.perf_counter()
-    ok = torch.isfinite(r_off)
     gen = torch.Generator().manual_seed(seed + 7)
-    x_t, t, r = noised_pairs(x_off[ok].float(), r_off[ok].float(), 4, trainer.config.time_steps, gen)
+    if callable(pairs_fn):
+        x_t, t, r = pairs_fn(256 * vc.warm_start_steps, gen)   # each pair seen ~4 times at batch 1024
+        where = "pairs the reward supplies (value_pairs)"
+    else:
+        x_t, t, r = noised_pairs(x_off, r_off, 4, trainer.config.time_steps, gen)
+        where = "noised offline samples"
+    ok = torch.isfinite(r)
+    x_t, t, r = x_t[ok].float(), t[ok].float(), r[ok].float()
     loss = trainer.warm_start_value(x_t, t, r)
-    log(f"value model warm-started on {len(r)} noised offline samples ({vc.warm_start_steps} steps, loss {loss:.4g})")
+    log(f"value model warm-started on {len(r)} {where} ({vc.warm_start_steps} steps, loss {loss:.4g})")
     return time.perf_counter() - t0
