@@ -33,7 +33,9 @@ def test_study_beats_the_default_config(constrained):
     assert default[0].params == {"beta": 0.9, "alpha": 1.0}
     # the default is feasible (KL ~0.1), the study found a feasible setting with a clearly higher tail
     assert res.default_values is not None and default[0].user_attrs["kl"] <= KL_MAX
-    assert res.best_values[0] > res.default_values[0] + 0.1
+    # (+0.05: with the memoryless-SDE offline batch and threshold tracking the default itself reaches 2.56,
+    # up from below 2.45, so the room left for the study at this budget is smaller)
+    assert res.best_values[0] > res.default_values[0] + 0.05
     # and it did so by lowering alpha (a stronger tilt), the direction the maths says raises the tail
     assert res.best_params["alpha"] < 1.0
 
