@@ -166,3 +166,27 @@ def test_a_domain_supplies_warm_start_pairs_through_the_reward():
     assert any("value_pairs" in s for s in logs) and any("values only" in s for s in logs)
     assert any(not torch.equal(before[k], v) for k, v in am.value.model.state_dict().items() if k.startswith("net."))
     am.step()  # and the values-only step runs on top of it
+
+
+def test_class_conditional_flows_need_cond_classes_and_then_step():
+    g = circle_gmm()
+
+    class Conditional:  # the GMM flow, with an (ignored) integer class condition
+        state_shape = (2,)
+
+        def velocity(self, x, t, cond=None):
+            return g.velocity(x, t)
+
+        def sample_prior(self, n, generator=None, device=None):
+            return g.sample_prior(n, generator=generator, device=device)
+
+    cs = lambda n, gen: torch.randint(0, 3, (n,), generator=gen)
+    tr = PseudoReward("right", 0.9, 1.5)
+    small = dict(steps=3, batch_size=16, time_steps=8, loss_time_steps=3)
+    am = AdjointMatching(Conditional(), ValuesOnly(linear_reward(W)), tr, 1.0, AMConfig(**small), cond_sampler=cs)
+    with pytest.raises(ValueError, match="cond_classes"):
+        am.step()
+    am = AdjointMatching(Conditional(), ValuesOnly(linear_reward(W)), tr, 1.0,
+                         AMConfig(**small, value=ValueConfig(cond_classes=3)), cond_sampler=cs)
+    st = am.step()
+    assert st.stage2 == "value" and st.value_loss == st.value_loss

@@ -259,11 +259,12 @@ class AdjointMatching:
                       cond=cond, x0=x0, return_trajectory=True).trajectory
 
     def warm_start_value(self, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
-                         steps: Optional[int] = None) -> float:
+                         steps: Optional[int] = None, cond: Optional[torch.Tensor] = None) -> float:
         """Warm-start the value model (``stage2 == "value"``) on ``(x_t, t, r(x_1))`` pairs of the base process.
 
         E.g. noised training data or the offline batch (:func:`tfftmol.core.value.noised_pairs`).
-        ``kind="scalar"`` values them with the current target ``lam g(r)``.  Returns the last loss.
+        ``kind="scalar"`` values them with the current target ``lam g(r)``; ``cond`` are the pairs'
+        conditions for a conditional flow.  Returns the last loss.
         """
         if self.value is None:
             raise ValueError("warm_start_value needs stage2='value' (this trainer uses the reward gradient)")
@@ -271,7 +272,8 @@ class AdjointMatching:
         target = None
         if self.value.config.kind == "scalar":
             target = self.lam * freeze_transform(self.transform, r).value(r).to(x_t.dtype)
-        return self.value.fit_pairs(x_t, t, r.to(x_t.dtype), steps=steps, target=target)
+        cond = cond.to(self.device) if isinstance(cond, torch.Tensor) else cond
+        return self.value.fit_pairs(x_t, t, r.to(x_t.dtype), steps=steps, target=target, cond=cond)
 
     def _sample_controlled(self, n: int):
         """On-policy trajectories with their per-step control costs (for the value path)."""

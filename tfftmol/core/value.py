@@ -97,6 +97,7 @@ class ValueConfig:
         warm_start_steps: steps of :meth:`ValueTrainer.fit_pairs` on data a domain supplies
             (``0`` = no warm start even if pairs are given).
         grad_clip: gradient-norm clip of the value model (``0`` = off).
+        cond_classes: number of integer classes of a class-conditional flow (``0`` = unconditional).
     """
 
     kind: str = "scalar"
@@ -110,6 +111,7 @@ class ValueConfig:
     bin_momentum: float = 0.05
     warm_start_steps: int = 300
     grad_clip: float = 1.0
+    cond_classes: int = 0
 
     def __post_init__(self):
         if self.kind not in ("distribution", "scalar"):
@@ -120,7 +122,7 @@ class ValueConfig:
                 raise ValueError(f"{name}={v!r} must be an integer >= 1")
         if self.bins < 4:
             raise ValueError(f"bins={self.bins} must be >= 4")
-        for name in ("batch", "time_steps", "warm_start_steps"):
+        for name in ("batch", "time_steps", "warm_start_steps", "cond_classes"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}={v!r} must be an integer >= 0")
@@ -181,11 +183,17 @@ def _time_features(t: torch.Tensor, n: int = 8) -> torch.Tensor:
 
 
 class ValueNet(nn.Module):
-    """MLP on ``[flatten(x), time features(t)]`` with ``out`` outputs; SiLU, so ``grad_x`` is smooth."""
+    """MLP on ``[flatten(x), time features(t)]`` with ``out`` outputs; SiLU, so ``grad_x`` is smooth.
 
-    def __init__(self, dim: int, out: int, hidden: int = 128, layers: int = 3):
+    With ``cond_classes > 0`` it also takes an integer class condition ``(B,)`` (a class-conditional
+    flow, e.g. the digits model), embedded in 16 dimensions.
+    """
+
+    def __init__(self, dim: int, out: int, hidden: int = 128, layers: int = 3, cond_classes: int = 0):
         super().__init__()
-        dims = [dim + 17] + [hidden] * layers
+        self.cond_classes = int(cond_classes)
+        self.embed = nn.Embedding(self.cond_classes, 16) if self.cond_classes > 0 else None
+        dims = [dim + 17 + (16 if self.embed is not None else 0)] + [hidden] * layers
         mods: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             mods += [nn.Linear(a, b), nn.SiLU()]
@@ -194,8 +202,17 @@ class ValueNet(nn.Module):
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*mods, last)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([x.flatten(1), _time_features(t.to(x.dtype))], 1))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None) -> torch.Tensor:
+        h = [x.flatten(1), _time_features(t.to(x.dtype))]
+        if self.embed is not None:
+            if not (isinstance(cond, torch.Tensor) and cond.dim() == 1 and not cond.is_floating_point()):
+                raise ValueError(f"value network with cond_classes={self.cond_classes} needs an integer class "
+                                 f"condition of shape (B,), got {type(cond).__name__}")
+            if int(cond.min()) < 0 or int(cond.max()) >= self.cond_classes:
+                raise ValueError(f"class condition out of range [0, {self.cond_classes}): "
+                                 f"{int(cond.min())}..{int(cond.max())}; raise value.cond_classes")
+            h.append(self.embed(cond.long()).to(x.dtype))
+        return self.net(torch.cat(h, 1))
 
 
 class ValueModel(nn.Module):
@@ -214,7 +231,7 @@ class ValueModel(nn.Module):
         self.state_shape = tuple(state_shape)
         d = int(torch.Size(self.state_shape).numel())
         out = c.bins + 1 if c.kind == "distribution" else 1
-        self.net = net if net is not None else ValueNet(d, out, c.hidden, c.layers)
+        self.net = net if net is not None else ValueNet(d, out, c.hidden, c.layers, c.cond_classes)
         # reward bins: interior edges (bins - 1,), representative value of each bin (bins,);
         # set from the first rewards seen (``init_bins``)
         self.register_buffer("edges", torch.zeros(c.bins - 1))
@@ -276,11 +293,12 @@ class ValueModel(nn.Module):
     # -- values ----------------------------------------------------------------------
     def outputs(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None) -> torch.Tensor:
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        if cond is None:
+        if cond is None and not (isinstance(self.net, ValueNet) and self.net.embed is not None):
             return self.net(x, t)
-        if isinstance(self.net, ValueNet):
-            raise NotImplementedError("the default value network takes no condition; pass net=<a module taking "
-                                      "(x, t, cond)> for a conditional flow")
+        if isinstance(self.net, ValueNet) and self.net.embed is None:
+            raise ValueError("the flow is conditional but the value network takes no condition: set "
+                             "am.value.cond_classes to the number of integer classes, or pass net=<a module "
+                             "taking (x, t, cond)>")
         return self.net(x, t, cond)
 
     def value(self, x: torch.Tensor, t: torch.Tensor, g_bins: Optional[torch.Tensor] = None,
@@ -439,11 +457,13 @@ class ValueTrainer:
 
     # -- public API -----------------------------------------------------------------------
     def fit_pairs(self, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor, steps: Optional[int] = None,
-                  batch_size: int = 1024, target: Optional[torch.Tensor] = None) -> float:
+                  batch_size: int = 1024, target: Optional[torch.Tensor] = None,
+                  cond: Optional[torch.Tensor] = None) -> float:
         """Warm start on ``(x_t, t, r(x_1))`` pairs under the *base* process (control cost zero).
 
         ``kind="distribution"`` learns ``p(r | x_t, t)`` (no threshold needed); ``kind="scalar"``
-        needs the value ``target = lam g(r)`` per pair.
+        needs the value ``target = lam g(r)`` per pair.  ``cond``: the pairs' conditions, for a
+        conditional flow.
         """
         if self.config.kind == "scalar" and target is None:
             raise ValueError("kind='scalar' needs target = lam * g(r) for its warm start; use kind='distribution' "
@@ -454,7 +474,7 @@ class ValueTrainer:
         self._prepare(r, target if target is not None else r)
         loss = float("nan")
         for _ in range(steps):
-            loss = self._fit(x_t, t.to(x_t.dtype), r, zeros, target, 1, batch_size)
+            loss = self._fit(x_t, t.to(x_t.dtype), r, zeros, target, 1, batch_size, cond)
         self.updates = max(self.updates, 1)
         return loss
 
@@ -539,14 +559,22 @@ def start_value_stage(trainer: Any, x_off: Optional[torch.Tensor], r_off: Option
         return 0.0
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed + 7)
+    cond = None
     if callable(pairs_fn):
-        x_t, t, r = pairs_fn(256 * vc.warm_start_steps, gen)   # each pair seen ~4 times at batch 1024
+        pairs = pairs_fn(256 * vc.warm_start_steps, gen)   # each pair seen ~4 times at batch 1024
+        x_t, t, r = pairs[:3]
+        cond = pairs[3] if len(pairs) > 3 else None
         where = "pairs the reward supplies (value_pairs)"
+    elif getattr(trainer, "cond_sampler", None) is not None:
+        log("value model: no warm start (the offline batch keeps no conditions of a conditional flow; "
+            "a reward can supply (x_t, t, r, cond) through value_pairs)")
+        return 0.0
     else:
         x_t, t, r = noised_pairs(x_off, r_off, 4, trainer.config.time_steps, gen)
         where = "noised offline samples"
     ok = torch.isfinite(r)
     x_t, t, r = x_t[ok].float(), t[ok].float(), r[ok].float()
-    loss = trainer.warm_start_value(x_t, t, r)
+    cond = cond[ok] if isinstance(cond, torch.Tensor) else cond
+    loss = trainer.warm_start_value(x_t, t, r, cond=cond)
     log(f"value model warm-started on {len(r)} {where} ({vc.warm_start_steps} steps, loss {loss:.4g})")
     return time.perf_counter() - t0
