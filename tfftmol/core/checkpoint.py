@@ -118,6 +118,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _manifest_digest(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of a checkpoint manifest's canonical JSON (every field but this digest itself)."""
+    body = {k: v for k, v in meta.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def save_checkpoint(directory: str | Path, state: Mapping[str, Any]) -> None:
     """Atomically save a nested state (modules' and optimizers' state dicts, counters, RNG).
 
@@ -135,8 +141,9 @@ def save_checkpoint(directory: str | Path, state: Mapping[str, Any]) -> None:
     name = f"state-{digest[:16]}.safetensors"
     os.replace(tmp, directory / name)
     size = os.stat(directory / name).st_size
-    atomic_write_text(directory / "state.json", json.dumps({"rest": rest, "tensors": name, "size": size,
-                                                            "sha256": digest}))
+    meta = {"rest": rest, "tensors": name, "size": size, "sha256": digest}
+    meta["manifest_sha256"] = _manifest_digest(meta)
+    atomic_write_text(directory / "state.json", json.dumps(meta))
     for old in directory.glob("state*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -160,11 +167,20 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         return None
     try:
         meta = json.loads(js.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
         name = meta.get("tensors", "state.safetensors")
-        st = directory / name
-    except (ValueError, AttributeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint in {directory}: state.json is not valid JSON ({e}); "
                               "delete the directory to start over") from None
+    if "manifest_sha256" in meta and meta["manifest_sha256"] != _manifest_digest(meta):
+        raise CheckpointError(f"checkpoint in {directory}: state.json does not match its recorded SHA-256 "
+                              "(edited or corrupted); delete the directory to start over")
+    if not (isinstance(name, str) and name and Path(name).name == name and name.endswith(".safetensors")) \
+            or "rest" not in meta:
+        raise CheckpointError(f"checkpoint in {directory}: state.json is not a checkpoint manifest "
+                              f"(tensors={name!r}, keys {sorted(map(str, meta))}); delete the directory to start over")
+    st = directory / name
     if not st.exists():
         raise CheckpointError(f"checkpoint in {directory}: {name} named by state.json is missing")
     size = os.stat(st).st_size
@@ -178,4 +194,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         tensors = load_tensors(st, device=device)
     except Exception as e:  # safetensors rejects a malformed header
         raise CheckpointError(f"checkpoint in {directory}: {name} cannot be read ({e})") from None
-    return unflatten_state(tensors, meta["rest"])
+    try:
+        return unflatten_state(tensors, meta["rest"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint in {directory}: state.json does not match its tensors "
+                              f"({type(e).__name__}: {e}); delete the directory to start over") from None

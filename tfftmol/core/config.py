@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -55,6 +56,12 @@ def _resolve_optional(tp):
     return tp
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict:
+    """``typing.get_type_hints`` of a dataclass, once per class (it compiles every string annotation)."""
+    return typing.get_type_hints(cls)
+
+
 def from_dict(cls: Type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, recursing into nested dataclasses.
 
@@ -68,7 +75,7 @@ def from_dict(cls: Type[T], data: Mapping[str, Any] | None, path: str = "") -> T
         return data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted((k for k in data if not isinstance(k, str) or k not in fields), key=str)
     if unknown:
