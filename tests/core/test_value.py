@@ -20,6 +20,7 @@ the test time).  About 45 s on one thread.
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,3 +191,29 @@ def test_class_conditional_flows_need_cond_classes_and_then_step():
                          AMConfig(**small, value=ValueConfig(cond_classes=3)), cond_sampler=cs)
     st = am.step()
     assert st.stage2 == "value" and st.value_loss == st.value_loss
+
+
+def test_a_reward_with_no_useful_gradient_moves_its_tail_on_the_value_path():
+    """r = floor(4 x_1) / 4: its gradient is zero almost everywhere, so the gradient path cannot move.
+
+    Measured at the fast budget (seed 0): eta* 2.336; right-CVaR_0.9 2.072 before, 2.072 after the
+    gradient path (KL 0.000), 2.736 after the value path (KL 0.36); the exact target, by importance
+    weights on 400k draws of p_pre, 2.946: the value path realises 76% of the gain.
+    """
+    from tfftmol.core.reward import DifferentiableReward
+
+    fn = lambda x: torch.floor(4 * x[:, 0]) / 4
+    g = circle_gmm()
+    rw = ValuesOnly(DifferentiableReward(fn, "stair"))
+    cfg = TFFTConfig(tail="right", beta=0.9, alpha=1.0, offline_samples=20000, bootstrap=0, am=AMConfig(**FAST_AM))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TfftWarning)
+        res = run_tfft(g, rw, cfg, progress=False, log=lambda s: None)
+    x = sample_sde(res.model, 10000, 50, generator=torch.Generator().manual_seed(1))
+    x0 = sample_sde(g, 10000, 50, generator=torch.Generator().manual_seed(1))
+    xd = g.sample_data(400000, torch.Generator().manual_seed(2))
+    rd = fn(xd).double().numpy()
+    lw = PseudoReward("right", 0.9, res.threshold.eta).value(rd)
+    target = cvar(rd, 0.9, "right", weights=np.exp(lw - lw.max()))
+    pre, ft = cvar(fn(x0).numpy(), 0.9, "right"), cvar(fn(x).numpy(), 0.9, "right")
+    assert (ft - pre) / (target - pre) > 0.5
