@@ -427,3 +427,79 @@ def test_a_module_beside_the_config_or_named_by_path_is_imported(tmp_path, monke
         with config_search_dirs(*cfg.source_dirs):
             assert build_reward(dict(cfg.options.reward))(["CCO"]).values[0] == want
     sys.modules.pop("beside_i16", None)
+
+
+# -- item 4 end to end: a tiny molecular run --------------------------------------------------------
+
+def _fails_always(mol):
+    raise RuntimeError("this reward is broken")
+
+
+def _fails_sometimes(mol):
+    from rdkit import Chem
+    import zlib
+
+    if zlib.crc32(Chem.MolToSmiles(mol).encode()) % 4 == 0:
+        raise KeyError("unlucky molecule")
+    return float(mol.GetNumAtoms()) / 9.0
+
+
+@pytest.fixture(scope="module")
+def tiny_qm9(tmp_path_factory) -> str:
+    from tfftmol.chem.model import GraphTransformerConfig
+    from tfftmol.chem.qm9_model import QM9GraphFlow, save_qm9_graph
+
+    torch.manual_seed(0)
+    model = QM9GraphFlow(GraphTransformerConfig(d_node=16, d_edge=8, n_layers=1, n_heads=2, ff_mult=1,
+                                                edge_ff_mult=1))
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_qm9_graph(model, path)
+    return str(path)
+
+
+def _tiny_mol_cfg(model, out, fn, frac):
+    return {
+        "task": "molecule", "name": "fails", "out_dir": str(out), "seed": 0, "threads": 1, "checkpoint_every": 100,
+        "eval": {"samples": 48, "steps": 5, "kl_samples": 0},
+        "tfft": {"method": "tfft", "beta": 0.9, "alpha": 1.0, "offline_samples": 64, "offline_steps": 5,
+                 "offline_sampler": "ode", "bootstrap": 0, "refine_samples": 32,
+                 "am": {"steps": 4, "batch_size": 16, "time_steps": 6, "loss_time_steps": 3, "terminal_time": 0.5}},
+        "options": {"model": model, "reward": {"name": "callable", "fn": f"{__name__}:{fn}", "range": [0, 1]},
+                    "surrogate": {"hidden": 16, "layers": 1, "heads": 2, "epochs": 2, "refit_epochs": 1,
+                                  "batch_size": 32},
+                    "refit_every": 0, "max_reward_failure_fraction": frac},
+    }
+
+
+def test_a_run_whose_reward_always_fails_stops_naming_the_reward(tiny_qm9, tmp_path):
+    """Finding 4b end to end: the error names reward_error and the fraction, not the model."""
+    from tfftmol.core.reward import RewardFailureError
+    from tfftmol.pipeline import run
+
+    logs: list[str] = []
+    with pytest.raises(RewardFailureError, match=r"reward_error=\d+ .*this reward is broken"):
+        run(_tiny_mol_cfg(tiny_qm9, tmp_path, "_fails_always", 0.0), progress=False, log=logs.append)
+    assert any("Traceback" in s and "this reward is broken" in s for s in logs)
+
+
+def test_a_run_with_rare_reward_failures_reports_them(tiny_qm9, tmp_path, monkeypatch):
+    """Finding 4a end to end: failures are in the log, report.md, reward_failures.csv and metrics.csv."""
+    import pandas as pd
+
+    import tfftmol.chem.task as ct
+    from tfftmol.pipeline import run
+
+    monkeypatch.setattr(ct, "_reference_smiles", lambda latent=False: set())
+    logs: list[str] = []
+    res = run(_tiny_mol_cfg(tiny_qm9, tmp_path, "_fails_sometimes", 1.0), progress=False, log=logs.append)
+    failures = res.reward.failure_summary() if hasattr(res, "reward") else None
+    d = res.run_dir
+    m = pd.read_csv(d / "metrics.csv")
+    assert {"invalid_reward_error", "invalid_reward_nan"} <= set(m.columns)
+    text = (d / "report.md").read_text()
+    assert "## Reward failures" in text
+    rf = pd.read_csv(d / "reward_failures.csv")
+    assert int(rf["scored"].iloc[0]) >= 64 + 4 * 16
+    assert int(rf["reward_error"].iloc[0]) > 0                # some valid molecules hit the failing branch
+    assert "unlucky molecule" in text and sum("reward_error" in s and "Traceback" in s for s in logs) == 1
+    assert failures is None or failures["scored"] == int(rf["scored"].iloc[0])
