@@ -33,6 +33,11 @@ def scratch_dir(prefix: str) -> str:
     import os
     import tempfile
 
+    import atexit
+    import shutil
+
     shm = "/dev/shm"
     base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    return tempfile.mkdtemp(prefix=prefix, dir=base)
+    d = tempfile.mkdtemp(prefix=prefix, dir=base)
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d

@@ -90,7 +90,7 @@ def check_random_config(p):
 
 
 test_a_random_config_loads_or_is_a_config_error, test_a_random_config_loads_or_is_a_config_error_many = \
-    cases(check_random_config, 1500, patches)
+    cases(check_random_config, 1200, patches)
 
 
 yaml_text = st.one_of(
@@ -121,4 +121,4 @@ def check_random_yaml(text):
 
 
 test_a_random_yaml_file_loads_or_is_a_config_error, test_a_random_yaml_file_loads_or_is_a_config_error_many = \
-    cases(check_random_yaml, 800, yaml_text)
+    cases(check_random_yaml, 700, yaml_text)
