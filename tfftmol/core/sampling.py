@@ -75,6 +75,8 @@ class Samples:
         trajectory: the full path (only with ``return_trajectory=True``).
         control_cost: ``(n,)`` per-sample ``sum_k 0.5 |u_k|^2 h`` (SDE with ``base``), else ``None``.
         log_weights: ``(n,)`` float64 Girsanov log-weights toward ``base`` (SDE with ``base``), else ``None``.
+        step_costs: ``(N - 1, n)``: ``0.5 |u_k|^2 h`` of each step (``record_steps=True``), else ``None``.
+        step_noise: ``(N - 1, n)``: ``u_k · dW_k`` of each step (``record_steps=True``), else ``None``.
     """
 
     x: torch.Tensor
@@ -82,6 +84,8 @@ class Samples:
     trajectory: Optional[Trajectory] = None
     control_cost: Optional[torch.Tensor] = None
     log_weights: Optional[torch.Tensor] = None
+    step_costs: Optional[torch.Tensor] = None
+    step_noise: Optional[torch.Tensor] = None
 
     @property
     def kl(self) -> float:
@@ -114,10 +118,12 @@ def _cat_cond(conds: list) -> Any:
 
 
 @torch.no_grad()
-def _integrate(model, x, method: str, steps: int, cond, generator, base=None, return_trajectory=False):
-    """Integrate one batch from its start state; returns ``(x1, trajectory, cost, logw)``."""
+def _integrate(model, x, method: str, steps: int, cond, generator, base=None, return_trajectory=False,
+               record_steps=False):
+    """Integrate one batch from its start state; returns ``(x1, trajectory, cost, logw, step_costs, step_noise)``."""
     xs = [x] if return_trajectory else None
     cost = logw = None
+    costs, noises = ([], []) if record_steps else (None, None)
     if method in ("euler", "heun"):
         ts = time_grid(steps, device=x.device, dtype=x.dtype)
         h = 1.0 / steps
@@ -133,24 +139,38 @@ def _integrate(model, x, method: str, steps: int, cond, generator, base=None, re
     else:
         ts = sde_grid(steps, device=x.device, dtype=x.dtype)  # t_1 .. t_N
         h = 1.0 / steps
+        # a residual correction over this very base (v = v_base + r): evaluate the base once per step
+        residual = getattr(model, "residual", None) if base is not None and getattr(model, "base", None) is base \
+            else None
         if base is not None:
             cost = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
             logw = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         for k in range(steps - 1):
             t = ts[k]
-            v = velocity_of(model, x, t, cond)
+            if residual is not None:
+                vb = velocity_of(base, x, t, cond)
+                v = vb + residual(x, expand_time(t, x.shape[0]), cond)
+            else:
+                v = velocity_of(model, x, t, cond)
+                vb = velocity_of(base, x, t, cond) if base is not None else None
             eps = torch.randn(x.shape, generator=generator, dtype=x.dtype,
                               device=generator.device if generator is not None else x.device).to(x.device)
             if base is not None:
-                u = control(v, velocity_of(base, x, t, cond), t)
+                u = control(v, vb, t)
                 half_u2 = 0.5 * (u ** 2).flatten(1).sum(1) * h
+                u_dw = (u * eps).flatten(1).sum(1) * h ** 0.5
                 cost += half_u2.double()
-                logw -= ((u * eps).flatten(1).sum(1) * h ** 0.5 + half_u2).double()
+                logw -= (u_dw + half_u2).double()
+                if record_steps:
+                    costs.append(half_u2)
+                    noises.append(u_dw)
             x = em_step(x, v, t, h, eps)
             if return_trajectory:
                 xs.append(x)
     traj = Trajectory(torch.stack(xs), ts, cond) if return_trajectory else None
-    return x, traj, cost, logw
+    sc = torch.stack(costs) if record_steps and costs else None
+    sn = torch.stack(noises) if record_steps and noises else None
+    return x, traj, cost, logw, sc, sn
 
 
 @torch.no_grad()
@@ -159,7 +179,8 @@ def sample(model: FlowModel, n: int, *, method: str = "sde", steps: int = 50,
            cond_sampler: Optional[Callable[[int, torch.Generator], Any]] = None,
            x0: Optional[torch.Tensor] = None, batch_size: Optional[int] = None,
            base: Optional[FlowModel] = None, return_trajectory: bool = False,
-           prior: Optional[FlowModel] = None, progress: bool = False, desc: str = "sampling") -> Samples:
+           prior: Optional[FlowModel] = None, progress: bool = False, desc: str = "sampling",
+           record_steps: bool = False) -> Samples:
     """Draw ``n`` samples of ``model`` (the one sampling loop of the package).
 
     Args:
@@ -178,6 +199,7 @@ def sample(model: FlowModel, n: int, *, method: str = "sde", steps: int = 50,
         base: for the SDE, the base model the control cost and Girsanov weights refer to.
         return_trajectory: keep every state (one batch only).
         prior: the model whose ``sample_prior`` draws ``x_0`` (default ``model``).
+        record_steps: with ``base``, also return each step's control cost and ``u · dW`` (one batch only).
 
     Returns:
         :class:`Samples`.
@@ -195,7 +217,9 @@ def sample(model: FlowModel, n: int, *, method: str = "sde", steps: int = 50,
     bs = n if batch_size is None else int(batch_size)
     if bs < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
-    one_batch = x0 is not None or cond is not None or return_trajectory
+    if record_steps and base is None:
+        raise ValueError("record_steps needs base=<the base model> (the control is measured against it)")
+    one_batch = x0 is not None or cond is not None or return_trajectory or record_steps
     if one_batch:
         bs = n
     # without a generator, draw its seed from the global RNG (so torch.manual_seed still governs it)
@@ -216,11 +240,13 @@ def sample(model: FlowModel, n: int, *, method: str = "sde", steps: int = 50,
                 raise ValueError(f"x0 has {x.shape[0]} rows, expected n={n}")
         else:
             x = prior.sample_prior(m, generator=gen, device="cpu").to(dev)
-        x1, traj, cost, lw = _integrate(model, x, method, steps, c, gen, base, return_trajectory)
+        x1, traj, cost, lw, sc, sn = _integrate(model, x, method, steps, c, gen, base, return_trajectory,
+                                                record_steps)
         out_x.append(x1)
         out_c.append(c)
         if cost is not None:
             out_cost.append(cost)
             out_lw.append(lw)
     return Samples(torch.cat(out_x), _cat_cond(out_c), traj,
-                   torch.cat(out_cost) if out_cost else None, torch.cat(out_lw) if out_lw else None)
+                   torch.cat(out_cost) if out_cost else None, torch.cat(out_lw) if out_lw else None,
+                   sc if record_steps else None, sn if record_steps else None)

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from .reward import reward_has_grad, reward_hook
-from .sampling import Trajectory
+from .sampling import Trajectory, sample
 from .sde import sigma_memoryless
 
 __all__ = ["ValueConfig", "ValueNet", "ValueModel", "ValueTrainer", "ControlledTrajectory", "sample_controlled",
@@ -344,34 +344,14 @@ class ControlledTrajectory:
 @torch.no_grad()
 def sample_controlled(model, base, n: int, steps: int, generator: Optional[torch.Generator] = None,
                       cond: Optional[Any] = None, x_start: Optional[torch.Tensor] = None) -> ControlledTrajectory:
-    """Euler–Maruyama on the fine-tuned model's memoryless SDE, recording ``u_k`` costs and ``u_k . dW_k``.
+    """On-policy trajectories of the fine-tuned model with each step's ``0.5 |u_k|^2 h`` and ``u_k . dW_k``.
 
-    The same grid and steps as :func:`tfftmol.core.samplers.sample_sde` (start at ``t_1 = h`` from
-    ``X ~ N(0, I)``; ``x' = x + h (2 v - x / t) + sqrt(h) sigma eps``); the base velocity is
-    evaluated too, for ``u = 2 (v - v_base) / sigma``.
+    The one sampling loop (:func:`tfftmol.core.sampling.sample` with ``base`` and
+    ``record_steps``): the memoryless SDE from ``t_1 = h``, ``u = 2 (v - v_base) / sigma``.
     """
-    x = model.sample_prior(n, generator=generator) if x_start is None else x_start.clone()
-    ts = torch.arange(1, steps + 1, dtype=x.dtype, device=x.device) / steps
-    h = 1.0 / steps
-    residual = getattr(model, "residual", None) if getattr(model, "base", None) is base else None
-    xs, costs, noises = [x], [], []
-    for k in range(steps - 1):
-        t = ts[k]
-        tb = t.expand(x.shape[0])
-        vb = base.velocity(x, tb, cond)
-        if residual is not None:                  # v = v_base + correction: the base is evaluated once
-            v = vb + residual(x, tb, cond)
-        else:
-            v = model.velocity(x, tb, cond)
-        sig = sigma_memoryless(t)
-        u = (2.0 * (v - vb) / sig).flatten(1)
-        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype,
-                          device=generator.device if generator is not None else x.device).to(x.device)
-        costs.append(0.5 * (u ** 2).sum(1) * h)
-        noises.append((u * eps.flatten(1)).sum(1) * h ** 0.5)
-        x = x + h * (2.0 * v - x / t) + h ** 0.5 * sig * eps
-        xs.append(x)
-    return ControlledTrajectory(Trajectory(torch.stack(xs), ts, cond), torch.stack(costs), torch.stack(noises))
+    out = sample(model, n, method="sde", steps=steps, generator=generator, cond=cond, x0=x_start, base=base,
+                 return_trajectory=True, record_steps=True, prior=base)
+    return ControlledTrajectory(out.trajectory, out.step_costs, out.step_noise)
 
 
 # -- data for the warm start ----------------------------------------------------------------
