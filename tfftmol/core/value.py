@@ -532,7 +532,9 @@ def start_value_stage(trainer: Any, x_off: Optional[torch.Tensor], r_off: Option
     """
     import time
     if getattr(trainer, "value", None) is None:
-        log("stage 2: reward gradient (lean adjoint, exact Adjoint Matching)")
+        tc = float(getattr(getattr(trainer, "config", None), "terminal_time", 1.0))
+        log("stage 2: reward gradient (lean adjoint, exact Adjoint Matching)" if tc >= 1.0 else
+            f"stage 2: reward gradient (lean adjoint started at t = {tc:g} from the denoised state)")
         return 0.0
     vc = trainer.value.config
     log(f"stage 2: values only (learned value model, kind={vc.kind}; the reward gradient is not used)")
