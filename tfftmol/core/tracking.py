@@ -343,6 +343,11 @@ class TrustReport:
     message: str
 
 
+def _factor(s: float) -> str:
+    """``exp(s)`` for a message, without overflowing for a huge ``s``."""
+    return f"{math.exp(s):.3g}" if s < 700 else f"exp({s:.3g})"
+
+
 def threshold_trust(rewards: Any, beta: float, alpha: float, tail: str = "right", bootstrap: int = 100,
                     seed: int = 0, tolerance: float = math.log(1.3), ci_level: float = 0.95,
                     max_doublings: int = 8, warn: bool = True, interval: Optional[tuple] = None) -> TrustReport:
@@ -384,12 +389,12 @@ def threshold_trust(rewards: Any, beta: float, alpha: float, tail: str = "right"
                 break
     if trusted:
         msg = (f"stage 1: the {100 * ci_level:g}% bootstrap half-width of eta* ({hw:.3g}) moves the tilted tail mass "
-               f"by at most a factor {math.exp(sens):.2f} at alpha={alpha:g}: trustworthy")
+               f"by at most a factor {_factor(sens)} at alpha={alpha:g}: trustworthy")
     else:
         where = (f"it becomes trustworthy from alpha={a_ok:g}" if a_ok is not None else
                  f"it is not trustworthy up to alpha={alpha * 2 ** max_doublings:g}")
         msg = (f"stage 1: the {100 * ci_level:g}% bootstrap interval of eta* is too wide at alpha={alpha:g}: "
-               f"its half-width {hw:.3g} multiplies the tilted tail mass by up to {math.exp(sens):.3g} "
+               f"its half-width {hw:.3g} multiplies the tilted tail mass by up to {_factor(sens)} "
                f"(exp(half-width / (alpha {'(1 - beta)' if tail == 'right' else 'beta'})), tolerance "
                f"{math.exp(tolerance):.2f}); {where}. Stage 2 tracks the threshold on-policy; "
                f"draw more offline samples or raise alpha to trust stage 1 alone")
