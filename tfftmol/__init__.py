@@ -5,8 +5,9 @@ moves: right-CVaR (discovery: the best ``1-beta`` of samples) or left-CVaR
 (reliability: the worst ``beta``).  Importing ``tfftmol`` loads only the
 domain-free core; chemistry (RDKit) is imported by ``tfftmol.chem`` on demand.
 """
-from .core import (AMConfig, DifferentiableReward, FlowModel, PseudoReward, TFFTConfig, TFFTResult,
-                   ThresholdResult, TfftWarning, cvar, run_tfft, sample_ode, sample_sde, solve_threshold, var)
+from .core import (AMConfig, DifferentiableReward, FlowModel, FlowModelError, PseudoReward, TFFTConfig, TFFTResult,
+                   ThresholdResult, TfftWarning, VelocityModule, check_flow_model, cvar, estimate_kl, run_tfft, sample,
+                   sample_ode, sample_sde, solve_threshold, var)
 from .pretrained import available_models, load_pretrained, model_card
 
 
@@ -31,5 +32,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AMConfig", "DifferentiableReward", "FlowModel", "PseudoReward", "TFFTConfig", "TFFTResult",
     "ThresholdResult", "TfftWarning", "cvar", "run_tfft", "sample_ode", "sample_sde", "solve_threshold", "var",
+    "FlowModelError", "VelocityModule", "check_flow_model", "estimate_kl", "sample",
     "available_models", "load_pretrained", "model_card", "run", "finetune", "__version__",
 ]

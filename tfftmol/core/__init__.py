@@ -11,7 +11,8 @@ One concern per module:
 * :mod:`~tfftmol.core.estimators`: KL estimate and Girsanov importance weights;
 * :mod:`~tfftmol.core.offline`, :mod:`~tfftmol.core.continuation`: the offline batch, stage planning, refinement;
 * :mod:`~tfftmol.core.settings`: AMConfig, TFFTConfig;
-* :mod:`~tfftmol.core.tfft`: ``run_tfft``, the loop.
+* :mod:`~tfftmol.core.tfft`: ``run_tfft``, the loop;
+* :mod:`~tfftmol.core.validate`: ``check_flow_model``, the flow-model interface checked at the door.
 """
 from .adjoint import AdjointMatching, IdentityTransform, ResidualFlow, lean_adjoint
 from .config import ConfigError, from_dict, load_yaml, to_dict
@@ -26,6 +27,7 @@ from .sde import sigma_memoryless
 from .settings import AMConfig, TFFTConfig
 from .threshold import ThresholdResult, TfftWarning, objective, solve_eta, solve_threshold
 from .tfft import Stage, TFFTResult, offline_batch, plan_stages, run_tfft
+from .validate import FlowInterfaceError, FlowModelError, check_flow_model, model_dtype
 
 __all__ = [
     "AMConfig", "AdjointMatching", "IdentityTransform", "ResidualFlow", "estimate_kl", "lean_adjoint",
@@ -38,4 +40,5 @@ __all__ = [
     "Samples", "Trajectory", "sample", "sample_ode", "sample_sde", "sigma_memoryless",
     "ThresholdResult", "TfftWarning", "objective", "solve_eta", "solve_threshold",
     "Stage", "TFFTConfig", "TFFTResult", "offline_batch", "plan_stages", "run_tfft",
+    "FlowInterfaceError", "FlowModelError", "check_flow_model", "model_dtype",
 ]

@@ -41,6 +41,7 @@ from .reward import TerminalReward, reward_hook
 from .sampling import Trajectory, sample, velocity_of
 from .sde import adjoint_step, control, sigma_memoryless
 from .settings import AMConfig
+from .validate import model_dtype
 from .value import ValueTrainer, freeze_transform, noised_pairs, reward_has_grad, sample_controlled
 
 __all__ = ["AMConfig", "AdjointMatching", "ResidualFlow", "lean_adjoint", "StepStats", "estimate_kl", "sample_importance",
@@ -177,7 +178,8 @@ class AdjointMatching:
         else:
             with torch.random.fork_rng(devices=[]):  # a seeded initialisation: same config, same numbers
                 torch.manual_seed(c.seed)
-                self.model = ResidualFlow(base, c.hidden, c.layers).to(self.device)
+                # in the base's dtype: a float64 base (e.g. GaussianMixtureFlow(dtype=float64)) trains in float64
+                self.model = ResidualFlow(base, c.hidden, c.layers).to(self.device, dtype=model_dtype(base))
         if isinstance(base, nn.Module):
             for p in base.parameters():
                 p.requires_grad_(False)

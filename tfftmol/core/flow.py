@@ -66,10 +66,12 @@ class VelocityModule(nn.Module):
 
     def sample_prior(self, n: int, generator: Optional[torch.Generator] = None,
                      device: Optional[torch.device | str] = None) -> torch.Tensor:
+        p = next((q for q in self.parameters() if q.is_floating_point()), None)
         if device is None:
-            p = next(self.parameters(), None)
             device = p.device if p is not None else "cpu"
-        return gaussian_prior(n, self.state_shape, generator=generator, device=device)
+        # in the parameters' dtype: a float64 flow (``model.double()``) samples in float64
+        return gaussian_prior(n, self.state_shape, generator=generator, device=device,
+                              dtype=p.dtype if p is not None else torch.float32)
 
 
 TIME_FEATURES = 17  # width of time_features(t) at its default n = 8

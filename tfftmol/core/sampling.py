@@ -173,6 +173,23 @@ def _integrate(model, x, method: str, steps: int, cond, generator, base=None, re
     return x, traj, cost, logw, sc, sn
 
 
+def _check_at_door(model, dev, cond, cond_sampler, needs_prior: bool) -> None:
+    """The interface check of :mod:`tfftmol.core.validate`, once per model object (plain callables are skipped)."""
+    from .validate import check_flow_model
+
+    if not needs_prior and not (hasattr(model, "velocity") and hasattr(model, "sample_prior")):
+        return  # a plain callable f(x, t) with an explicit prior or start states
+    probe = None
+    if cond is not None:
+        if isinstance(cond, torch.Tensor) and cond.dim() >= 1 and cond.shape[0] >= 1:
+            probe = cond[[0, 0]]
+        elif isinstance(cond, (list, tuple)) and len(cond) >= 1:
+            probe = [cond[0], cond[0]]
+        else:
+            return  # a condition of a form the probe cannot cut to two samples
+    check_flow_model(model, dev, cond=probe, cond_sampler=None if probe is not None else cond_sampler)
+
+
 @torch.no_grad()
 def sample(model: FlowModel, n: int, *, method: str = "sde", steps: int = 50,
            generator: Optional[torch.Generator] = None, device=None, cond: Optional[Any] = None,
@@ -225,6 +242,9 @@ def sample(model: FlowModel, n: int, *, method: str = "sde", steps: int = 50,
     # without a generator, draw its seed from the global RNG (so torch.manual_seed still governs it)
     gen = generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,))))
     dev = torch.device(device) if device is not None else (x0.device if x0 is not None else model_device(model))
+    _check_at_door(model, dev, cond, cond_sampler, needs_prior=x0 is None and prior is None)
+    if base is not None:
+        _check_at_door(base, dev, cond, cond_sampler, needs_prior=False)
     prior = prior or model
     out_x, out_c, out_cost, out_lw, traj = [], [], [], [], None
     it = range(0, n, bs)

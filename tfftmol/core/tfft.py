@@ -48,6 +48,7 @@ from .reward import TerminalReward, reward_cache_key, reward_hook
 from .settings import AMConfig, TFFTConfig
 from .threshold import ThresholdResult
 from .tracking import ThresholdGuardError, ThresholdTracker, TrackingConfig, threshold_trust
+from .validate import check_flow_model
 from .value import start_value_stage
 
 __all__ = ["TFFTConfig", "TFFTResult", "Stage", "run_tfft", "offline_batch", "plan_stages", "model_fingerprint",
@@ -118,6 +119,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     Returns:
         :class:`TFFTResult`.
     """
+    check_flow_model(base, device, cond_sampler=cond_sampler)  # the interface, on a probe batch, before any sampling
     cfg = config
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

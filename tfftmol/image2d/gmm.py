@@ -62,10 +62,17 @@ class GaussianMixtureFlow:
                               dtype=self.means.dtype)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        """Exact marginal velocity. ``x``: ``(B, d)``; ``t``: ``(B,)`` or scalar in [0, 1]."""
+        """Exact marginal velocity, ``(B, d)``. ``x``: ``(B, d)``; ``t``: scalar, ``(B,)`` or ``(B, 1)`` in [0, 1]."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"GaussianMixtureFlow.velocity: x has shape {tuple(x.shape)}; expected (B, {self.dim})")
         if t.dim() == 0:
             t = t.expand(x.shape[0])
+        elif t.shape in ((x.shape[0], 1), (1,)):                 # (B, 1) column or a one-element time
+            t = t.reshape(-1).expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"GaussianMixtureFlow.velocity: t has shape {tuple(t.shape)} for x of shape "
+                             f"{tuple(x.shape)}; expected a scalar, ({x.shape[0]},) or ({x.shape[0]}, 1)")
         t = t[:, None]                                            # (B, 1)
         mu, s2 = self.means.to(x), (self.stds.to(x) ** 2)[None]   # (K, d), (1, K)
         c = t ** 2 * s2 + (1 - t) ** 2                            # (B, K)

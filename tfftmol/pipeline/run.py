@@ -33,6 +33,7 @@ from ..core.offline import model_fingerprint
 from ..core.reward import reward_hook
 from ..core.sampling import sample
 from ..core.tfft import TFFTResult, run_tfft
+from ..core.validate import check_flow_model
 from .config import RunConfig, load_run_config
 from .metrics import metrics_table, own_tail_column, realisation_ratio
 from .registry import get_task
@@ -158,6 +159,7 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
     device = torch.device(cfg.device)
     with RunDir(cfg, resume=resume, overwrite=overwrite) as rd:
         base = task.load_base(cfg, device)
+        check_flow_model(base, device, cond_sampler=task.cond_sampler(cfg, base))  # before any compute
         fp = model_fingerprint(base)
         resuming = rd.prepare(fp)
         reward = task.build_reward(cfg, base, device, log)

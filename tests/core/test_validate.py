@@ -1,0 +1,247 @@
+"""Bring your own flow (issue 21): the interface is checked at the door, float64 flows fine-tune, public pieces."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import tfftmol
+from tfftmol.core.flow import VelocityModule
+from tfftmol.core.sampling import sample
+from tfftmol.core.validate import FlowInterfaceError, FlowModelError, check_flow_model, model_dtype
+from tfftmol.toy2d import GaussianMixtureFlow, circle_gmm
+
+TINY_AM = dict(steps=3, batch_size=16, time_steps=8, loss_time_steps=3)
+
+
+def _cfg(**kw) -> tfftmol.TFFTConfig:
+    return tfftmol.TFFTConfig(tail="right", beta=0.9, alpha=2.0, offline_samples=300, offline_steps=8, bootstrap=0,
+                              am=tfftmol.AMConfig(**TINY_AM), **kw)
+
+
+class CountingReward(tfftmol.DifferentiableReward):
+    """``r = x_0``, counting its calls (a bad model must be refused before the reward is ever called)."""
+
+    def __init__(self):
+        super().__init__(lambda x: x[:, 0], name="x0")
+        self.calls = 0
+
+    def evaluate(self, x):
+        self.calls += 1
+        return super().evaluate(x)
+
+    def value_and_grad(self, x):
+        self.calls += 1
+        return super().value_and_grad(x)
+
+
+class RawVelocity(nn.Module):
+    """A raw nn.Module with a velocity but no sample_prior (the user's first try)."""
+
+    state_shape = (2,)
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.calls = 0
+
+    def velocity(self, x, t, cond=None):
+        self.calls += 1
+        return self.lin(x)
+
+
+class Broadcasting(VelocityModule):
+    """A velocity of shape (B, 1) for a 2-D state: the sampler would broadcast it silently."""
+
+    state_shape = (2,)
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.calls = 0
+
+    def forward(self, x, t, cond=None):
+        self.calls += 1
+        return self.lin(x)
+
+
+class Good(VelocityModule):
+    state_shape = (2,)
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.calls = 0
+
+    def forward(self, x, t, cond=None):
+        self.calls += 1
+        return self.lin(x) * t[:, None]
+
+
+def test_missing_sample_prior_is_named_with_the_pointer_before_any_sampling():
+    m, r = RawVelocity(), CountingReward()
+    with pytest.raises(FlowInterfaceError, match=r"RawVelocity has no sample_prior.*tfftmol\.core\.flow\.VelocityModule"):
+        tfftmol.run_tfft(m, r, _cfg(), progress=False, log=lambda s: None)
+    assert m.calls == 0 and r.calls == 0
+    with pytest.raises(TypeError, match="sample_prior"):   # also a TypeError, and at the door of sample()
+        sample(m, 4, steps=4)
+    assert m.calls == 0
+
+
+def test_missing_velocity_and_state_shape_are_named():
+    class NoVelocity:
+        state_shape = (2,)
+
+        def sample_prior(self, n, generator=None, device=None):
+            return torch.randn(n, 2, generator=generator)
+
+    with pytest.raises(FlowInterfaceError, match=r"NoVelocity has no velocity.*VelocityModule"):
+        check_flow_model(NoVelocity())
+
+    class NoShape:
+        def velocity(self, x, t, cond=None):
+            return x
+
+        def sample_prior(self, n, generator=None, device=None):
+            return torch.randn(n, 2, generator=generator)
+
+    with pytest.raises(FlowInterfaceError, match=r"NoShape has no state_shape.*VelocityModule"):
+        tfftmol.run_tfft(NoShape(), CountingReward(), _cfg(), progress=False, log=lambda s: None)
+
+
+def test_wrong_velocity_shape_names_both_shapes_and_is_not_broadcast():
+    m, r = Broadcasting(), CountingReward()
+    with pytest.raises(FlowModelError, match=r"returned shape \(2, 1\).*expected \(2, 2\)"):
+        tfftmol.run_tfft(m, r, _cfg(), progress=False, log=lambda s: None)
+    assert m.calls == 1 and r.calls == 0          # one probe call, no sampling, no reward
+    with pytest.raises(ValueError, match=r"\(2, 1\).*\(2, 2\)"):
+        sample(Broadcasting(), 8, method="euler", steps=4)
+
+
+def test_prior_of_the_wrong_shape_or_a_nonfinite_velocity():
+    class BadPrior(Good):
+        def sample_prior(self, n, generator=None, device=None):
+            return torch.randn(n, 3, generator=generator)
+
+    with pytest.raises(FlowModelError, match=r"sample_prior\(2\) returned shape \(2, 3\); expected \(2, 2\)"):
+        check_flow_model(BadPrior())
+
+    class NaNVelocity(Good):
+        def forward(self, x, t, cond=None):
+            return x * float("nan")
+
+    with pytest.raises(FlowModelError, match="non-finite"):
+        check_flow_model(NaNVelocity())
+
+
+def test_check_runs_once_per_model_not_every_step():
+    m = Good()
+    sample(m, 5, method="euler", steps=4, generator=torch.Generator().manual_seed(0))
+    assert m.calls == 4 + 1                       # the steps and one probe
+    sample(m, 5, method="euler", steps=4, generator=torch.Generator().manual_seed(0))
+    assert m.calls == 4 + 1 + 4                   # no second probe
+
+
+def test_probe_does_not_move_the_global_rng():
+    class GlobalPrior(Good):  # a prior that ignores its generator draws from the global RNG
+        def sample_prior(self, n, generator=None, device=None):
+            return torch.randn(n, 2)
+
+    m = GlobalPrior()                       # (its initialisation draws from the global RNG too)
+    torch.manual_seed(3)
+    a = torch.rand(3)
+    torch.manual_seed(3)
+    check_flow_model(m)
+    assert torch.equal(torch.rand(3), a)
+
+
+def test_shipped_2d_models_and_the_readme_flow_pass():
+    class ShiftedGaussianFlow:  # the README's example
+        state_shape = (3,)
+
+        def __init__(self, m):
+            self.m = torch.as_tensor(m, dtype=torch.float32)
+
+        def velocity(self, x, t, cond=None):
+            t = t[:, None]
+            return self.m + (2 * t - 1) / (t ** 2 + (1 - t) ** 2) * (x - t * self.m)
+
+        def sample_prior(self, n, generator=None, device=None):
+            return torch.randn(n, 3, generator=generator, device=device)
+
+    check_flow_model(ShiftedGaussianFlow([1.0, -1.0, 0.5]), force=True)
+    for name in ("gmm-exact", "toy2d-gmm", "toy2d-moons", "toy2d-ring"):
+        check_flow_model(tfftmol.load_pretrained(name), force=True)
+
+
+def test_gmm_velocity_accepts_a_column_of_times_and_refuses_other_shapes():
+    g = circle_gmm()
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0.1, 0.9, 5)
+    v = g.velocity(x, t)
+    assert v.shape == (5, 2)
+    assert torch.allclose(g.velocity(x, t[:, None]), v)          # (B, 1) was (B, B, 2) before
+    assert torch.allclose(g.velocity(x, torch.tensor(0.3)), g.velocity(x, torch.full((5,), 0.3)))
+    with pytest.raises(ValueError, match=r"t has shape \(3,\) for x of shape \(5, 2\)"):
+        g.velocity(x, t[:3])
+
+
+def test_float64_gmm_fine_tunes_and_samples_in_float64():
+    g = circle_gmm(dtype=torch.float64)
+    assert model_dtype(g) == torch.float64
+    res = tfftmol.run_tfft(g, tfftmol.DifferentiableReward(lambda x: x[:, 0], name="x0"), _cfg(), progress=False,
+                           log=lambda s: None)
+    assert all(p.dtype == torch.float64 for p in res.model.parameters())
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res.history)
+    out = sample(res.model, 50, steps=8, generator=torch.Generator().manual_seed(1))
+    assert out.x.dtype == torch.float64 and bool(torch.isfinite(out.x).all())
+    kl = tfftmol.estimate_kl(res.model, g, n=50, steps=8)
+    assert kl >= 0.0
+
+
+def test_float64_velocity_module_samples_in_float64():
+    m = Good().double()
+    assert m.sample_prior(3).dtype == torch.float64
+    check_flow_model(m)
+    assert sample(m, 4, method="euler", steps=3).x.dtype == torch.float64
+
+
+def test_own_mixture_through_load_pretrained_and_the_toy2d_namespace():
+    g = tfftmol.load_pretrained("gmm-exact", means=[[0.0, 0.0], [3.0, 0.0]], stds=[0.5, 0.8], weights=[1, 3],
+                                dtype=torch.float64)
+    assert isinstance(g, GaussianMixtureFlow) and g.means.dtype == torch.float64
+    assert torch.allclose(g.weights, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['k'\].*means=\(K, d\)"):
+        tfftmol.load_pretrained("gmm-exact", k=3)
+    with pytest.raises(TypeError, match="needs both means"):
+        tfftmol.load_pretrained("gmm-exact", means=[[0.0, 0.0]])
+    with pytest.raises(ValueError, match="stds"):
+        tfftmol.load_pretrained("gmm-exact", means=[[0.0, 0.0]], stds=[-1.0])
+    import tfftmol.toy2d as toy2d
+
+    for name in toy2d.__all__:
+        assert hasattr(toy2d, name)
+    eta, _ = toy2d.population_threshold(g, [1.0, 0.0], alpha=1.0, beta=0.9, tail="right")
+    assert toy2d.hinge_target_stats(g, [1.0, 0.0], eta, 1.0, 0.9, "right")["mass_beyond"] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_kl_and_sample_are_public():
+    for name in ("estimate_kl", "sample", "check_flow_model", "VelocityModule"):
+        assert name in tfftmol.__all__ and hasattr(tfftmol, name)
+
+
+def test_pipeline_refuses_a_bad_base_before_building_the_reward(tmp_path, monkeypatch):
+    from tfftmol.toy2d.task import Toy2DTask
+
+    built = []
+    monkeypatch.setattr(Toy2DTask, "load_base", lambda self, cfg, device: Broadcasting())
+    monkeypatch.setattr(Toy2DTask, "build_reward", lambda self, *a, **k: built.append(1))
+    cfg = {"task": "toy2d", "name": "bad", "seed": 0, "out_dir": str(tmp_path),
+           "tfft": {"alpha": 1.0, "offline_samples": 200, "offline_steps": 8, "bootstrap": 0,
+                    "am": {"steps": 2, "batch_size": 8, "time_steps": 8, "loss_time_steps": 2}},
+           "options": {"model": "gmm-exact", "reward": {"name": "linear", "w": [1.0, 0.0]}}}
+    with pytest.raises(FlowModelError, match=r"\(2, 1\).*\(2, 2\)"):
+        tfftmol.run(json.loads(json.dumps(cfg)), progress=False, log=lambda s: None)
+    assert not built
