@@ -245,3 +245,14 @@ def test_pipeline_refuses_a_bad_base_before_building_the_reward(tmp_path, monkey
     with pytest.raises(FlowModelError, match=r"\(2, 1\).*\(2, 2\)"):
         tfftmol.run(json.loads(json.dumps(cfg)), progress=False, log=lambda s: None)
     assert not built
+
+
+def test_float64_gmm_fine_tunes_on_the_values_only_path():
+    g = circle_gmm(dtype=torch.float64)
+    cfg = tfftmol.TFFTConfig(tail="right", beta=0.9, alpha=2.0, offline_samples=300, offline_steps=8, bootstrap=0,
+                             am=tfftmol.AMConfig(**TINY_AM, stage2="value"))
+    res = tfftmol.run_tfft(g, tfftmol.DifferentiableReward(lambda x: x[:, 0], name="x0"), cfg, progress=False,
+                           log=lambda s: None)
+    assert res.history[-1]["stage2"] == "value"
+    out = sample(res.model, 20, steps=8, generator=torch.Generator().manual_seed(1))
+    assert out.x.dtype == torch.float64 and bool(torch.isfinite(out.x).all())

@@ -83,6 +83,11 @@ class ResidualFlow(VelocityModule):
         return self.base.velocity(x, t, cond) + self.residual(x, t, cond)
 
 
+def _inputs_to_float32(module, args):
+    """Forward pre-hook: floating tensor inputs of a float32 network (e.g. the value network of a float64 flow)."""
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
 def _check_finite(reward: TerminalReward, values: torch.Tensor) -> None:
     """Stage-2 rewards must be finite: a NaN or inf is never dropped or trained on silently (issue 16)."""
     bad = ~torch.isfinite(values)
@@ -198,6 +203,8 @@ class AdjointMatching:
             else "gradient"
         self.value = ValueTrainer(base.state_shape, c.value, self.device, seed=c.seed) \
             if self.stage2 == "value" else None
+        if self.value is not None and model_dtype(base) != torch.float32:  # float32 value net, inputs cast
+            getattr(self.value.model, "net", self.value.model).register_forward_pre_hook(_inputs_to_float32)
         self.step_count = 0
         self.history: list[dict] = []
         self.extra: dict = {}  # driver state that must survive a resume (JSON-able)
