@@ -280,3 +280,28 @@ def test_readme_own_mixture_snippet_and_config_run(tmp_path, capsys):
     res = tfftmol.run(cfg, progress=False, log=lambda s: None)
     report = Path(res.files["report"]).read_text()
     assert "own Gaussian mixture" in report and "Against the target" in report
+
+
+def test_probe_leaves_a_training_module_untouched():
+    class Normed(Good):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(2)
+
+        def forward(self, x, t, cond=None):
+            return self.bn(x)
+
+    m = Normed().train()
+    m.lin.eval()
+    check_flow_model(m)
+    assert m.training and m.bn.training and not m.lin.training
+    assert int(m.bn.num_batches_tracked) == 0 and torch.equal(m.bn.running_mean, torch.zeros(2))
+
+
+def test_a_failing_velocity_is_reported_with_the_probe():
+    class Boom(Good):
+        def forward(self, x, t, cond=None):
+            return x @ torch.ones(3, 3)
+
+    with pytest.raises(FlowModelError, match=r"velocity\(x, t, cond\) failed on a probe batch \(x of shape \(2, 2\)"):
+        check_flow_model(Boom())

@@ -139,13 +139,20 @@ def check_flow_model(model: Any, device: Optional[str | torch.device] = None, *,
                              f"{mdt}; draw the prior in the parameters' dtype (or convert the model)")
     x = x.to(dev)
     t = torch.tensor([0.25, 0.75], dtype=x.dtype, device=dev)
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        try:
+    # eval mode for the probe (no batch-norm statistics or dropout draws), each submodule's mode restored after
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    for m, _ in modes:
+        m.training = False
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             v = model.velocity(x, t, cond)
-        except Exception as e:  # noqa: BLE001 - re-raised with the probe named
-            raise FlowModelError(f"flow model {name}: velocity(x, t, cond) failed on a probe batch (x of shape "
-                                 f"{tuple(x.shape)} and dtype {x.dtype}, t of shape {tuple(t.shape)}"
-                                 f"{', cond=None' if cond is None else ''}): {type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - re-raised with the probe named
+        raise FlowModelError(f"flow model {name}: velocity(x, t, cond) failed on a probe batch (x of shape "
+                             f"{tuple(x.shape)} and dtype {x.dtype}, t of shape {tuple(t.shape)}"
+                             f"{', cond=None' if cond is None else ''}): {type(e).__name__}: {e}") from e
+    finally:
+        for m, mode in modes:
+            m.training = mode
     if not isinstance(v, torch.Tensor):
         raise FlowModelError(f"flow model {name}: velocity returned {type(v).__name__}; expected a tensor of shape "
                              f"{tuple(x.shape)}")
