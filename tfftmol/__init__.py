@@ -10,6 +10,8 @@ from .core import (AMConfig, DifferentiableReward, FlowModel, FlowModelError, Ps
                    sample_ode, sample_sde, solve_threshold, var)
 from .pretrained import available_models, load_pretrained, model_card
 
+check_flow = check_flow_model  # the name of issue 21: probe a flow model's interface once (core/validate.py)
+
 
 def run(config, **kwargs):
     """Fine-tune any task end to end (:func:`tfftmol.pipeline.run`): one config in, a report directory out.
@@ -32,6 +34,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AMConfig", "DifferentiableReward", "FlowModel", "PseudoReward", "TFFTConfig", "TFFTResult",
     "ThresholdResult", "TfftWarning", "cvar", "run_tfft", "sample_ode", "sample_sde", "solve_threshold", "var",
-    "FlowModelError", "VelocityModule", "check_flow_model", "estimate_kl", "sample",
+    "FlowModelError", "VelocityModule", "check_flow", "check_flow_model", "estimate_kl", "sample",
     "available_models", "load_pretrained", "model_card", "run", "finetune", "__version__",
 ]

@@ -230,7 +230,7 @@ def test_own_mixture_through_load_pretrained_and_the_toy2d_namespace():
 
 
 def test_kl_and_sample_are_public():
-    for name in ("estimate_kl", "sample", "check_flow_model", "VelocityModule"):
+    for name in ("estimate_kl", "sample", "check_flow", "check_flow_model", "VelocityModule"):
         assert name in tfftmol.__all__ and hasattr(tfftmol, name)
 
 
