@@ -1,0 +1,190 @@
+"""The drug-like ``zinc-selfies`` model: data, codec, decoding robustness, card figures, benchmark, metrics.
+
+Real RDKit, real selfies, the shipped weights; CPU only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tfftmol.chem import moses_metrics as mm
+from tfftmol.chem.selfies import REASONS, SelfiesVocab, decode_selfies, load_zinc250k, load_zinc_selfies
+from tfftmol.chem.selfies.loader import CARD_PATH, WEIGHTS_PATH
+from tfftmol.core.flow import FlowModel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return load_zinc_selfies()
+
+
+@pytest.fixture(scope="module")
+def card():
+    return json.loads(CARD_PATH.read_text())
+
+
+def test_processed_data_shape_split_and_licence():
+    df = load_zinc250k()
+    meta = json.loads((ROOT / "tfftmol/chem/data/zinc250k_alphabet.json").read_text())
+    assert len(df) == meta["n_molecules"] and 240_000 < len(df) <= 249_455
+    frac = df["split"].value_counts(normalize=True)
+    assert abs(frac["train"] - 0.8) < 0.01 and abs(frac["valid"] - 0.1) < 0.01 and abs(frac["test"] - 0.1) < 0.01
+    assert df["smiles"].is_unique
+    assert not set(df.loc[df.split == "train", "smiles"]) & set(df.loc[df.split == "test", "smiles"])
+    lic = (ROOT / "tfftmol/chem/data/LICENSE-zinc250k.txt").read_text()
+    assert "MIT" in lic and "mol_opt" in lic
+    with pytest.raises(ValueError, match="split"):
+        load_zinc250k("training")
+
+
+def test_selfies_round_trip_on_processed_data():
+    """Every sampled shipped SELFIES decodes back to its canonical SMILES, and through the vocabulary unchanged."""
+    df = load_zinc250k().sample(1500, random_state=0)
+    vocab = SelfiesVocab.load()
+    tok = vocab.encode(df["selfies"].tolist())
+    assert tok.shape == (1500, vocab.max_len + 1)
+    assert vocab.to_selfies(tok) == df["selfies"].tolist()
+    dec = [decode_selfies(s) for s in df["selfies"]]
+    assert all(d.reason == "ok" for d in dec)
+    assert [d.smiles for d in dec] == df["smiles"].tolist()
+
+
+def test_vocab_errors_name_the_bad_value():
+    vocab = SelfiesVocab.load()
+    with pytest.raises(ValueError, match=r"\[Xx\]"):
+        vocab.encode(["[C][Xx]"])
+    with pytest.raises(ValueError, match="longer"):
+        vocab.encode(["[C]" * (vocab.max_len + 1)])
+
+
+def test_decode_selfies_classifies_failures():
+    assert decode_selfies("").reason == "empty"
+    assert decode_selfies(None).reason == "empty"
+    assert decode_selfies("[C][O]").smiles == "CO"
+    assert decode_selfies("[Branch1]").reason == "empty"      # decodes to no atom
+    assert decode_selfies("[C].[O]").reason == "disconnected"
+    assert decode_selfies("[C][Xyz123").reason == "selfies_error"
+    assert set(REASONS) >= {"ok", "nonfinite_latent", "empty", "selfies_error", "sanitization", "disconnected"}
+
+
+def test_model_is_a_flow_model_with_differentiable_velocity(model):
+    assert isinstance(model, FlowModel)
+    d = model.state_shape[0]
+    x = torch.randn(5, d, requires_grad=True)
+    v = model.velocity(x, torch.full((5,), 0.3))
+    assert v.shape == (5, d) and torch.isfinite(v).all()
+    (g,) = torch.autograd.grad(v.pow(2).sum(), x)
+    assert g.shape == x.shape and g.abs().sum() > 0
+    assert model.sample_prior(3).shape == (3, d)
+
+
+def test_decoding_never_raises_on_nan_inf_or_huge_latents(model):
+    d = model.state_shape[0]
+    x = torch.randn(6, d)
+    x[0, 0] = float("nan")
+    x[1] = float("inf")
+    x[2, 3] = -float("inf")
+    x[3] = 1e30
+    x[4] = -1e6
+    dec = model.decode(x)
+    assert [r.reason for r in dec[:3]] == ["nonfinite_latent"] * 3
+    assert all(r.reason in REASONS for r in dec)
+    for r in dec:
+        assert (r.reason == "ok") == (r.smiles is not None) == (r.mol is not None)
+    assert dec[5].reason == "ok"          # an ordinary latent decodes (SELFIES: always a molecule)
+    assert model.decode(torch.zeros(0, d)) == []
+
+
+def test_decode_maps_encoded_training_molecules_near_themselves(model):
+    """Encode -> greedy decode keeps a molecule's identity: each reconstruction is more similar (Morgan
+    Tanimoto) to its own source than to the other sources, on average by a clear margin."""
+    df = load_zinc250k("train").sample(60, random_state=1)
+    x = model.encode_selfies(df["selfies"].tolist())
+    dec = model.decode(x)
+    assert all(r.reason == "ok" for r in dec)
+    a = mm.fingerprints(df["smiles"].tolist()).astype(float)
+    b = mm.fingerprints([r.smiles for r in dec]).astype(float)
+    inter = a @ b.T
+    sim = inter / (a.sum(1)[:, None] + b.sum(1)[None, :] - inter)
+    own, other = np.diag(sim).mean(), sim[~np.eye(len(sim), dtype=bool)].mean()
+    assert own > other + 0.1, (own, other)
+
+
+def test_card_validity_and_uniqueness_reproduced_on_500(model, card):
+    m5 = card["metrics_500"]
+    res = model.sample(500, steps=m5["steps"], sampler=m5["sampler"], seed=m5["seed"])
+    ok = [s for s, v in zip(res.smiles, res.valid) if v]
+    assert len(res) == 500
+    assert abs(res.validity - m5["validity"]) <= 0.01
+    assert abs(len(set(ok)) / len(ok) - m5["unique"]) <= 0.01
+    assert res.validity >= 0.99                           # SELFIES: every non-empty string is a molecule
+
+
+def test_loader_registry_and_errors(tmp_path):
+    import tfftmol
+    assert "zinc-selfies" in tfftmol.available_models()
+    assert tfftmol.model_card("zinc-selfies")["name"] == "zinc-selfies"
+    assert WEIGHTS_PATH.stat().st_size <= 20 * 1024 * 1024
+    with pytest.raises(FileNotFoundError, match="pretrain_zinc"):
+        load_zinc_selfies(path=tmp_path / "none.safetensors")
+    from safetensors.torch import save_file
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "x.safetensors"), metadata={"format": "other"})
+    with pytest.raises(ValueError, match="not a zinc-selfies"):
+        load_zinc_selfies(path=tmp_path / "x.safetensors")
+
+
+def test_moses_metrics_known_answers():
+    a = ["CCO", "CCO", "c1ccccc1", "CCN", None]
+    assert mm.unique_at([s for s in a if s], 4) == 0.75
+    assert math.isnan(mm.unique_at(["CCO"], 2))
+    assert mm.novelty(["CCO", "CCN"], {"CCO"}) == 0.5
+    fps = mm.fingerprints(["CCO", "CCO"])
+    assert mm.internal_diversity(fps) == pytest.approx(0.0)
+    fps2 = mm.fingerprints(["CCO", "c1ccccc1"])
+    assert mm.internal_diversity(fps2) == pytest.approx(0.5)   # disjoint bits: (0 + 0 + 1 + 1) / 4 off-diagonal
+    assert mm.snn(mm.fingerprints(["CCO"]), fps2) == pytest.approx(1.0)
+    from collections import Counter
+    assert mm.cosine_counts(Counter(a=1), Counter(a=2)) == pytest.approx(1.0)
+    assert mm.cosine_counts(Counter(a=1), Counter(b=2)) == pytest.approx(0.0)
+    assert mm.passes_filters("CC(=O)Nc1ccc(O)cc1")
+    assert not mm.passes_filters("C[NH+](C)C") and mm.passes_filters("C[NH+](C)C", charge_rule=False)
+    assert not mm.passes_filters("C1CCCCCCC1")                 # ring of 8
+    assert not mm.passes_filters("CC=O")                       # MCF7 aldehyde
+    assert not mm.passes_filters("CP(C)C")                     # phosphorus not allowed
+
+
+def test_fcd_matches_the_fcd_package_and_is_zero_on_itself():
+    fcd = pytest.importorskip("fcd")
+    a = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "O=C(O)c1ccccc1"] * 4
+    b = ["CCCO", "c1ccccc1N", "CC(=O)Oc1ccccc1C(=O)O", "CCOCC", "Cc1ccccc1"] * 4
+    ours = mm.fcd(a, b)
+    ref = fcd.get_fcd(a, b, model=mm.load_chemnet(), device="cpu")
+    assert ours == pytest.approx(ref, rel=1e-4)
+    assert ours > 1.0
+    assert abs(mm.fcd(a, a)) < 1e-3
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.zinc_model import main
+    out = main(["--quick", "--out-dir", str(tmp_path), "--threads", "1"])
+    import pandas as pd
+    df = pd.read_csv(tmp_path / "zinc_model_quick.csv")
+    assert list(df["model"]) == ["zinc-selfies", "random-selfies", "data (train)"]
+    rows = df.set_index("model")
+    assert rows.loc["zinc-selfies", "validity"] >= 0.99
+    assert rows.loc["data (train)", "novelty"] == 0.0
+    assert rows.loc["data (train)", "fcd"] < rows.loc["random-selfies", "fcd"]
+    assert rows.loc["zinc-selfies", "fcd"] < rows.loc["random-selfies", "fcd"]
+    assert out["extra"]["mol_per_s_1thread"] > 0
+    assert (tmp_path / "zinc_model_quick.md").read_text().startswith("# zinc-selfies benchmark")
