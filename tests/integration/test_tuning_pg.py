@@ -45,6 +45,9 @@ def test_two_workers_share_a_study_and_a_killed_trial_is_failed(postgres, tmp_pa
     cfg = toy_config(sampler="random", heartbeat_interval=1, grace_period=3)
     cfg["base"]["kl_samples"] = 0
     cfg["base"]["tfft"]["am"]["steps"] = 150  # ~2 s per trial: long enough to be killed inside one
+    # this test is about storage and workers: without tracking and its guards, no trial at a random small
+    # alpha is stopped by a runaway guard (those stops are FAIL trials too, and the count below is exact)
+    cfg["base"]["tfft"]["track_threshold"] = "none"
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     storage = optuna.storages.RDBStorage(postgres.url)  # one connection pool for all the polling below
