@@ -1,12 +1,12 @@
 """TFFT on a family of exact targets: random Gaussian mixtures with random linear rewards.
 
 Every case is a seeded random isotropic 2D mixture (2-6 components, Dirichlet(1) weights,
-means uniform in [-2.5, 2.5]^2, stds uniform in [0.2, 1]; :func:`tfftmol.image2d.gmm.random_gmm`)
+means uniform in [-2.5, 2.5]^2, stds uniform in [0.2, 1]; :func:`tfftmol.toy2d.gmm.random_gmm`)
 with the reward ``r = w·x``, ``w`` a random direction of norm ``--w-norm`` (0.25: at alpha 0.25
 the exact right-tail KLs are 1-5 nats; at norm 0.5 they reach 200 nats, which no fine-tune of a
 few hundred steps can represent).  For a linear reward the TFFT target
 ``p* ∝ p_pre exp(pseudo(r) / alpha)`` at the *population* ``eta*`` is known in closed form
-(:func:`tfftmol.image2d.gmm.population_threshold`, :func:`tfftmol.image2d.gmm.hinge_target_stats`):
+(:func:`tfftmol.toy2d.gmm.population_threshold`, :func:`tfftmol.toy2d.gmm.hinge_target_stats`):
 its own-tail CVaR, its KL to ``p_pre`` and its tail mass ``1 - beta`` (right) / ``beta`` (left).
 
 Each case runs :func:`tfftmol.core.tfft.run_tfft` with the default settings of the package
@@ -45,8 +45,8 @@ from tfftmol.core.settings import AMConfig, TFFTConfig  # noqa: E402
 from tfftmol.core.tfft import run_tfft  # noqa: E402
 from tfftmol.core.threshold import TfftWarning  # noqa: E402
 from tfftmol.core.tracking import ThresholdGuardError  # noqa: E402
-from tfftmol.image2d.gmm import hinge_target_stats, population_threshold, random_gmm  # noqa: E402
-from tfftmol.image2d.toy import linear_reward  # noqa: E402
+from tfftmol.toy2d.gmm import hinge_target_stats, population_threshold, random_gmm  # noqa: E402
+from tfftmol.toy2d.flows import linear_reward  # noqa: E402
 
 COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft", "cvar_exact", "rel_error",
            "gap_error", "gap_cut", "mass_beyond", "mass_target", "kl_ft", "kl_exact", "kl_ratio", "eta_stage1", "eta_final",

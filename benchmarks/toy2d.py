@@ -32,8 +32,8 @@ sys.path.insert(0, str(HERE))
 
 from tfftmol.core.adjoint import AMConfig  # noqa: E402
 from tfftmol.core.tfft import TFFTConfig  # noqa: E402
-from tfftmol.image2d.experiment import Toy2DConfig, run_toy2d  # noqa: E402
-from tfftmol.image2d.gmm import circle_gmm, population_threshold  # noqa: E402
+from tfftmol.toy2d.experiment import Toy2DConfig, run_toy2d  # noqa: E402
+from tfftmol.toy2d.gmm import circle_gmm, population_threshold  # noqa: E402
 
 
 def _weights_tv(x, gmm, target):
@@ -82,7 +82,7 @@ def run_main(steps, offline, eval_samples, alphas, seed, out, quiet, refine=2000
                 table.loc[i, "pretrained_mass_beyond_eta_population"] = pre_mass
         rows.append(table)
         if out is not None and alpha == alphas[-1]:
-            from tfftmol.image2d.experiment import plot_toy2d
+            from tfftmol.toy2d.experiment import plot_toy2d
             plot_toy2d(extras, cfg, Path(out) / "toy2d.png")
     return pd.concat(rows, ignore_index=True)
 

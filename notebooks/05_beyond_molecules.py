@@ -41,7 +41,7 @@ import yaml
 from IPython.display import Image, display
 
 import tfftmol
-from tfftmol.image2d.experiment import Toy2DConfig, run_toy2d
+from tfftmol.toy2d.experiment import Toy2DConfig, run_toy2d
 
 SMALL = os.environ.get("TFFTMOL_NB_SMALL") == "1"
 OUT = Path(os.environ.get("TFFTMOL_NB_OUT", "runs")) / "05_beyond_molecules"

@@ -1,7 +1,7 @@
 """Train the shipped 2D flows by flow matching: ``toy2d-{gmm,moons,ring}``.
 
 Usage: ``python scripts/pretrain_toy2d.py [--steps 4000]``.  Writes
-``tfftmol/image2d/weights/toy2d-<name>.safetensors`` and a JSON card with the
+``tfftmol/toy2d/weights/toy2d-<name>.safetensors`` and a JSON card with the
 budget and a measured fit (mean/covariance error and an MMD against fresh data).
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 
 from tfftmol.core.checkpoint import save_tensors
 from tfftmol.core.samplers import sample_ode
-from tfftmol.image2d.toy import MLPFlow, sample_dataset, train_flow_matching
-from tfftmol.image2d.metrics import mmd_rbf
+from tfftmol.toy2d.flows import MLPFlow, sample_dataset, train_flow_matching
+from tfftmol.toy2d.metrics import mmd_rbf
 
-OUT = Path(__file__).resolve().parents[1] / "tfftmol" / "image2d" / "weights"
+OUT = Path(__file__).resolve().parents[1] / "tfftmol" / "toy2d" / "weights"
 
 
 def main(argv=None):
@@ -47,7 +47,7 @@ def main(argv=None):
             "name": f"toy2d-{name}",
             "description": f"MLP flow (4x128, SiLU) trained by flow matching on the 2D '{name}' data set",
             "hparams": model.hparams,
-            "data": f"tfftmol.image2d.toy.sample_dataset('{name}', 50000, seed=0)",
+            "data": f"tfftmol.toy2d.flows.sample_dataset('{name}', 50000, seed=0)",
             "budget": {"steps": a.steps, "batch_size": 512, "lr": 2e-3, "schedule": "cosine", "seconds": round(dt, 1)},
             "metrics": {
                 "final_loss_mean_last100": float(sum(losses[-100:]) / 100),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import tfftmol
-from tfftmol.image2d.experiment import Toy2DConfig, run_toy2d
+from tfftmol.toy2d.experiment import Toy2DConfig, run_toy2d
 
 ROOT = Path(__file__).resolve().parents[1]
 

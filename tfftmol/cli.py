@@ -24,7 +24,7 @@ def _toy2d(a) -> int:
     from .core.adjoint import AMConfig
     from .core.config import from_dict, load_yaml
     from .core.tfft import TFFTConfig
-    from .image2d.experiment import Toy2DConfig, run_toy2d
+    from .toy2d.experiment import Toy2DConfig, run_toy2d
 
     torch.set_num_threads(a.threads)
     if a.config:

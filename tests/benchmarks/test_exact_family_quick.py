@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tfftmol.core.risk import cvar
-from tfftmol.image2d.gmm import hinge_target_stats, population_threshold, random_gmm
+from tfftmol.toy2d.gmm import hinge_target_stats, population_threshold, random_gmm
 
 ROOT = Path(__file__).resolve().parents[2]
 

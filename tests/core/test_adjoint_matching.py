@@ -17,7 +17,7 @@ import torch
 from tfftmol.core.adjoint import AMConfig, AdjointMatching, IdentityTransform, estimate_kl, lean_adjoint
 from tfftmol.core.reward import DifferentiableReward
 from tfftmol.core.samplers import sample_sde
-from tfftmol.image2d.gmm import circle_gmm
+from tfftmol.toy2d.gmm import circle_gmm
 
 W = torch.tensor([1.0, 0.0])
 LAM = 1.0
@@ -86,7 +86,7 @@ def test_fine_tuned_model_starts_as_the_base():
 
 
 def test_copy_correction_for_module_bases_and_one_step_changes_parameters():
-    from tfftmol.image2d.toy import MLPFlow
+    from tfftmol.toy2d.flows import MLPFlow
 
     base = MLPFlow(hidden=32, layers=2)
     am = AdjointMatching(base, DifferentiableReward(lambda x: x @ W), IdentityTransform(), LAM,

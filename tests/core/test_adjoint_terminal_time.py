@@ -16,7 +16,7 @@ import torch
 from tfftmol.core.adjoint import AMConfig, AdjointMatching, IdentityTransform, lean_adjoint, terminal_grad
 from tfftmol.core.reward import DifferentiableReward
 from tfftmol.core.samplers import sample_sde
-from tfftmol.image2d.gmm import GaussianMixtureFlow
+from tfftmol.toy2d.gmm import GaussianMixtureFlow
 
 TARGET = float(torch.e / (torch.e + 1 / torch.e))  # 0.881
 

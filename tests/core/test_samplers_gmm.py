@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tfftmol.core.samplers import memoryless_drift, sample_ode, sample_sde, sigma_memoryless, time_grid
-from tfftmol.image2d.gmm import GaussianMixtureFlow, circle_gmm, population_threshold
-from tfftmol.image2d.metrics import mmd_rbf
+from tfftmol.toy2d.gmm import GaussianMixtureFlow, circle_gmm, population_threshold
+from tfftmol.toy2d.metrics import mmd_rbf
 
 
 def unequal_gmm():

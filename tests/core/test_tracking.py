@@ -1,7 +1,7 @@
 """On-policy threshold tracking (issue 15): the self-consistent eta*, its guards, the stage-1 trust diagnostic.
 
 Ground truth: random Gaussian mixtures with a linear reward r = w·x, whose hinge-tilted
-targets are exact (tfftmol.image2d.gmm).  Case 4 of ``random_gmm`` with |w| = 0.25 is a
+targets are exact (tfftmol.toy2d.gmm).  Case 4 of ``random_gmm`` with |w| = 0.25 is a
 starved right tail: at alpha 0.5 the 10,000-sample SDE offline batch of the test puts stage-1
 eta* at 0.828 against the population 1.054, and the exact target at that threshold would put
 91% of its mass beyond the population eta* (target 10%).  Measured with tracking (300 steps):
@@ -21,8 +21,8 @@ from tfftmol.core.threshold import TfftWarning, solve_threshold
 from tfftmol.core.tracking import ThresholdGuardError, ThresholdTracker, TrackingConfig, threshold_trust
 from tfftmol.core.adjoint import estimate_kl
 from tfftmol.core.tfft import run_tfft
-from tfftmol.image2d.gmm import circle_gmm, hinge_target_stats, population_threshold, random_gmm
-from tfftmol.image2d.toy import linear_reward
+from tfftmol.toy2d.gmm import circle_gmm, hinge_target_stats, population_threshold, random_gmm
+from tfftmol.toy2d.flows import linear_reward
 
 
 def _case(seed, norm=0.25):

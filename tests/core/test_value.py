@@ -34,8 +34,8 @@ from tfftmol.core.threshold import TfftWarning
 from tfftmol.core.tfft import run_tfft
 from tfftmol.core.value import (ValueConfig, ValuesOnly, ValueTrainer, noised_pairs, reward_has_grad,
                                 sample_controlled)
-from tfftmol.image2d.gmm import circle_gmm, population_threshold
-from tfftmol.image2d.toy import linear_reward
+from tfftmol.toy2d.gmm import circle_gmm, population_threshold
+from tfftmol.toy2d.flows import linear_reward
 
 W = [1.0, 0.0]
 FAST_AM = dict(steps=300, batch_size=256, time_steps=30, loss_time_steps=10, hidden=64, lr=2e-3, grad_clip=0.0,

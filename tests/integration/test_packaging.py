@@ -47,7 +47,7 @@ def test_core_imports_without_rdkit():
         "        if name.split('.')[0] in ('rdkit', 'deepchem', 'torch_geometric', 'selfies'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import tfftmol, tfftmol.core, tfftmol.image2d.gmm\n"
+        "import tfftmol, tfftmol.core, tfftmol.toy2d.gmm\n"
         "m = tfftmol.load_pretrained('gmm-exact')\n"
         "assert not any(k.split('.')[0] in ('rdkit', 'deepchem', 'torch_geometric') for k in sys.modules)\n"
         "print('ok')\n"

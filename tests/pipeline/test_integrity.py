@@ -18,8 +18,8 @@ import yaml
 from tfftmol.core.config import ConfigError
 from tfftmol.core.offline import offline_batch
 from tfftmol.core.reward import DifferentiableReward
-from tfftmol.image2d.gmm import circle_gmm
-from tfftmol.image2d.toy import linear_reward
+from tfftmol.toy2d.gmm import circle_gmm
+from tfftmol.toy2d.flows import linear_reward
 from tfftmol.pipeline import RunDir, RunDirError, load_run_config
 
 TINY = {

@@ -192,8 +192,8 @@ def test_a_write_killed_between_the_two_files_leaves_the_previous_checkpoint(tmp
 
 def test_run_tfft_refuses_the_checkpoint_of_another_config(tmp_path):
     from tfftmol.core.tfft import run_tfft
-    from tfftmol.image2d.gmm import circle_gmm
-    from tfftmol.image2d.toy import linear_reward
+    from tfftmol.toy2d.gmm import circle_gmm
+    from tfftmol.toy2d.flows import linear_reward
 
     base, reward = circle_gmm(), linear_reward()
     t = from_dict(TFFTConfig, {**TINY["tfft"], "am": {**TINY["tfft"]["am"], "steps": 2}})

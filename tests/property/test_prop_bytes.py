@@ -156,8 +156,8 @@ _REF: list = []
 
 def check_cache_recompute(d):
     """End to end: a damaged cache in ``cache_dir`` is recomputed; the batch equals a fresh one."""
-    from tfftmol.image2d.gmm import circle_gmm
-    from tfftmol.image2d.toy import linear_reward
+    from tfftmol.toy2d.gmm import circle_gmm
+    from tfftmol.toy2d.flows import linear_reward
 
     which, how, pos, bit, length = d
     base, reward = circle_gmm(), linear_reward()

@@ -179,7 +179,7 @@ def _bad_length_reward(k_values, k_valid):
 
 def check_wrong_lengths(n, dv, dk):
     from tfftmol.core.offline import offline_batch
-    from tfftmol.image2d.gmm import circle_gmm
+    from tfftmol.toy2d.gmm import circle_gmm
 
     reward = _bad_length_reward(lambda m: max(m + dv, 0), lambda m: max(m + dk, 0))
     try:

@@ -7,8 +7,8 @@ import torch
 
 import tfftmol
 from tfftmol.core.samplers import sample_ode
-from tfftmol.image2d.metrics import mmd_rbf
-from tfftmol.image2d.toy import MLPFlow, multimodal_reward, sample_dataset, train_flow_matching
+from tfftmol.toy2d.metrics import mmd_rbf
+from tfftmol.toy2d.flows import MLPFlow, multimodal_reward, sample_dataset, train_flow_matching
 
 
 @pytest.mark.parametrize("name", ["gmm", "moons", "ring"])

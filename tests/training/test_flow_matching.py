@@ -2,7 +2,7 @@
 import torch
 
 from tfftmol.core.sampling import sample
-from tfftmol.image2d.toy import MLPFlow
+from tfftmol.toy2d.flows import MLPFlow
 from tfftmol.training import train_flow_matching
 
 

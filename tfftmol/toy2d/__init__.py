@@ -1,6 +1,6 @@
 """2D flows on the same core: the closed-form Gaussian mixture (the core's test oracle), MLP flows, and the task.
 
-The public pieces for a mixture of one's own (the implementation lives in :mod:`tfftmol.image2d.gmm`):
+The public pieces for a mixture of one's own (the implementation lives in :mod:`tfftmol.toy2d.gmm`):
 
 * :class:`GaussianMixtureFlow` ``(means, stds, weights=None, dtype=torch.float32)``: an isotropic
   Gaussian mixture in any dimension as an exact :class:`~tfftmol.core.flow.FlowModel`
@@ -13,6 +13,6 @@ The public pieces for a mixture of one's own (the implementation lives in :mod:`
 From a config: ``task: toy2d`` with ``options.gmm: {means, stds, weights}`` runs the 2D comparison
 (pre-trained vs fine-tuned vs the exact target) on your mixture.
 """
-from ..image2d.gmm import GaussianMixtureFlow, circle_gmm, hinge_target_stats, population_threshold, random_gmm
+from .gmm import GaussianMixtureFlow, circle_gmm, hinge_target_stats, population_threshold, random_gmm
 
 __all__ = ["GaussianMixtureFlow", "circle_gmm", "population_threshold", "hinge_target_stats", "random_gmm"]

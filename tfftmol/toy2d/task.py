@@ -50,7 +50,7 @@ class Toy2DOptions:
     exact_samples: int = 20000
 
     def __post_init__(self):
-        from ..image2d.toy import make_reward
+        from .flows import make_reward
 
         if self.gmm is None and self.model not in TOY2D_MODELS:
             raise ConfigError(f"model={self.model!r} must be one of {list(TOY2D_MODELS)} (or give 'gmm')")
@@ -72,7 +72,7 @@ class Toy2DOptions:
             raise ConfigError(f"exact_samples={self.exact_samples!r} must be an integer >= 100")
 
     def build_gmm(self):
-        from ..image2d.gmm import GaussianMixtureFlow
+        from .gmm import GaussianMixtureFlow
 
         g = self.gmm
         means = np.asarray(g["means"], dtype=float)
@@ -111,7 +111,7 @@ class Toy2DTask:
         return base
 
     def build_reward(self, cfg, base, device, log):
-        from ..image2d.toy import make_reward
+        from .flows import make_reward
 
         return make_reward(cfg.options.reward)
 
@@ -129,7 +129,7 @@ class Toy2DTask:
 
     def exact_target(self, cfg, base, reward, eta: Optional[float]):
         """Samples of the exact fine-tuning target and how they were obtained."""
-        from ..image2d.experiment import target_samples
+        from .experiment import target_samples
 
         t = cfg.tfft
         method = "expected" if t.method == "expected" else f"tfft-{t.tail}"
