@@ -14,7 +14,7 @@ from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["FlowModel", "VelocityModule", "gaussian_prior", "time_features", "sinusoidal_embedding", "TIME_FEATURES"]
+__all__ = ["FlowModel", "VelocityModule", "gaussian_prior", "model_device", "time_features", "sinusoidal_embedding", "TIME_FEATURES"]
 
 
 @runtime_checkable
@@ -98,3 +98,9 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> to
     freqs = torch.exp(torch.arange(half, device=t.device, dtype=t.dtype) * (-math.log(scale) / max(half - 1, 1)))
     ang = (t[:, None] * scale) * freqs[None]
     return torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
+
+
+def model_device(model: Any) -> torch.device:
+    """Device of a module's first parameter (CPU for closed-form models)."""
+    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return p.device if p is not None else torch.device("cpu")

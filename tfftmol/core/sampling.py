@@ -37,7 +37,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .flow import FlowModel
+from .flow import FlowModel, model_device
+from .validate import check_flow_model
 from .sde import control, em_step, expand_time, sde_grid, time_grid
 
 __all__ = ["Trajectory", "Samples", "sample", "velocity_of", "model_device", "METHODS"]
@@ -101,12 +102,6 @@ def velocity_of(model: FlowModel | Callable, x: torch.Tensor, t: torch.Tensor, c
     if hasattr(model, "velocity"):
         return model.velocity(x, tb, cond)
     return model(x, tb) if cond is None else model(x, tb, cond)
-
-
-def model_device(model: Any) -> torch.device:
-    """Device of a module's first parameter (CPU for closed-form models)."""
-    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _cat_cond(conds: list) -> Any:
@@ -175,7 +170,6 @@ def _integrate(model, x, method: str, steps: int, cond, generator, base=None, re
 
 def _check_at_door(model, dev, cond, cond_sampler, needs_prior: bool) -> None:
     """The interface check of :mod:`tfftmol.core.validate`, once per model object (plain callables are skipped)."""
-    from .validate import check_flow_model
 
     if not needs_prior and not (hasattr(model, "velocity") and hasattr(model, "sample_prior")):
         return  # a plain callable f(x, t) with an explicit prior or start states

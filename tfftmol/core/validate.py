@@ -23,6 +23,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .flow import model_device
+
 __all__ = ["FlowModelError", "FlowInterfaceError", "check_flow_model", "model_dtype"]
 
 _POINTER = ("subclass tfftmol.core.flow.VelocityModule (an nn.Module whose forward(x, t, cond=None) is the "
@@ -118,7 +120,6 @@ def check_flow_model(model: Any, device: Optional[str | torch.device] = None, *,
         raise FlowModelError(f"flow model {name}: state_shape={shape} must be a non-empty shape of positive sizes "
                              f"(e.g. (2,) for points in the plane)")
     if device is None:
-        from .sampling import model_device
         device = model_device(model)
     dev = torch.device(device)
     B = 2
