@@ -73,6 +73,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-fcd", action="store_true")
     ap.add_argument("--quick", action="store_true", help="200 samples, 200 reference molecules")
     ap.add_argument("--update-card", action="store_true")
+    ap.add_argument("--sweep", action="store_true",
+                    help="only: FCD/validity/uniqueness/novelty/filters against the sampler and the number of steps "
+                         "(2,000 samples each; also the decoded prior x ~ N(0, I) without the flow) -> <name>.sweep.csv")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default="zinc_model", help="output file stem")
     args = ap.parse_args(argv)
@@ -156,6 +159,31 @@ def reconstruction(model, test: pd.DataFrame, n: int, seed: int) -> dict:
     return {"recon_exact_test": exact, "recon_n": len(sub)}
 
 
+def sweep(args, model, train_set, ref, n: int = 2000) -> pd.DataFrame:
+    configs = [("prior (no flow)", 0), ("ode", 10), ("ode", 30), ("heun", 15), ("sde", 30), ("sde", 100)]
+    out = []
+    for sampler, steps in configs:
+        t = time.time()
+        if steps == 0:
+            x = torch.randn((n, *model.state_shape), generator=torch.Generator().manual_seed(args.seed))
+            dec = model.decode(x)
+            smiles = [d.smiles for d in dec]
+        else:
+            res = model.sample(n, steps=steps, sampler=sampler, seed=args.seed)
+            smiles = [s_ if v else None for s_, v in zip(res.smiles, res.valid)]
+        el = time.time() - t
+        r = mm.moses_metrics(smiles, train_set, ref, ks=(1000,))
+        out.append({"sampler": sampler, "steps": steps, "n": n, "s_sample_decode": el,
+                    **{k: r[k] for k in ("validity", "unique", "novelty", "fcd", "snn", "frag", "filters",
+                                         "qed_w1", "logp_w1", "sa_w1", "mw_w1")}})
+        print(json.dumps(out[-1], default=float), flush=True)
+    df = pd.DataFrame(out)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out_dir / f"{args.name}.sweep.csv", index=False)
+    print(markdown_table(df))
+    return df
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(1)
@@ -172,6 +200,8 @@ def main(argv=None) -> dict:
     ref = mm.Reference.build(ref_smiles, with_fcd=not args.no_fcd)
     print(f"  {time.time() - t:.0f} s", flush=True)
 
+    if args.sweep:
+        return sweep(args, model, train_set, ref)
     rows, extra = [], {}
     t = time.time()
     res = model.sample(args.n, steps=args.steps, sampler=args.sampler, seed=args.seed)
