@@ -380,9 +380,12 @@ def export(args) -> None:
                   "weights": path.name, "weights_format": "safetensors (EMA weights; configs in the metadata)",
                   "decoding": "greedy (argmax), deterministic"},
         "training": {
-            "ae": {"steps": ae_ck["state"]["step"], "epochs": ae_ck["state"]["epoch"],
+            "ae": {"steps": ae_ck["state"]["step"],
+                   "epochs": round(ae_ck["state"]["step"] * int(ae_args.get("batch_size") or 0 or 128)
+                                   / int(json.loads((ROOT / "tfftmol/chem/data/zinc250k_alphabet.json").read_text())
+                                         ["split_sizes"]["train"]), 2),
                    "wall_minutes": round(ae_ck["state"]["elapsed"] / 60, 1),
-                   "batch_size": ae_args.get("batch_size"), "lr": ae_args.get("lr"), "beta": ae_args.get("beta"),
+                   "batch_size": int(ae_args.get("batch_size") or 0) or 128, "lr": ae_args.get("lr"), "beta": ae_args.get("beta"),
                    "beta_warmup": ae_args.get("beta_warmup"), "budget_minutes": ae_args.get("budget_minutes"),
                    "ema": ae_args.get("ema"), "threads": 1, "device": "cpu",
                    "history": ae_ck["state"]["history"]},
