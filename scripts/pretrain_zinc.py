@@ -381,7 +381,7 @@ def export(args) -> None:
                   "decoding": "greedy (argmax), deterministic"},
         "training": {
             "ae": {"steps": ae_ck["state"]["step"],
-                   "epochs": round(ae_ck["state"]["step"] * int(ae_args.get("batch_size") or 0 or 128)
+                   "epochs": round(ae_ck["state"]["step"] * (int(ae_args.get("batch_size") or 0) or 128)
                                    / int(json.loads((ROOT / "tfftmol/chem/data/zinc250k_alphabet.json").read_text())
                                          ["split_sizes"]["train"]), 2),
                    "wall_minutes": round(ae_ck["state"]["elapsed"] / 60, 1),
