@@ -15,7 +15,6 @@ torch.Size([8, 189])
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -127,16 +126,12 @@ class QM9GraphFlow(GraphTransformerFlow):
 def save_qm9_graph(model: GraphTransformerFlow, path: Union[str, Path] = WEIGHTS_PATH,
                    extra_metadata: Optional[dict] = None) -> Path:
     """Write the weights as safetensors (atomically), with the config as JSON metadata."""
-    from safetensors.torch import save_file
+    from tfftmol.core.checkpoint import save_tensors
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "tfftmol.qm9-graph", "config": json.dumps(model.config.to_dict())}
     meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
-    state = {k: v.detach().contiguous().cpu().float() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    save_tensors(path, {k: v.float() for k, v in model.state_dict().items()}, metadata=meta)
     return path
 
 

@@ -57,6 +57,7 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata
                 seen.add(ptr)
             flat[k] = v
         save_file(flat, tmp, metadata=dict(metadata) if metadata else None)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights and checkpoints are ordinary readable files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

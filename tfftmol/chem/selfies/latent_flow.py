@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tfftmol.core.flow import VelocityModule
-from tfftmol.core.samplers import sample_ode, sample_sde
+from tfftmol.core.sampling import sample
 
 from .autoencoder import SelfiesVAE
 from .codec import DecodeResult, SelfiesVocab, decode_selfies
@@ -150,14 +150,10 @@ class ZincSelfiesFlow(VelocityModule):
         was = self.training
         self.eval()
         xs = []
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            x0 = torch.randn((b, *self.state_shape), generator=generator).to(device)
-            if sampler == "sde":
-                xs.append(sample_sde(self, b, steps=steps, generator=generator, x_start=x0).cpu())
-            else:
-                xs.append(sample_ode(self, b, steps=steps, method="heun" if sampler == "heun" else "euler",
-                                     x0=x0).cpu())
+        if n > 0:  # the one sampling loop; per batch: prior draw, then the SDE noise
+            method = {"sde": "sde", "heun": "heun", "ode": "euler"}[sampler]
+            xs = [sample(self, n, method=method, steps=steps, generator=generator, batch_size=batch_size,
+                         device=device).x.cpu()]
         self.train(was)
         return torch.cat(xs) if xs else torch.zeros(0, *self.state_shape)
 

@@ -13,7 +13,6 @@ vocabulary.  The measured figures are in ``zinc-selfies.card.json`` beside it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -34,17 +33,13 @@ FORMAT = "tfftmol.zinc-selfies"
 def save_zinc_selfies(model: ZincSelfiesFlow, path: Union[str, Path] = WEIGHTS_PATH,
                       extra_metadata: Optional[dict] = None) -> Path:
     """Write the weights as safetensors (atomically), with configs and vocabulary as JSON metadata."""
-    from safetensors.torch import save_file
+    from tfftmol.core.checkpoint import save_tensors
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "vae_config": json.dumps(model.vae.config.to_dict()),
             "flow_config": json.dumps(model.net.config.to_dict()), "vocab": json.dumps(model.vocab.to_dict())}
     meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
-    state = {k: v.detach().contiguous().cpu().float() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    save_tensors(path, {k: v.float() for k, v in model.state_dict().items()}, metadata=meta)
     return path
 
 
