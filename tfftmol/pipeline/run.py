@@ -164,8 +164,7 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
         resuming = rd.prepare(fp)
         reward = task.build_reward(cfg, base, device, log)
         if resuming:
-            from ..core.checkpoint import load_checkpoint
-            state = load_checkpoint(rd.checkpoint)
+            state = rd.state  # read and verified once by the run directory
             loader = reward_hook(reward, "load_state_dict")
             if state is not None and loader is not None and "reward_state" in state.get("extra", {}):
                 loader(state["extra"]["reward_state"])

@@ -74,6 +74,7 @@ class RunDir:
         self.path = cfg.run_dir
         self.lock = self.out / f".{cfg.name}.lock"
         self._held = False
+        self.state: Optional[dict] = None  # the verified checkpoint a resume continues from
 
     # -- paths ---------------------------------------------------------------------
     @property
@@ -158,7 +159,7 @@ class RunDir:
             state_present = (self.checkpoint / "state.json").exists()
             if state_present:
                 self._check_resume(base_fingerprint)
-                load_checkpoint(self.checkpoint)  # raises CheckpointError on a damaged checkpoint
+                self.state = load_checkpoint(self.checkpoint)  # verified; CheckpointError if damaged
                 resuming = True
             elif exists and not self.overwrite and (self.path / "report.md").exists():
                 raise RunDirError(f"resume: {self.path} holds a finished run and no checkpoint; "
