@@ -195,7 +195,7 @@ def check_number(obj, name: str, low: float | None = None, high: float | None = 
         ok = v < high if high_open else v <= high
     if not ok:
         lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
+        hi = ")" if high_open or high is None else "]"
         lo_s = "-inf" if low is None else f"{low:g}"
         hi_s = "inf" if high is None else f"{high:g}"
         raise ConfigError(f"{name}={v!r} must be a finite number in {lo}{lo_s}, {hi_s}{hi}")

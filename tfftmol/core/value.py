@@ -73,6 +73,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .config import check_choice, check_int, check_number
 from .reward import reward_has_grad, reward_hook
 from .sampling import Trajectory, sample
 from .sde import sigma_memoryless
@@ -117,24 +118,13 @@ class ValueConfig:
     cond_classes: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("distribution", "scalar"):
-            raise ValueError(f"kind={self.kind!r} must be one of 'distribution', 'scalar'")
-        for name in ("hidden", "layers", "iters", "bins"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r} must be an integer >= 1")
-        if self.bins < 4:
-            raise ValueError(f"bins={self.bins} must be >= 4")
-        for name in ("batch", "time_steps", "warm_start_steps", "cond_classes"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}={v!r} must be an integer >= 0")
-        if not (self.lr > 0):
-            raise ValueError(f"lr={self.lr} must be > 0")
-        if not (0 < self.bin_momentum <= 1):
-            raise ValueError(f"bin_momentum={self.bin_momentum} must be in (0, 1]")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip={self.grad_clip} must be >= 0 (0 = off)")
+        check_choice(self, "kind", ("distribution", "scalar"))
+        check_int(self, "hidden", "layers", "iters")
+        check_int(self, "bins", low=4)
+        check_int(self, "batch", "time_steps", "warm_start_steps", "cond_classes", low=0)
+        check_number(self, "lr", 0, None, low_open=True)
+        check_number(self, "bin_momentum", 0, 1, low_open=True)
+        check_number(self, "grad_clip", 0, None)
 
 
 # -- rewards without gradients --------------------------------------------------------------
