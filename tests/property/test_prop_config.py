@@ -122,3 +122,18 @@ def check_random_yaml(text):
 
 test_a_random_yaml_file_loads_or_is_a_config_error, test_a_random_yaml_file_loads_or_is_a_config_error_many = \
     cases(check_random_yaml, 700, yaml_text)
+
+
+def test_a_section_set_to_null_is_a_config_error_naming_it():
+    # found by the fuzz above: ``eval: null`` in a YAML file used to fail later with an AttributeError
+    import pytest
+
+    for sec in ("eval", "tfft"):
+        d = json.loads(json.dumps(BASE))
+        d[sec] = None
+        with pytest.raises(ConfigError, match=f"{sec}=None must be a mapping"):
+            load_run_config(d)
+    d = json.loads(json.dumps(BASE))
+    d["options"] = None
+    with pytest.raises(ConfigError, match="options=None"):
+        load_run_config(d)

@@ -152,6 +152,10 @@ class RunConfig:
             self.eval = from_dict(EvalConfig, self.eval, "eval")
         if isinstance(self.tfft, Mapping):
             self.tfft = from_dict(TFFTConfig, self.tfft, "tfft")
+        for key, cls in (("eval", EvalConfig), ("tfft", TFFTConfig)):
+            if not isinstance(getattr(self, key), cls):
+                raise ConfigError(f"{key}={getattr(self, key)!r} must be a mapping of {key} settings "
+                                  f"(leave it out for the defaults)")
         _check_device(self.device)
         # seeds: a nested seed left at its default follows the run's seed; two set seeds must agree
         for where, obj in (("tfft.seed", self.tfft), ("tfft.am.seed", self.tfft.am)):
