@@ -10,6 +10,7 @@ Modules
 ==================  ==============================================================
 ``descriptors``     the table descriptor name -> RDKit function (qed, logp, sa, ...)
 ``oracles``         Tanimoto similarity, SMARTS match, a user's ``fn(mol)``
+``guacamol``        the GuacaMol / PMO goal-directed objectives by name (osimertinib_mpo, median1, ...)
 ``property``        the QM9 property model's predictions (qm9_gap, qm9_mu)
 ``combine``         weighted sums of rewards
 ``transforms``      affine, clip, sigmoid, step
@@ -69,6 +70,7 @@ substructure        [min, max] of values min - 0.5 width  -
 qm9_gap             [0, 17]              -8.5             eV
 qm9_mu              [0, 30]              -15              Debye
 sum                 weighted sum of the terms' ranges (interval arithmetic)
+GuacaMol / PMO      [0, 1]               -0.5             - (every objective of ``guacamol``)
 ==================  ===================  ===============  ==============
 
 ``penalized_logp`` is the unnormalised definition of You et al. (2018) and
@@ -112,6 +114,7 @@ from .build import REWARDS, build_reward
 from .combine import WeightedSum
 from .descriptors import (DESCRIPTORS, AromaticRingsReward, Descriptor, DescriptorReward, LogPReward, MWReward,
                           NumRingsReward, PenalizedLogPReward, QEDReward, SAReward, TPSAReward)
+from .guacamol import GUACAMOL_REWARDS, OBJECTIVES, PMO_TASKS, GuacaMolReward
 from .oracles import CallableReward, SimilarityReward, SubstructureReward
 from .property import PropertyReward, QM9GapReward, QM9MuReward
 from .result import REASONS, RewardResult
@@ -144,6 +147,10 @@ __all__ = [
     "QM9GapReward",
     "QM9MuReward",
     "CallableReward",
+    "GuacaMolReward",
+    "GUACAMOL_REWARDS",
+    "OBJECTIVES",
+    "PMO_TASKS",
     "WeightedSum",
     "REWARDS",
     "TRANSFORMS",

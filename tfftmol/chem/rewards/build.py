@@ -20,6 +20,7 @@ import yaml
 from .base import Reward
 from .combine import WeightedSum
 from .descriptors import DESCRIPTOR_REWARDS
+from .guacamol import GUACAMOL_REWARDS
 from .oracles import CallableReward, SimilarityReward, SubstructureReward
 from .property import QM9GapReward, QM9MuReward
 
@@ -29,7 +30,7 @@ __all__ = ["REWARDS", "build_reward"]
 REWARDS: dict[str, type[Reward]] = {
     cls.name: cls
     for cls in (*DESCRIPTOR_REWARDS, SimilarityReward, SubstructureReward, QM9GapReward, QM9MuReward,
-                CallableReward, WeightedSum)
+                CallableReward, WeightedSum, *GUACAMOL_REWARDS)
 }
 
 _COMMON_KEYS = ("name", "transform", "penalty", "cache_size")
