@@ -24,6 +24,14 @@ def run(config, **kwargs):
     return _run(config, **kwargs)
 
 
+def plan(config, **kwargs):
+    """Stage 1 only for a grid of alpha on the config's cached offline batch (:func:`tfftmol.pipeline.plan.plan`):
+    predicted CVaR, KL, active fraction, ESS and ``eta*`` per alpha, and an alpha for a KL budget."""
+    from .pipeline.plan import plan as _plan
+
+    return _plan(config, **kwargs)
+
+
 def finetune(config, **kwargs):
     """Alias of :func:`run` (the name of earlier releases)."""
     return run(config, **kwargs)
@@ -35,5 +43,5 @@ __all__ = [
     "AMConfig", "DifferentiableReward", "FlowModel", "PseudoReward", "TFFTConfig", "TFFTResult",
     "ThresholdResult", "TfftWarning", "cvar", "run_tfft", "sample_ode", "sample_sde", "solve_threshold", "var",
     "FlowModelError", "VelocityModule", "check_flow", "check_flow_model", "estimate_kl", "sample",
-    "available_models", "load_pretrained", "model_card", "run", "finetune", "__version__",
+    "available_models", "load_pretrained", "model_card", "run", "plan", "finetune", "__version__",
 ]

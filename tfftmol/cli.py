@@ -1,10 +1,12 @@
 """The ``tfftmol`` command line.
 
     tfftmol toy2d   [--alpha 1.0] [--steps 600] [--reward linear] [--out runs/toy2d]
-    tfftmol sample  --model qm9-graph -n 1000 -o out.csv [--steps 50] [--sampler ode|sde]
+    tfftmol sample  --model qm9-graph|<run dir>|<weights.safetensors> -n 1000 -o out.csv [--steps 30]
+                    [--sampler sde|ode|heun] [--batch-size 250]
     tfftmol models
     tfftmol demo
-    tfftmol run      --config configs/<name>.yaml [--resume | --overwrite] [--out runs] [--name N] [--check]
+    tfftmol plan     --config configs/<name>.yaml [--alphas 0.05,0.1,1] [--betas 0.8,0.9] [--kl-budget 0.5]
+    tfftmol run      --config configs/<name>.yaml [--resume | --overwrite] [--force] [--out runs] [--name N] [--check]
     tfftmol finetune ...                      (the same as `run`, the name of earlier releases)
     tfftmol demo-mol [--out runs/demo-mol]     (QED right-CVaR on qm9-graph, ~10 minutes)
     tfftmol tune --config configs/tune_<name>.yaml --study NAME [--storage URL] [--n-trials N]
@@ -53,8 +55,16 @@ def _sample(a) -> int:
     from .pretrained import load_pretrained
 
     torch.set_num_threads(a.threads)
-    model = load_pretrained(a.model)
-    df = sample_to_csv(model, a.n, a.output, steps=a.steps, sampler=a.sampler, seed=a.seed)
+    if a.batch_size < 1:
+        raise SystemExit(f"tfftmol sample: --batch-size {a.batch_size} must be >= 1")
+    try:
+        model = load_pretrained(a.model)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"tfftmol sample: {e}") from None
+    if not hasattr(model, "decode"):
+        raise SystemExit(f"tfftmol sample: --model {a.model!r} is not a molecular flow (qm9-graph, zinc-selfies, "
+                         "or a molecular run directory / .safetensors file)")
+    df = sample_to_csv(model, a.n, a.output, steps=a.steps, sampler=a.sampler, seed=a.seed, batch_size=a.batch_size)
     valid = float(df["valid"].mean()) if len(df) else 0.0
     print(f"wrote {len(df)} molecules to {a.output}; valid {valid:.1%}")
     return 0
@@ -93,17 +103,48 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
     from .core.checkpoint import CheckpointError
     from .core.config import ConfigError
     from .core.reward import RewardFailureError
+    from .core.threshold import DegenerateTailError
 
     try:
         res = run(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}; continue with --resume", file=sys.stderr)
         return 130
+    except DegenerateTailError as e:
+        print(f"tfftmol: stopped before stage 2: {e}\n(`tfftmol plan --config ...` shows every alpha and beta "
+              "without training; `--force` or `degenerate_tail: train` trains anyway)", file=sys.stderr)
+        return 3
     except (RunDirError, CheckpointError, ConfigError, RewardFailureError) as e:
         raise SystemExit(f"tfftmol: {e}") from None
     print()
     _print_table(res.table())
     print(f"\nreport: {res.files['report']}")
+    return 0
+
+
+def _floats(text: str, name: str) -> list:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"tfftmol plan: --{name} {text!r} must be comma-separated numbers, e.g. 0.05,0.1,1") from None
+
+
+def _plan(a) -> int:
+    import torch
+
+    from .core.config import ConfigError
+    from .pipeline.plan import plan
+
+    torch.set_num_threads(a.threads)
+    try:
+        res = plan(a.config, alphas=_floats(a.alphas, "alphas") if a.alphas else None,
+                   betas=_floats(a.betas, "betas") if a.betas else None, kl_budget=a.kl_budget,
+                   out=a.output, progress=not a.quiet, out_dir=a.out)
+    except (ConfigError, ValueError) as e:
+        raise SystemExit(f"tfftmol plan: {e}") from None
+    print(res.summary())
+    print(f"\nwrote {res.files['table']}" + (f" and {res.files['plot']}" if "plot" in res.files else "")
+          + f" ({res.seconds:.1f} s)")
     return 0
 
 
@@ -114,7 +155,7 @@ def _finetune(a) -> int:
     from .pipeline import load_run_config
 
     torch.set_num_threads(a.threads)
-    overrides = {"out_dir": a.out, "name": a.name}
+    overrides = {"out_dir": a.out, "name": a.name, "degenerate_tail": "train" if a.force else None}
     try:
         cfg = load_run_config(a.config, **overrides)
     except ConfigError as e:
@@ -186,16 +227,31 @@ def main(argv=None) -> int:
     t.add_argument("--threads", type=int, default=1)
     t.set_defaults(fn=_toy2d)
 
-    s = sub.add_parser("sample", help="sample molecules from a pre-trained model to CSV")
-    s.add_argument("--model", default="qm9-graph")
+    s = sub.add_parser("sample", help="sample molecules from a pre-trained or fine-tuned model to CSV")
+    s.add_argument("--model", default="qm9-graph",
+                   help="a shipped model (qm9-graph, zinc-selfies), a run directory of `tfftmol run`, or a .safetensors file")
     s.add_argument("-n", type=int, default=1000)
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--steps", type=int, default=30, help="integration steps (default 30, the model card's setting)")
     s.add_argument("--sampler", choices=["ode", "heun", "sde"], default="sde",
                    help="memoryless SDE (default: the most valid at 30 steps), Euler ODE or Heun ODE")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=250,
+                   help="molecules per sampling batch (default 250: faster per molecule than 500 or 1000 on CPU)")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=_sample)
+
+    pl = sub.add_parser("plan", help="stage 1 only for a grid of alpha: predicted CVaR and KL per alpha, in seconds, "
+                                     "before paying for a run")
+    pl.add_argument("--config", required=True, help="YAML file of a run config, e.g. configs/qed_right.yaml")
+    pl.add_argument("--alphas", default=None, help="comma-separated KL weights (default 0.01,...,10 and the config's)")
+    pl.add_argument("--betas", default=None, help="comma-separated tail levels (default: the config's beta)")
+    pl.add_argument("--kl-budget", type=float, default=None, help="KL budget in nats: recommends an alpha")
+    pl.add_argument("--out", default=None, help="out_dir of the config (where the offline batch cache lives)")
+    pl.add_argument("-o", "--output", default=None, help="directory of plan.csv/plan.png (default <out_dir>/<name>-plan)")
+    pl.add_argument("--quiet", action="store_true", help="no progress bar")
+    pl.add_argument("--threads", type=int, default=1)
+    pl.set_defaults(fn=_plan)
 
     m = sub.add_parser("models", help="list the shipped pre-trained models")
     m.set_defaults(fn=_models)
@@ -215,6 +271,8 @@ def main(argv=None) -> int:
         f.add_argument("--out", default=None, help="parent directory of the report (overrides out_dir)")
         f.add_argument("--name", default=None, help="run name (overrides name)")
         f.add_argument("--check", action="store_true", help="validate the config, print it in full and exit")
+        f.add_argument("--force", action="store_true",
+                       help="train even when stage 1 finds the tail saturated (degenerate_tail: train)")
         f.add_argument("--quiet", action="store_true", help="no progress bars")
         f.add_argument("--threads", type=int, default=1)
         f.set_defaults(fn=_finetune, cmd=cmd)

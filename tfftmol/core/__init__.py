@@ -25,7 +25,8 @@ from .samplers import sample_ode, sample_sde
 from .sampling import Samples, Trajectory, sample
 from .sde import sigma_memoryless
 from .settings import AMConfig, TFFTConfig
-from .threshold import ThresholdResult, TfftWarning, objective, solve_eta, solve_threshold
+from .threshold import (DegenerateTailError, TailDegeneracy, ThresholdResult, TfftWarning, objective, solve_eta,
+                        solve_threshold, tail_degeneracy)
 from .tfft import Stage, TFFTResult, offline_batch, plan_stages, run_tfft
 from .validate import FlowInterfaceError, FlowModelError, check_flow_model, model_dtype
 
@@ -39,6 +40,7 @@ __all__ = [
     "cvar", "var",
     "Samples", "Trajectory", "sample", "sample_ode", "sample_sde", "sigma_memoryless",
     "ThresholdResult", "TfftWarning", "objective", "solve_eta", "solve_threshold",
+    "DegenerateTailError", "TailDegeneracy", "tail_degeneracy",
     "Stage", "TFFTConfig", "TFFTResult", "offline_batch", "plan_stages", "run_tfft",
     "FlowInterfaceError", "FlowModelError", "check_flow_model", "model_dtype",
 ]

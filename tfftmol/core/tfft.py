@@ -88,6 +88,20 @@ class TFFTResult:
     tracking: Optional[dict] = None
 
 
+def reward_bounds(reward: Any) -> Optional[tuple[float, float]]:
+    """The declared ``(low, high)`` range of a reward (``reward.range``, or that of the reward it wraps), or ``None``."""
+    for obj in (reward, getattr(reward, "reward", None)):
+        rng = getattr(obj, "range", None)
+        if isinstance(rng, (tuple, list)) and len(rng) == 2:
+            try:
+                lo, hi = float(rng[0]), float(rng[1])
+            except (TypeError, ValueError):
+                continue
+            if lo < hi:
+                return lo, hi
+    return None
+
+
 def run_key(base: FlowModel, reward: TerminalReward, config: TFFTConfig) -> str:
     """Identity of a fine-tune for resuming: a hash of the full config, the base weights and the reward key."""
     payload = json.dumps([to_dict(config), model_fingerprint(base), reward_cache_key(reward)], sort_keys=True,
@@ -99,7 +113,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100, resume: bool = True,
              device: str | torch.device = "cpu", progress: bool = True, cond_sampler=None,
              callbacks: Optional[list[Callable[[AdjointMatching, dict], None]]] = None,
-             log: Callable[[str], None] = print) -> TFFTResult:
+             log: Callable[[str], None] = print, stop_on_degenerate: bool = True) -> TFFTResult:
     """Run TFFT (or the expected-reward baseline) end to end.
 
     Args:
@@ -115,9 +129,16 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             base weights and reward; otherwise :class:`~tfftmol.core.checkpoint.CheckpointError`).
             up from the last checkpoint.
         callbacks: called as ``cb(trainer, stats_dict)`` after every step.
+        stop_on_degenerate: a tail stage 1 finds saturated (nothing to gain:
+            :func:`~tfftmol.core.threshold.tail_degeneracy`) raises
+            :class:`~tfftmol.core.threshold.DegenerateTailError` before stage 2; ``False``
+            trains anyway (with the warning).
 
     Returns:
         :class:`TFFTResult`.
+
+    Raises:
+        DegenerateTailError: the targeted tail cannot move (with ``stop_on_degenerate``).
     """
     check_flow_model(base, device, cond_sampler=cond_sampler)  # the interface, on a probe batch, before any sampling
     cfg = config
@@ -143,7 +164,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     t1 = time.perf_counter()
     stage1 = refined_thr = None
     if cfg.method == "tfft":
-        stages = plan_stages(rewards_np, cfg, log)
+        stages = plan_stages(rewards_np, cfg, log, bounds=reward_bounds(reward),
+                             stop_on_saturated=stop_on_degenerate)
         threshold = stage1 = stages[-1].threshold
         log(str(threshold))
         log(f"offline batch sampler: {cfg.offline_sampler} ({cfg.offline_steps} steps)")

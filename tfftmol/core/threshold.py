@@ -61,11 +61,24 @@ import numpy as np
 
 from .risk import _lower_tail_mean, _quantile_sorted, as_float64, check_beta, check_tail
 
-__all__ = ["solve_eta", "ThresholdResult", "TfftWarning", "solve_threshold", "objective"]
+__all__ = ["solve_eta", "ThresholdResult", "TfftWarning", "solve_threshold", "objective", "TailDegeneracy",
+           "tail_degeneracy", "DegenerateTailError"]
 
 
 class TfftWarning(UserWarning):
     """A TFFT estimate that cannot be trusted as it stands (the message says which knob to turn)."""
+
+
+class DegenerateTailError(RuntimeError):
+    """Stage 1 found nothing to gain in the targeted tail (:func:`tail_degeneracy`); stage 2 did not run.
+
+    Attributes:
+        degeneracy: the :class:`TailDegeneracy` (kind, tied fraction, the beta that can move).
+    """
+
+    def __init__(self, message: str, degeneracy=None):
+        super().__init__(message)
+        self.degeneracy = degeneracy
 
 
 # ---------------------------------------------------------------------------
@@ -630,3 +643,156 @@ def solve_threshold(
         bootstrap=int(bootstrap), warnings=tuple(msgs), rewards=r,
         active_count_fraction=active_count, is_ess=is_ess, log_weights=lw_keep,
     )
+
+
+# ---------------------------------------------------------------------------
+# degenerate tails: what stage 1 can say before stage 2 is paid for
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TailDegeneracy:
+    """A tail that TFFT cannot move, or moves only as expected-reward fine-tuning would.
+
+    Attributes:
+        kind: ``"saturated"`` (the tail's CVaR is already the largest reward any offline
+            sample reached: nothing to gain; ties at the top leave the hinge without a
+            gradient for every alpha) or ``"expected"`` (``eta*`` at the reward extreme
+            opposite the tail: every sample is on the hinge's linear side, so TFFT is
+            expected-reward fine-tuning with the reward scaled by ``1/(1-beta)`` or ``1/beta``).
+        stop: ``True`` when stage 2 cannot gain anything (``"saturated"``).
+        message: the plain-English diagnosis with advice that can help.
+        tied_fraction: fraction of the offline samples tied at the relevant extreme.
+        extreme: the extreme reward of the offline batch (the maximum, or the minimum for
+            a right tail whose ``eta*`` sits at the bottom).
+        at_bound: the extreme equals the reward's declared bound.
+        alpha_ok: the nearest alpha at which the degeneracy is gone (``None`` if none found).
+        beta_ok: the nearest beta (at the same alpha) at which it is gone (``None`` if none found).
+    """
+
+    kind: str
+    stop: bool
+    message: str
+    tied_fraction: float
+    extreme: float
+    at_bound: bool = False
+    alpha_ok: Optional[float] = None
+    beta_ok: Optional[float] = None
+
+
+def _tie_tol(x: float) -> float:
+    return 1e-12 * max(1.0, abs(x))
+
+
+def _is_expected(rs: np.ndarray, eta: float, tail: str) -> bool:
+    """``eta*`` at the reward extreme opposite the tail (every sample on the hinge's linear side)."""
+    return bool(eta <= rs[0] + _tie_tol(rs[0])) if tail == "right" else bool(eta >= rs[-1] - _tie_tol(rs[-1]))
+
+
+def _alpha_boundary(rs: np.ndarray, beta: float, alpha: float, tail: str, bad) -> Optional[float]:
+    """The alpha nearest to ``alpha`` (log scale, within 1e-6..1e6 of it) at which ``bad(eta)`` is False."""
+    grid = alpha * np.logspace(0.0, 6.0, 61)[1:]
+    for direction in (grid, alpha * alpha / grid):  # up first (a flatter tilt), then down
+        prev = alpha
+        for a in direction:
+            if not bad(_solve_sorted(rs, beta, float(a), tail)):
+                lo, hi = (prev, float(a))  # bad at lo, fine at hi: bisect on log alpha
+                for _ in range(30):
+                    mid = math.sqrt(lo * hi)
+                    if bad(_solve_sorted(rs, beta, mid, tail)):
+                        lo = mid
+                    else:
+                        hi = mid
+                return float(hi)
+            prev = float(a)
+    return None
+
+
+def tail_degeneracy(res: ThresholdResult, bounds: Optional[tuple[float, float]] = None) -> Optional[TailDegeneracy]:
+    """Diagnose a degenerate tail from a stage-1 result, before stage 2 runs.
+
+    * **saturated** (``stop=True``): the tail's CVaR already equals the largest reward of
+      the offline batch (right tail: at least ``1 - beta`` of the samples are tied at the
+      maximum; left tail: every sample is).  The hinge ``(r - eta*)_+`` is zero on every
+      sample for every alpha, the adaptive continuation's batch tail is tied too, and a
+      reward at its declared upper bound cannot rise: nothing to gain.  The advice names
+      the largest ``beta`` whose tail can move at this alpha.
+    * **expected** (``stop=False``): ``eta*`` sits at the reward extreme opposite the tail
+      (left: at the maximum; right: at the minimum), so the pseudo-reward is linear in
+      ``r`` on every sample: TFFT reduces to expected-reward fine-tuning with the reward
+      scaled by ``1/beta`` (left) or ``1/(1-beta)`` (right).  The advice names the alpha
+      (and the beta) at which ``eta*`` moves inside the rewards.
+
+    Args:
+        res: a :class:`ThresholdResult` (unweighted or importance-weighted; ties are counted
+            on the samples).
+        bounds: the reward's declared ``(low, high)`` range, if any (only for the wording:
+            "the reward's upper bound").
+
+    Returns:
+        A :class:`TailDegeneracy`, or ``None`` when the tail is not degenerate.
+    """
+    r = np.asarray(res.rewards, dtype=np.float64)
+    if r is None or r.size < 2:
+        return None
+    rs = np.sort(r)
+    m = rs.size
+    rmax, rmin = float(rs[-1]), float(rs[0])
+    hi_bound = lo_bound = None
+    if bounds is not None:
+        lo_bound, hi_bound = (float(bounds[0]), float(bounds[1]))
+    tied_top = float(np.mean(rs >= rmax - _tie_tol(rmax)))
+    tail_mass = res.target_tail_mass
+    beta, alpha, tail = res.beta, res.alpha, res.tail
+    if rmax > rmin and ((tail == "right" and tied_top >= tail_mass) or (tail == "left" and tied_top >= 1.0)):
+        at_bound = hi_bound is not None and rmax >= hi_bound - 1e-9 * max(1.0, abs(hi_bound))
+        where = "the reward's upper bound" if at_bound else "the largest reward in the offline batch"
+        beta_ok = None
+        if tail == "right":
+            for b in np.round(np.arange(min(1.0 - tied_top, 0.99), 0.0, -0.01), 2):
+                if b <= 0 or b >= 1:
+                    continue
+                e = _solve_sorted(rs, float(b), alpha, "right")
+                if float(np.mean(rs > e)) >= 0.02:
+                    beta_ok = float(b)
+                    break
+        msg = (f"nothing to gain: {100 * tied_top:.3g}% of the {m} pre-trained samples already score {rmax:.6g}, "
+               f"{where}, which covers the whole {tail} tail of beta={beta:g} ({100 * tail_mass:.3g}% of the samples); "
+               f"the tail's CVaR is already {res.pre_cvar:.6g} and stage 1 predicts {res.predicted_cvar:.6g} at KL "
+               f"{res.predicted_kl:.3g}.  The hinge has no gradient on tied samples, so no alpha (now {alpha:g}), "
+               f"no continuation and no number of offline samples changes this")
+        if tail == "right":
+            msg += (f"; a tail that can move: beta <= {beta_ok:g} (its top {100 * (1 - beta_ok):.3g}% is not all "
+                    f"tied), or a reward that separates the molecules at {rmax:.6g}" if beta_ok is not None else
+                    f"; use a reward that separates the samples tied at {rmax:.6g}")
+        return TailDegeneracy("saturated", True, msg + ".", tied_top, rmax, at_bound, None, beta_ok)
+    if rmax > rmin and _is_expected(rs, res.eta, tail):
+        ext = rmax if tail == "left" else rmin
+        bound = hi_bound if tail == "left" else lo_bound
+        at_bound = bound is not None and abs(ext - bound) <= 1e-9 * max(1.0, abs(bound))
+        scale = 1.0 / beta if tail == "left" else 1.0 / (1.0 - beta)
+        word = "maximum" if tail == "left" else "minimum"
+        bad = lambda e: _is_expected(rs, e, tail)  # noqa: E731
+        alpha_ok = _alpha_boundary(rs, beta, alpha, tail, bad)
+        beta_ok = None
+        grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
+        for b in sorted(grid, key=lambda b: abs(b - beta)):
+            if not bad(_solve_sorted(rs, float(b), alpha, tail)):
+                beta_ok = float(b)
+                break
+        tied = float(np.mean(rs >= rmax - _tie_tol(rmax))) if tail == "left" else float(np.mean(rs <= rmin + _tie_tol(rmin)))
+        pseudo = "-(eta* - r)_+/beta = (r - eta*)/beta" if tail == "left" else "(r - eta*)_+/(1-beta) = (r - eta*)/(1-beta)"
+        msg = (f"eta*={res.eta:.6g} is the {word} reward of the {m} offline samples"
+               f"{' (the reward' + chr(39) + 's ' + ('upper' if tail == 'left' else 'lower') + ' bound)' if at_bound else ''}"
+               f"{f', shared by {100 * tied:.3g}% of them' if tied > 1.0 / m else ''}: every sample lies on the hinge's "
+               f"linear side, so the pseudo-reward {pseudo} is linear in r and TFFT-{tail} is expected-reward "
+               f"fine-tuning with the reward scaled by {scale:.4g} (the same as method: expected at alpha="
+               f"{alpha / scale:.4g}); it does not target the {tail} tail")
+        where = []
+        if alpha_ok is not None:
+            where.append(f"alpha {'>=' if alpha_ok > alpha else '<='} {alpha_ok:.3g} (at beta={beta:g})")
+        if beta_ok is not None:
+            where.append(f"beta={beta_ok:g} (at alpha={alpha:g})")
+        msg += ("; eta* moves inside the rewards at " + " or ".join(where) if where else
+                "; no alpha in 1e-6..1e6 times the present one nor any beta moves eta* inside the rewards")
+        return TailDegeneracy("expected", False, msg + ".", tied, ext, at_bound, alpha_ok, beta_ok)
+    return None

@@ -118,6 +118,10 @@ class RunConfig:
         cache_dir: where offline batches are cached (``""`` = ``<out_dir>/cache``).
         checkpoint_every: stage-2 steps between checkpoints.
         threads: ``torch.set_num_threads`` for the run (0 = leave unchanged).
+        degenerate_tail: what a tail that stage 1 finds saturated does (nothing to gain: the
+            targeted tail is already tied at the largest reward; :func:`tfftmol.core.tail_degeneracy`):
+            ``"stop"`` (default) ends the run before stage 2 with a message naming the tail;
+            ``"train"`` trains anyway.
         eval: :class:`EvalConfig`.
         tfft: :class:`~tfftmol.core.settings.TFFTConfig`.
         options: the task's own options, validated by the task's options dataclass.
@@ -131,6 +135,7 @@ class RunConfig:
     cache_dir: str = ""
     checkpoint_every: int = 50
     threads: int = 0
+    degenerate_tail: str = "stop"
     eval: EvalConfig = field(default_factory=EvalConfig)
     tfft: TFFTConfig = field(default_factory=TFFTConfig)
     options: Any = field(default_factory=dict)
@@ -144,6 +149,7 @@ class RunConfig:
         check_int(self, "seed", low=0)
         check_int(self, "checkpoint_every")
         check_int(self, "threads", low=0)
+        check_choice(self, "degenerate_tail", ("stop", "train"))
         if not isinstance(self.out_dir, (str, Path)) or not str(self.out_dir):
             raise ConfigError(f"out_dir={self.out_dir!r} must be a non-empty path")
         self.out_dir = str(self.out_dir)
@@ -195,7 +201,7 @@ class RunConfig:
 
 
 # -- legacy flat configs ----------------------------------------------------------------
-_COMMON = ("name", "seed", "device", "out_dir", "cache_dir", "checkpoint_every", "threads", "tfft")
+_COMMON = ("name", "seed", "device", "out_dir", "cache_dir", "checkpoint_every", "threads", "degenerate_tail", "tfft")
 _EVAL = {"eval_samples": "samples", "eval_steps": "steps", "eval_sampler": "sampler", "kl_samples": "kl_samples"}
 
 

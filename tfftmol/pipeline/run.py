@@ -178,7 +178,8 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
             cbs.append(lambda trainer, stats: trainer.extra.__setitem__("reward_state", saver()))
         res = run_tfft(base, reward, t, cache_dir=cfg.offline_cache_dir, checkpoint_dir=rd.checkpoint,
                        checkpoint_every=cfg.checkpoint_every, resume=resuming, device=device, progress=progress,
-                       cond_sampler=cond, callbacks=cbs + list(callbacks or []), log=log)
+                       cond_sampler=cond, callbacks=cbs + list(callbacks or []), log=log,
+                       stop_on_degenerate=cfg.degenerate_tail == "stop")
         timings = dict(res.timings)
 
         t_eval = time.perf_counter()
