@@ -44,11 +44,38 @@ def model_card(name: str) -> dict:
 
 def _check(name: str) -> None:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown pre-trained model {name!r}; valid names: {available_models()}")
+        raise ValueError(f"unknown pre-trained model {name!r}; valid names: {available_models()}, a run directory "
+                         "holding model.safetensors, or a .safetensors file")
+
+
+def _load_path(path: Path, device: str):
+    """A fine-tuned (or exported) molecular flow from a run directory or a ``.safetensors`` file."""
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise ValueError(f"model={str(path)!r}: a run directory must hold model.safetensors (a finished run); "
+                         f"{weights} does not exist")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - not a safetensors file
+        raise ValueError(f"model={str(path)!r}: {weights} is not a safetensors file ({type(e).__name__}: {e})") from None
+    task = meta.get("task", "molecule")
+    if task != "molecule":
+        raise ValueError(f"model={str(path)!r}: weights of a {task!r} run; loading a run directory by path supports "
+                         "molecular runs (task: molecule) only")
+    from .chem.task import load_base
+
+    return load_base(str(weights), device)
 
 
 def load_pretrained(name: str, device: str = "cpu", **kwargs: Any):
-    """Load a shipped pre-trained flow model by name.
+    """Load a shipped pre-trained flow model by name, or a fine-tuned molecular flow by path.
+
+    ``name`` is one of :func:`available_models`, a run directory written by
+    ``tfftmol run`` (its ``model.safetensors``), or a ``.safetensors`` file of a
+    molecular flow (shipped format or a run's export).
 
     >>> import tfftmol
     >>> model = tfftmol.load_pretrained("gmm-exact")
@@ -56,8 +83,14 @@ def load_pretrained(name: str, device: str = "cpu", **kwargs: Any):
     (2,)
 
     Raises:
-        ValueError: for an unknown name, listing the valid names.
+        ValueError: for an unknown name that is no run directory or weights file, listing the valid names.
     """
+    if name not in _REGISTRY and isinstance(name, (str, Path)):
+        p = Path(name)
+        if p.is_dir() or str(name).endswith(".safetensors"):
+            if kwargs:
+                raise ValueError(f"load_pretrained({str(name)!r}): options {sorted(kwargs)} apply to shipped models only")
+            return _load_path(p, device)
     _check(name)
     target = _REGISTRY[name][0]
     mod, fn = target.split(":")

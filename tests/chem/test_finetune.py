@@ -70,7 +70,7 @@ def test_end_to_end_writes_every_report_file(first_run):
                 "reward_cvar_left_0.1", "kl", "eta"]:
         assert col in metrics.columns, col
     samples = pd.read_csv(res.run_dir / "samples.csv", keep_default_na=False)
-    assert list(samples.columns) == ["smiles", "reward", "valid", "reason"] and len(samples) == 48
+    assert list(samples.columns) == ["smiles", "reward", "valid", "reason", "raw"] and len(samples) == 48
     assert np.isfinite(res.kl) and res.kl >= 0
     assert any("TFFT threshold" in line for line in lines)  # stage-1 diagnostics were printed
     assert any(line.startswith("surrogate refit") for line in lines)

@@ -128,7 +128,7 @@ def test_tiny_sample_shapes_and_seed(tiny, sampler):
     assert r1.valid.dtype == bool
     assert torch.equal(r1.x, r2.x)
     df = r1.to_frame()
-    assert list(df.columns) == ["smiles", "valid", "reason"] and len(df) == 7
+    assert list(df.columns) == ["smiles", "valid", "reason", "raw"] and len(df) == 7
     with pytest.raises(ValueError, match="sampler"):
         tiny.sample(2, sampler="rk4")
 
@@ -166,7 +166,7 @@ def test_loaded_model_samples(tmp_path):
     sde = model.sample(16, steps=20, sampler="sde", seed=0)
     assert sde.x.shape == (16, 189) and np.isfinite(sde.x.numpy()).all()
     df = sample_to_csv(model, 10, tmp_path / "s.csv", steps=10, seed=0)
-    assert (tmp_path / "s.csv").exists() and list(df.columns) == ["smiles", "valid", "reason"]
+    assert (tmp_path / "s.csv").exists() and list(df.columns) == ["smiles", "valid", "reason", "raw"]
 
 
 @pytest.mark.slow  # 28 s

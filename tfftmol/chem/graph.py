@@ -173,15 +173,33 @@ class DecodeResult:
             ``"valence"`` (an atom's bond orders exceed its valence C4 N3 O2 F1);
             ``"sanitization"`` (RDKit rejects it for another reason);
             ``"disconnected"`` (more than one fragment).
+        raw: for an invalid sample, the SMILES of the decoded graph as it is (not sanitised,
+            fragments joined by ``.``; ``None`` when empty or not writable), so a failure can be
+            looked at; ``None`` for a valid one (its ``smiles`` says it all).
     """
 
     mol: Optional[Chem.Mol]
     smiles: Optional[str]
     reason: str
+    raw: Optional[str] = None
 
     @property
     def valid(self) -> bool:
         return self.reason == OK
+
+
+def _raw_smiles(nodes: np.ndarray, edges: np.ndarray, present: np.ndarray, bond_k: np.ndarray) -> Optional[str]:
+    """SMILES of the decoded graph without sanitising (for looking at an invalid sample); never raises."""
+    try:
+        rw = Chem.RWMol()
+        slot = {int(i): rw.AddAtom(Chem.Atom(ATOM_TYPES[nodes[i]])) for i in present}
+        for k in bond_k:
+            rw.AddBond(slot[int(_TRIU_NP[0, k])], slot[int(_TRIU_NP[1, k])], _RD_BOND[edges[k]])
+        mol = rw.GetMol()
+        mol.UpdatePropertyCache(strict=False)
+        return Chem.MolToSmiles(mol, canonical=False, kekuleSmiles=True)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _decode_one(nodes: np.ndarray, edges: np.ndarray) -> DecodeResult:
@@ -194,7 +212,7 @@ def _decode_one(nodes: np.ndarray, edges: np.ndarray) -> DecodeResult:
     np.add.at(valence, _TRIU_NP[0, bond_k], edges[bond_k])
     np.add.at(valence, _TRIU_NP[1, bond_k], edges[bond_k])
     if np.any(valence[present] > _VAL[nodes[present]]):
-        return DecodeResult(None, None, VALENCE)
+        return DecodeResult(None, None, VALENCE, _raw_smiles(nodes, edges, present, bond_k))
     try:
         rw = Chem.RWMol()
         slot = {}
@@ -205,11 +223,11 @@ def _decode_one(nodes: np.ndarray, edges: np.ndarray) -> DecodeResult:
         mol = rw.GetMol()
         Chem.SanitizeMol(mol)
     except Chem.AtomValenceException:
-        return DecodeResult(None, None, VALENCE)
+        return DecodeResult(None, None, VALENCE, _raw_smiles(nodes, edges, present, bond_k))
     except Exception:  # noqa: BLE001 - decoding never raises; any RDKit failure is a reason
-        return DecodeResult(None, None, SANITIZATION)
+        return DecodeResult(None, None, SANITIZATION, _raw_smiles(nodes, edges, present, bond_k))
     if len(Chem.GetMolFrags(mol)) != 1:
-        return DecodeResult(None, None, DISCONNECTED)
+        return DecodeResult(None, None, DISCONNECTED, _raw_smiles(nodes, edges, present, bond_k))
     try:
         smi = Chem.MolToSmiles(mol, isomericSmiles=False)
     except Exception:  # noqa: BLE001

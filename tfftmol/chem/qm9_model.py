@@ -60,7 +60,8 @@ class SampleResult:
     @classmethod
     def from_decoded(cls, x: torch.Tensor, dec: list[DecodeResult]) -> "SampleResult":
         return cls(x=x, mols=[d.mol for d in dec], smiles=[d.smiles for d in dec],
-                   valid=np.array([d.reason == "ok" for d in dec], dtype=bool), reasons=[d.reason for d in dec])
+                   valid=np.array([d.reason == "ok" for d in dec], dtype=bool), reasons=[d.reason for d in dec],
+                   raw=[getattr(d, "raw", None) for d in dec])
 
     def __len__(self) -> int:
         return len(self.reasons)
@@ -69,9 +70,14 @@ class SampleResult:
     def validity(self) -> float:
         return float(self.valid.mean()) if len(self) else float("nan")
 
+    raw: Optional[list] = None
+
     def to_frame(self) -> pd.DataFrame:
-        """``pandas.DataFrame`` with columns ``smiles`` (empty string if invalid), ``valid``, ``reason``."""
-        return pd.DataFrame({"smiles": [s or "" for s in self.smiles], "valid": self.valid, "reason": self.reasons})
+        """``pandas.DataFrame`` with columns ``smiles`` (empty string if invalid), ``valid``, ``reason`` and
+        ``raw`` (an invalid sample's unsanitised decode, when the decoder gives one; empty otherwise)."""
+        raw = self.raw if self.raw is not None else [None] * len(self)
+        return pd.DataFrame({"smiles": [s or "" for s in self.smiles], "valid": self.valid, "reason": self.reasons,
+                             "raw": [r or "" for r in raw]})
 
 
 class QM9GraphFlow(GraphTransformerFlow):
@@ -129,8 +135,8 @@ def save_qm9_graph(model: GraphTransformerFlow, path: Union[str, Path] = WEIGHTS
     from tfftmol.core.checkpoint import save_tensors
 
     path = Path(path)
-    meta = {"format": "tfftmol.qm9-graph", "config": json.dumps(model.config.to_dict())}
-    meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
+    meta = {k: str(v) for k, v in (extra_metadata or {}).items()}
+    meta.update({"format": "tfftmol.qm9-graph", "config": json.dumps(model.config.to_dict())})  # the model's own win
     save_tensors(path, {k: v.float() for k, v in model.state_dict().items()}, metadata=meta)
     return path
 
@@ -155,10 +161,16 @@ def load_qm9_graph(device: Union[str, torch.device] = "cpu", path: Union[str, Pa
     return model.to(device).eval()
 
 
+#: Default molecules per sampling batch of ``tfftmol sample``: measured on qm9-graph (SDE, 30 steps, one thread),
+#: smaller batches are faster per molecule (see the README's sampling section).
+DEFAULT_SAMPLE_BATCH = 250
+
+
 def sample_to_csv(model: QM9GraphFlow, n: int, out_path: Union[str, Path], steps: int = DEFAULT_STEPS,
-                  sampler: str = DEFAULT_SAMPLER, seed: Optional[int] = 0) -> pd.DataFrame:
-    """Sample ``n`` molecules and write ``smiles, valid, reason`` to ``out_path`` (CSV); returns the frame."""
-    df = model.sample(n, steps=steps, sampler=sampler, seed=seed).to_frame()
+                  sampler: str = DEFAULT_SAMPLER, seed: Optional[int] = 0,
+                  batch_size: int = DEFAULT_SAMPLE_BATCH) -> pd.DataFrame:
+    """Sample ``n`` molecules and write ``smiles, valid, reason, raw`` to ``out_path`` (CSV); returns the frame."""
+    df = model.sample(n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size).to_frame()
     out_path = Path(out_path)
     if out_path.parent != Path(""):
         out_path.parent.mkdir(parents=True, exist_ok=True)

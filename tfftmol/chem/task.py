@@ -11,6 +11,9 @@ Options (``RunConfig.options``)::
     warm_labels: decoded           # warm-start labels: reward of the decoded latent, or of the data molecule
     reward_jobs: 1                 # worker processes for the true reward
     grid_size: 12                  # molecules per tail grid
+    top_k: 50                      # molecules per end of top.csv / top.sdf (top and bottom, each model)
+    filters: null                  # medicinal-chemistry filters on the reward (tfftmol.chem.filters), e.g.
+                                   # {catalogs: [pains, brenk, nih], max_small_rings: 1, sa_max: 4.5, mode: penalty}
     max_reward_failure_fraction: 0.2  # stop when more of a batch than this fails in the reward itself
                                    # (reward_error / reward_nan; chemically invalid molecules do not count)
 
@@ -115,6 +118,8 @@ class MoleculeOptions:
     refit_every: int = 50
     reward_jobs: int = 1
     grid_size: int = 12
+    top_k: int = 50
+    filters: Any = None
     warm_start: Optional[int] = None
     warm_labels: str = "decoded"
     max_reward_failure_fraction: float = 0.2
@@ -131,8 +136,15 @@ class MoleculeOptions:
             build_reward(dict(self.reward))
         except ValueError as e:
             raise ConfigError(f"reward: {e}") from e
+        if self.filters is not None:
+            from .filters import FilterConfig
+            if isinstance(self.filters, Mapping):
+                self.filters = from_dict(FilterConfig, dict(self.filters), "options.filters")
+            elif not isinstance(self.filters, FilterConfig):
+                raise ConfigError(f"filters={self.filters!r} must be a mapping such as "
+                                  "{catalogs: [pains, brenk, nih], max_small_rings: 1, sa_max: 4.5, mode: penalty} or null")
         check_int(self, "refit_every", low=0, note=" (0 = never refit)")
-        check_int(self, "reward_jobs", "grid_size")
+        check_int(self, "reward_jobs", "grid_size", "top_k")
         check_number(self, "max_reward_failure_fraction", 0, 1)
         if self.warm_start is not None:
             check_int(self, "warm_start", low=0, note=" (0 = off, null = the default for the model)")
@@ -451,7 +463,8 @@ def evaluate_samples(decoded: list, reward: Reward, name: str, tail: str, beta: 
         (columns ``reward_mean``, ``reward_cvar_right_0.9``, ``reward_cvar_left_0.1``, ...,
         and the run's own tail level) and a frame with columns ``smiles`` (empty if
         invalid), ``reward`` (penalty if invalid), ``valid``, ``reason`` (the decoder's
-        failure class, or the reward's).
+        failure class, or the reward's) and ``raw`` (for an invalid sample, the decoder's
+        unsanitised SMILES of what it decoded, when it has one; empty otherwise).
     """
     from .metrics import evaluate
 
@@ -467,8 +480,9 @@ def evaluate_samples(decoded: list, reward: Reward, name: str, tail: str, beta: 
         row["novelty"] = novelty([s for s in smiles if s is not None], reference)
     res = reward(decoded, n_jobs=n_jobs)
     reasons = [d.reason if d.reason != "ok" else r for d, r in zip(decoded, res.reasons)]
+    raw = [(getattr(d, "raw", None) or "") if not ok else "" for d, ok in zip(decoded, res.valid)]
     samples = pd.DataFrame({"smiles": [d.smiles or "" for d in decoded], "reward": res.values,
-                            "valid": res.valid, "reason": reasons})
+                            "valid": res.valid, "reason": reasons, "raw": raw})
     return row, samples
 
 
@@ -499,7 +513,12 @@ class MoleculeTask:
         pass
 
     def describe(self, cfg) -> str:
-        return f"model `{cfg.options.model}`; reward `{json.dumps(cfg.options.reward)}`"
+        out = f"model `{cfg.options.model}`; reward `{json.dumps(cfg.options.reward)}`"
+        if cfg.options.filters is not None:
+            from .filters import MedChemFilters
+            f = MedChemFilters(cfg.options.filters)
+            out += f"; filters ({f.config.mode}): {f.describe()}"
+        return out
 
     def load_base(self, cfg, device):
         return load_base(cfg.options.model, device)
@@ -510,6 +529,9 @@ class MoleculeTask:
         o = cfg.options
         with config_search_dirs(*getattr(cfg, "source_dirs", ())):  # the YAML's directory (callable rewards)
             reward = build_reward(dict(o.reward))
+        if o.filters is not None:
+            from .filters import FilteredReward
+            reward = FilteredReward(reward, o.filters)
         sc = o.surrogate
         if is_latent(o.model):
             from .latent_reward import LatentSurrogate, warm_start_data
@@ -574,23 +596,67 @@ class MoleculeTask:
                       markdown_table(pd.DataFrame(rows)) if rows else "none", ""]
             for r, msg in getattr(ctx.reward, "failure_messages", {}).items():
                 lines += [f"First `{r}`:", "", "```", msg.strip(), "```", ""]
+        lines += self._molecule_report(cfg, run_dir, ctx, files)
+        return lines, files
+
+    def _molecule_report(self, cfg, run_dir: Path, ctx: ReportContext, files: dict) -> list[str]:
+        """top.csv / top.sdf, the property panel and the labelled tail grids."""
+        from .inspect import molecule_properties, plot_property_panel, property_shift, top_table, write_sdf
+
+        method = cfg.tfft.method
+        ref = _reference_smiles(is_latent(cfg.options.model))
+        evs = {label: ctx.evaluations[label].samples for label in ("pretrained", method)
+               if label in ctx.evaluations and ctx.evaluations[label].samples is not None}
+        rname = json.dumps(cfg.options.reward)
+        top = top_table(evs, cfg.options.top_k, ref, rname)
+        files["top_csv"] = run_dir / "top.csv"
+        top.to_csv(files["top_csv"], index=False)
+        files["top_sdf"] = run_dir / "top.sdf"
+        n_sdf = write_sdf(top, files["top_sdf"])
+        props = {}
+        for label, df in evs.items():
+            ok = df[df["valid"].astype(bool) & (df["smiles"] != "")]
+            props[label] = molecule_properties(ok["smiles"], ref)
+        from .filters import MedChemFilters
+        filt = MedChemFilters(cfg.options.filters)
+        shift = property_shift(props)
+        shift["filters_pass"] = [filt.pass_rate(props[label]["smiles"]) for label in props]
+        files["properties"] = run_dir / "properties.csv"
+        shift.to_csv(files["properties"], index=False)
+        files["property_panel"] = run_dir / "properties.png"
+        plot_property_panel(props, files["property_panel"], f"{cfg.name}: properties of the valid evaluation molecules")
+        k = cfg.options.grid_size
         files["tails_top"] = run_dir / "tails_top.png"
         files["tails_bottom"] = run_dir / "tails_bottom.png"
-        samples = ctx.evaluations[cfg.tfft.method].samples
-        valid = samples[samples["valid"]].drop_duplicates("smiles").sort_values("reward", kind="stable")
-        k = cfg.options.grid_size
-        _grid(valid.iloc[::-1].head(k), files["tails_top"], f"top {k}")
-        _grid(valid.head(k), files["tails_bottom"], f"bottom {k}")
-        lines += ["## Molecules", "", "Top tail of the fine-tuned samples:", "", "![top tail](tails_top.png)", "",
-                  "Bottom tail of the fine-tuned samples (valid molecules only):", "",
-                  "![bottom tail](tails_bottom.png)", ""]
-        return lines, files
+        samples = evs[method]
+        n = len(samples)
+        n_invalid = int((~samples["valid"].astype(bool)).sum())
+        sub = top[top["model"] == method]
+        _grid(sub[sub["end"] == "top"].head(k), files["tails_top"], f"top {k}")
+        _grid(sub[sub["end"] == "bottom"].head(k), files["tails_bottom"], f"bottom {k}")
+        lines = ["## Molecules", "",
+                 f"`top.csv` / `top.sdf` ({n_sdf} molecules, every column an SD tag): the top and bottom "
+                 f"{cfg.options.top_k} distinct valid molecules of the pre-trained and the fine-tuned evaluation samples, "
+                 "with the reward, QED, SA, logP, MW, ring counts and `novel` (not in the training set).  "
+                 "Invalid samples have no structure to list; `samples.csv` keeps their raw decode and reason.", "",
+                 "Property shift of the valid molecules (`properties.csv`; `strained_2+` = share with two or more "
+                 "3/4-membered rings; `filters_pass` = share passing the medicinal-chemistry filters "
+                 f"{'of this run' if cfg.options.filters is not None else '(the default set; none applied in this run)'}: "
+                 f"{filt.describe()}):", "", markdown_table(shift), "", "![properties](properties.png)", "",
+                 "Top tail of the fine-tuned samples (label: reward, QED, SA; * = novel):", "",
+                 "![top tail](tails_top.png)", "",
+                 f"Bottom tail of the fine-tuned samples, valid molecules only: {n_invalid} of {n} samples "
+                 f"({n_invalid / max(n, 1):.1%}) are invalid and sit below these at the penalty (by reason in the "
+                 "metrics' `invalid_*` columns):", "", "![bottom tail](tails_bottom.png)", ""]
+        return lines
 
     def save_model(self, cfg, model, path: Path, metadata: dict) -> None:
         from .model import GraphTransformerFlow
         from .qm9_model import save_qm9_graph
 
-        meta = {"base_model": cfg.options.model, **{k: str(v) for k, v in metadata.items()}}
+        # the run's config goes under run_config: "config" is the model's own architecture in its weights file
+        meta = {"base_model": cfg.options.model,
+                **{("run_config" if k == "config" else k): str(v) for k, v in metadata.items()}}
         from .selfies import ZincSelfiesFlow, save_zinc_selfies
         if isinstance(model, ZincSelfiesFlow):  # loads back with load_base / options.model: <path>
             save_zinc_selfies(model, path, extra_metadata=meta)
@@ -606,11 +672,17 @@ def _grid(df: pd.DataFrame, path: Path, title: str) -> None:
     from rdkit.Chem import Draw
 
     mols, legends = [], []
-    for smi, r in zip(df["smiles"], df["reward"]):
+    for _, row in df.iterrows():
+        smi = row["smiles"]
         m = Chem.MolFromSmiles(smi) if smi else None
         if m is not None:
             mols.append(m)
-            legends.append(f"{r:.3f}")
+            label = f"{row['reward']:.3f}"
+            if "qed" in row and "sa" in row:
+                label += f" | QED {row['qed']:.2f} SA {row['sa']:.1f}"
+            if row.get("novel") is True or row.get("novel") == 1.0:
+                label += " *"
+            legends.append(label)
     if not mols:  # an empty grid still gets a file, so the report is complete
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(3, 1))
@@ -619,7 +691,7 @@ def _grid(df: pd.DataFrame, path: Path, title: str) -> None:
         fig.savefig(path)
         plt.close(fig)
         return
-    img = Draw.MolsToGridImage(mols, molsPerRow=min(6, len(mols)), subImgSize=(180, 180), legends=legends)
+    img = Draw.MolsToGridImage(mols, molsPerRow=min(6, len(mols)), subImgSize=(220, 200), legends=legends)
     if hasattr(img, "save"):  # a PIL image
         img.save(str(path))
     else:  # in a notebook RDKit's IPython renderer returns an IPython Image holding the PNG bytes
