@@ -5,6 +5,9 @@ Measures on QM9 molecules (``tfftmol.chem.data.load_qm9``):
 - QED and SA scoring throughput, molecules/s: serial, parallel (``--workers``
   processes), and on a second call served by the canonical-SMILES cache;
   parallel results are checked equal to serial;
+- the same (serial and parallel, molecules/s) for every GuacaMol/PMO objective
+  (``tfftmol.chem.rewards.guacamol``) on drug-like ZINC250k test molecules,
+  with the mean score and whether parallel equals serial (``same_as_serial``);
 - surrogate fit time and held-out R^2, Spearman and tail precisions (at the
   0.9 and 0.1 quantiles) for QED and logP, on codec-encoded molecules with
   Gaussian noise (std ``--noise``) around the one-hots;
@@ -21,11 +24,13 @@ Writes ``<out>/rewards.csv`` (tidy: group, item, metric, value, unit, n) and
 
 Usage:
     python benchmarks/rewards.py [--quick] [--out benchmarks/results]
+    python benchmarks/rewards.py --only guacamol   # refresh the GuacaMol/PMO rows alone (about 1 minute)
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from tfftmol.chem import graph  # noqa: E402
 from tfftmol.chem.data import HARTREE_TO_EV, load_qm9  # noqa: E402
-from tfftmol.chem.rewards import build_reward  # noqa: E402
+from tfftmol.chem.rewards import OBJECTIVES, build_reward  # noqa: E402
+from tfftmol.chem.selfies.data import load_zinc250k  # noqa: E402
 from tfftmol.chem.surrogate import Surrogate  # noqa: E402
 
 
@@ -70,6 +76,28 @@ def bench_throughput(smiles: list[str], workers: int) -> list[dict]:
             _row("throughput", name, "ms_per_mol_serial", 1e3 * t_serial / n, "ms", n),
             _row("throughput", name, "parallel_equals_serial", same, "bool", n),
             _row("throughput", name, "cache_equals_first", bool(np.array_equal(again.values, serial.values)), "bool", n),
+        ]
+    return rows
+
+
+def bench_guacamol(smiles: list[str], workers: int) -> list[dict]:
+    """Throughput of every GuacaMol/PMO objective, serial and on ``workers`` processes (fresh caches)."""
+    rows = []
+    n = len(smiles)
+    for name in OBJECTIVES:
+        t0 = time.perf_counter()
+        serial = build_reward(name)(smiles, n_jobs=1)
+        t_serial = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        par = build_reward(name)(smiles, n_jobs=workers)
+        t_par = time.perf_counter() - t0
+        same = bool(np.array_equal(serial.values, par.values) and serial.reasons == par.reasons)
+        rows += [
+            _row("throughput", name, "serial", n / t_serial, "mol/s", n),
+            _row("throughput", name, f"parallel_{workers}", n / t_par, "mol/s", n),
+            _row("throughput", name, "ms_per_mol_serial", 1e3 * t_serial / n, "ms", n),
+            _row("throughput", name, "mean_score", float(np.nanmean(serial.raw)), "", int(serial.valid.sum())),
+            _row("throughput", name, "same_as_serial", same, "bool", n),
         ]
     return rows
 
@@ -243,10 +271,50 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def guacamol_note(n: int, workers: int, seed: int, load: float) -> str:
+    return (f"GuacaMol/PMO objectives: {n} ZINC250k test SMILES (seed {seed}), serial and {workers} workers, "
+            "fresh caches (a parallel call includes starting its worker processes); mean_score over valid "
+            f"molecules; the machine's 1-minute load average was {load:.1f} when they started.\n")
+
+
+def refresh_guacamol(args) -> pd.DataFrame:
+    """``--only guacamol``: measure the GuacaMol/PMO rows and put them in place of the old ones in ``<out>``."""
+    n_guac = args.n_guacamol or (64 if args.quick else 500)
+    zinc = load_zinc250k("test")["smiles"].sample(n_guac, random_state=args.seed).tolist()
+    load = os.getloadavg()[0]
+    new = pd.DataFrame(bench_guacamol(zinc, args.workers))
+    csv, md_path = args.out / "rewards.csv", args.out / "rewards.md"
+    old = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=new.columns)
+    old["unit"] = old["unit"].fillna("")  # an empty unit reads back as NaN
+    mine = (old.group == "throughput") & old.item.isin(list(OBJECTIVES))
+    old = old[~mine]
+    at = int(np.flatnonzero(old.group.to_numpy() == "throughput").max()) + 1 if (old.group == "throughput").any() \
+        else 0
+    df = pd.concat([old.iloc[:at], new, old.iloc[at:]], ignore_index=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(csv, index=False)
+    notes = []
+    if md_path.is_file():  # the notes under the old table, less the old GuacaMol note
+        lines = md_path.read_text().splitlines()
+        last = max((i for i, ln in enumerate(lines) if ln.startswith("|")), default=len(lines) - 1)
+        notes = [ln for ln in lines[last + 1:] if ln.strip() and not ln.startswith("GuacaMol/PMO objectives:")]
+    title = md_path.read_text().splitlines()[0][2:] if md_path.is_file() else "Rewards benchmark"
+    md = to_markdown(df, title) + "".join("\n" + ln + "\n" for ln in notes) + "\n" + \
+        guacamol_note(n_guac, args.workers, args.seed, load)
+    md_path.write_text(md)
+    print(md)
+    return df
+
+
 def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--n", type=int, default=None, help="molecules for throughput (default 5000, quick 200)")
+    ap.add_argument("--n-guacamol", type=int, default=None,
+                    help="ZINC250k test molecules for the GuacaMol/PMO objectives (default 500, quick 64)")
+    ap.add_argument("--only", choices=["guacamol"], default=None,
+                    help="measure only the GuacaMol/PMO throughput and replace its rows in <out>/rewards.csv "
+                         "and rewards.md (the other rows and notes are kept as they were)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--noise", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
@@ -255,11 +323,17 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.only == "guacamol":
+        return refresh_guacamol(args)
 
     n = args.n or (200 if args.quick else 5000)
     train = load_qm9("train")
     smiles = train["smiles"].sample(n, random_state=args.seed).tolist()
     rows = bench_throughput(smiles, args.workers)
+    n_guac = args.n_guacamol or (64 if args.quick else 500)
+    zinc = load_zinc250k("test")["smiles"].sample(n_guac, random_state=args.seed).tolist()
+    load = os.getloadavg()[0]
+    rows += bench_guacamol(zinc, args.workers)
     if args.quick:
         sur_smiles, epochs, n_test = smiles[:300] if len(smiles) >= 300 else smiles, {"qed": 1, "logp": 1}, 300
     else:
@@ -281,6 +355,7 @@ def main(argv=None) -> pd.DataFrame:
            "models validity and the reward of valid molecules separately (value_r2_valid_only: its value "
            "head on the valid held-out samples); "
            "property model on the scaffold test split" + (" (seeded subsample)" if n_test else "") + ".\n")
+    md += "\n" + guacamol_note(n_guac, args.workers, args.seed, load)
     (args.out / "rewards.md").write_text(md)
     print(md)
     return df

@@ -100,3 +100,10 @@ def test_yaml_penalty_parallel_and_cache():
     assert np.array_equal(again.values, serial.values) and r.cache_hits >= 70
     with pytest.raises(ValueError, match="unknown keys"):
         build_reward({"name": "median1", "target": "CCO"})
+
+
+def test_readme_reward_table_lists_every_reward():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("### Rewards", 1)[1].split("\n#", 1)[0]
+    missing = [name for name in REWARDS if f"`{name}`" not in table]
+    assert not missing, f"README reward table misses {missing}"
