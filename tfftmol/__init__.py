@@ -2,15 +2,31 @@
 
 Fine-tune a pre-trained flow model so that a tail of the reward distribution
 moves: right-CVaR (discovery: the best ``1-beta`` of samples) or left-CVaR
-(reliability: the worst ``beta``).  Importing ``tfftmol`` loads only the
-domain-free core; chemistry (RDKit) is imported by ``tfftmol.chem`` on demand.
+(reliability: the worst ``beta``).  Importing ``tfftmol`` loads nothing heavy: the
+domain-free core (torch) loads on the first use of one of its names (``tfftmol.run_tfft``,
+``from tfftmol import TFFTConfig``), so ``tfftmol models`` and ``--help`` answer at once;
+chemistry (RDKit) is imported by ``tfftmol.chem`` on demand.
 """
-from .core import (AMConfig, DifferentiableReward, FlowModel, FlowModelError, PseudoReward, TFFTConfig, TFFTResult,
-                   ThresholdResult, TfftWarning, VelocityModule, check_flow_model, cvar, estimate_kl, run_tfft, sample,
-                   sample_ode, sample_sde, solve_threshold, var)
 from .pretrained import available_models, load_pretrained, model_card
 
-check_flow = check_flow_model  # the name of issue 21: probe a flow model's interface once (core/validate.py)
+_CORE = ("AMConfig", "DifferentiableReward", "FlowModel", "FlowModelError", "PseudoReward", "TFFTConfig", "TFFTResult",
+         "ThresholdResult", "TfftWarning", "VelocityModule", "check_flow_model", "cvar", "estimate_kl", "run_tfft",
+         "sample", "sample_ode", "sample_sde", "solve_threshold", "var")
+
+
+def __getattr__(name: str):
+    """The core's names on first use (PEP 562), so that importing the package does not import torch."""
+    if name in _CORE or name == "check_flow":
+        from . import core
+
+        value = getattr(core, "check_flow_model" if name == "check_flow" else name)  # check_flow: issue 21's name
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tfftmol' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_CORE) | {"check_flow"})
 
 
 def run(config, **kwargs):

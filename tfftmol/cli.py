@@ -8,7 +8,7 @@
     tfftmol plan     --config configs/<name>.yaml [--alphas 0.05,0.1,1] [--betas 0.8,0.9] [--kl-budget 0.5]
     tfftmol run      --config configs/<name>.yaml [--resume | --overwrite] [--force] [--out runs] [--name N] [--check]
     tfftmol finetune ...                      (the same as `run`, the name of earlier releases)
-    tfftmol demo-mol [--out runs/demo-mol]     (QED right-CVaR on qm9-graph, ~10 minutes)
+    tfftmol demo-mol [--out runs/demo-mol]     (QED right-CVaR on qm9-graph, about 12 minutes)
     tfftmol tune --config configs/tune_<name>.yaml --study NAME [--storage URL] [--n-trials N]
 """
 from __future__ import annotations
@@ -97,6 +97,34 @@ def _print_table(table) -> None:
         print(table.to_string(index=False))
 
 
+def _quiet_warnings() -> set:
+    """Show each distinct warning once, as ``warning: <message>`` (no file:line); returns the set of shown texts."""
+    import warnings
+
+    shown: set = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if text in shown:
+            return
+        shown.add(text)
+        print(f"warning: {text}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+    return shown
+
+
+def _log_once(shown: set):
+    """A run's log that leaves out the lines repeating a warning already shown (stage 1's summary lists them)."""
+    def log(msg: str) -> None:
+        lines = [ln for ln in str(msg).split("\n") if not any(ln.strip() == f"- {w}" for w in shown)]
+        if lines and lines[-1].strip() == "warnings:":
+            lines.pop()
+        if lines:
+            print("\n".join(lines))
+    return log
+
+
 def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> int:
     """Run any task's fine-tune through the one pipeline and print its before/after table."""
     from .pipeline import RunDirError, run
@@ -105,8 +133,9 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
     from .core.reward import RewardFailureError
     from .core.threshold import DegenerateTailError
 
+    shown = _quiet_warnings()
     try:
-        res = run(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+        res = run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, log=_log_once(shown))
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}; continue with --resume", file=sys.stderr)
         return 130
@@ -117,8 +146,7 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
     except (RunDirError, CheckpointError, ConfigError, RewardFailureError) as e:
         raise SystemExit(f"tfftmol: {e}") from None
     print()
-    _print_table(res.table())
-    print(f"\nreport: {res.files['report']}")
+    _print_table(res.table())  # the report's path was logged by the run
     return 0
 
 
@@ -169,8 +197,9 @@ def _finetune(a) -> int:
     return _run_finetune(cfg, a.resume, a.quiet, a.overwrite)
 
 
-# budget of `tfftmol demo-mol`: about 10 minutes on 2 busy CPU cores (measured with the shipped qm9-graph on one
-# thread under load: offline batch ~40 s, surrogate fit ~13 s, ~2 s per Adjoint Matching step, evaluation ~25 s)
+# budget of `tfftmol demo-mol`: about 12 minutes on 2 busy CPU cores (the time the README measured end to end);
+# per phase, measured with the shipped qm9-graph on one thread under load: offline batch ~40 s, surrogate fit
+# ~13 s, ~2 s per Adjoint Matching step, evaluation ~25 s
 DEMO_MOL_BUDGET = {
     "tfft": {"offline_samples": 2000, "offline_steps": 30, "offline_sampler": "sde", "bootstrap": 50,
              "refine_samples": 500, "am": {"steps": 150, "batch_size": 32, "time_steps": 30, "loss_time_steps": 8}},
@@ -197,7 +226,7 @@ def _demo_mol(a) -> int:
     data = _merge(load_yaml(path), DEMO_MOL_BUDGET)
     data.update(name="demo-mol", out_dir=a.out)
     cfg = load_run_config(data)
-    print(f"demo: {path.name} with a ~10-minute budget ({cfg.tfft.am.steps} steps, "
+    print(f"demo: {path.name} with a ~12-minute budget ({cfg.tfft.am.steps} steps, "
           f"{cfg.tfft.offline_samples} offline molecules, {cfg.eval.samples} evaluation molecules)")
     return _run_finetune(cfg, a.resume, a.quiet, overwrite=not a.resume)
 
@@ -277,7 +306,7 @@ def main(argv=None) -> int:
         f.add_argument("--threads", type=int, default=1)
         f.set_defaults(fn=_finetune, cmd=cmd)
 
-    dm = sub.add_parser("demo-mol", help="QED right-CVaR on qm9-graph in ~10 minutes; prints before/after")
+    dm = sub.add_parser("demo-mol", help="QED right-CVaR on qm9-graph in about 12 minutes; prints before/after")
     dm.add_argument("--config", default=None, help="default: configs/qed_right.yaml")
     dm.add_argument("--out", default="runs")
     dm.add_argument("--resume", action="store_true")

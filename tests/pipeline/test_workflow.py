@@ -28,11 +28,11 @@ def fsp3(mol):
 
 TINY = {
     "model": "qm9-graph",
-    "tfft": {"tail": "right", "beta": 0.9, "alpha": 1.0, "offline_samples": 400, "offline_steps": 12,
+    "tfft": {"tail": "right", "beta": 0.9, "alpha": 1.0, "offline_samples": 300, "offline_steps": 12,
              "offline_sampler": "sde", "bootstrap": 20, "refine_samples": 40,
              "am": {"steps": 2, "batch_size": 8, "time_steps": 12, "loss_time_steps": 3, "terminal_time": 0.5}},
     "surrogate": {"epochs": 1, "patience": 0, "refit_epochs": 1, "hidden": 16, "layers": 1, "heads": 2},
-    "refit_every": 0, "eval_samples": 60, "eval_steps": 12, "kl_samples": 0, "grid_size": 4, "top_k": 5,
+    "refit_every": 0, "eval_samples": 40, "eval_steps": 12, "kl_samples": 0, "grid_size": 4, "top_k": 5,
     "checkpoint_every": 100, "seed": 0,
 }
 
@@ -200,3 +200,38 @@ def test_medchem_filters_on_known_molecules():
         FilterConfig(catalogs=["painz"])
     with pytest.raises(ConfigError, match=r"sa_max"):
         FilterConfig(sa_max=12)
+
+
+def test_models_lists_names_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from tfftmol.cli import main; main(['models']); assert 'torch' not in sys.modules"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "qm9-graph" in r.stdout and "zinc-selfies" in r.stdout
+
+
+def test_cli_shows_each_warning_once_and_not_again_in_the_log(capsys):
+    from tfftmol.cli import _log_once, _quiet_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        shown = _quiet_warnings()
+        for _ in range(2):
+            warnings.warn("the hinge is dead", TfftWarning)
+        _log_once(shown)("TFFT threshold: right tail\n  eta*  0.6\n  warnings:\n  - the hinge is dead")
+    cap = capsys.readouterr()
+    assert cap.err.count("warning: the hinge is dead") == 1 and "test_workflow.py" not in cap.err
+    assert "TFFT threshold" in cap.out and "hinge" not in cap.out and "warnings:" not in cap.out
+
+
+def test_surrogate_report_names_why_a_precision_is_missing():
+    from tfftmol.chem.surrogate import SurrogateReport
+
+    rep = SurrogateReport(r2=0.5, spearman=0.8, precision_hi=math.nan, precision_lo=0.4, n_pred_hi=0, n_pred_lo=9,
+                          q_hi=0.9, q_lo=0.1, rank_precision_hi=0.9, rank_precision_lo=0.5, mae=0.1,
+                          r2_valid=0.7, spearman_valid=0.8, validity_accuracy=0.9, n_train=10, n_valid=5, epochs=1,
+                          seconds=0.1)
+    text = str(rep)
+    assert "nan" not in text and "prec@q0.9=n/a (no prediction above it)" in text and "prec@q0.1=0.400" in text

@@ -257,9 +257,15 @@ class SurrogateReport:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"R2={self.r2:.3f} spearman={self.spearman:.3f} prec@q0.9={self.precision_hi:.3f} "
-                f"prec@q0.1={self.precision_lo:.3f} rank-prec top/bottom 10%={self.rank_precision_hi:.3f}/"
-                f"{self.rank_precision_lo:.3f} MAE={self.mae:.4g} R2(valid)={self.r2_valid:.3f} "
+        def prec(p: float, n: int, side: str) -> str:  # nan only when no prediction crosses the quantile
+            return f"{p:.3f}" if np.isfinite(p) else f"n/a (no prediction {side} it)"
+
+        r2v = f"{self.r2_valid:.3f}" if np.isfinite(self.r2_valid) else "n/a (no validity mask)"
+        return (f"R2={self.r2:.3f} spearman={self.spearman:.3f} "
+                f"prec@q0.9={prec(self.precision_hi, self.n_pred_hi, 'above')} "
+                f"prec@q0.1={prec(self.precision_lo, self.n_pred_lo, 'below')} "
+                f"rank-prec top/bottom 10%={self.rank_precision_hi:.3f}/"
+                f"{self.rank_precision_lo:.3f} MAE={self.mae:.4g} R2(valid)={r2v} "
                 f"acc(valid)={self.validity_accuracy:.3f} "
                 f"(train {self.n_train}, held-out {self.n_valid}, {self.epochs} epochs, {self.seconds:.1f} s)")
 
