@@ -162,7 +162,7 @@ def load_qm9_graph(device: Union[str, torch.device] = "cpu", path: Union[str, Pa
 
 
 #: Default molecules per sampling batch of ``tfftmol sample``: measured on qm9-graph (SDE, 30 steps, one thread),
-#: smaller batches are faster per molecule (see the README's sampling section).
+#: 100-250 were up to ~10% faster per molecule than 500-1000 (the README's workflow section).
 DEFAULT_SAMPLE_BATCH = 250
 
 
