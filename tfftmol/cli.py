@@ -141,7 +141,7 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
         return 130
     except DegenerateTailError as e:
         print(f"tfftmol: stopped before stage 2: {e}\n(`tfftmol plan --config ...` shows every alpha and beta "
-              "without training; `--force` or `degenerate_tail: train` trains anyway)", file=sys.stderr)
+              "without training; `--force --overwrite` or `degenerate_tail: train` trains anyway)", file=sys.stderr)
         return 3
     except (RunDirError, CheckpointError, ConfigError, RewardFailureError) as e:
         raise SystemExit(f"tfftmol: {e}") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,8 @@ from tfftmol.cli import main
 from tfftmol.core.continuation import plan_stages
 from tfftmol.core.threshold import TfftWarning
 from tfftmol.pipeline import load_run_config, plan, run
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 FSP3 = '''from rdkit.Chem import rdMolDescriptors
 
@@ -58,8 +61,14 @@ def work(tmp_path_factory):
     return {"dir": d, "out": d / "runs",
             "fsp3_right": _write(d, "fsp3_right", reward=fsp3),
             "fsp3_left": _write(d, "fsp3_left", reward=fsp3, tfft={"tail": "left", "beta": 0.1, "alpha": 0.1}),
-            "qed_right": _write(d, "qed_right", reward={"name": "qed"}, tfft={"alpha": 0.1}),
-            "qed_left": _write(d, "qed_left", reward={"name": "qed"}, tfft={"tail": "left", "beta": 0.1})}
+            "qed_right": _shipped(d, "qed_right"), "qed_left": _shipped(d, "qed_left_validity")}
+
+
+def _shipped(d, name):
+    """A shipped config (its reward, tail, beta and alpha) on the tiny budget."""
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    keep = {k: cfg["tfft"][k] for k in ("tail", "beta", "alpha")}
+    return _write(d, name, reward=cfg["reward"], tfft=keep)
 
 
 def test_saturated_fsp3_right_tail_stops_before_stage2_from_the_cli(work, capsys):
@@ -89,7 +98,7 @@ def test_left_fsp3_tail_warns_eta_at_the_maximum_and_names_the_alpha(work):
     assert stages[-1].degeneracy.kind == "expected" and not stages[-1].degeneracy.stop
 
 
-@pytest.mark.parametrize("which", ["qed_right", "qed_left"])
+@pytest.mark.parametrize("which", ["qed_right", "qed_left"])  # configs/qed_right.yaml, configs/qed_left_validity.yaml
 def test_qed_tails_are_not_degenerate_and_raise_no_warning(work, which):
     res = plan(work[which], out_dir=str(work["out"]), plots=False, log=lambda s: None)
     t = res.table
