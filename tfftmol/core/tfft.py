@@ -157,10 +157,6 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         timings["offline"] = time.perf_counter() - t0
         log(f"offline batch: {len(rewards_np)} samples ({'cached' if cached else 'sampled'}), "
             f"valid {valid_off.float().mean():.1%}, mean reward {rewards_np.mean():.4g}")
-        if callable(fit_offline):
-            t1 = time.perf_counter()
-            fit_offline(x_off, v_off, valid_off)
-            timings["fit_offline"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     stage1 = refined_thr = None
     if cfg.method == "tfft":
@@ -172,6 +168,10 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     else:
         stages = [Stage(cfg.alpha, cfg.beta, 0, cfg.am.steps, None)]
     timings["stage1"] = time.perf_counter() - t1
+    if need_offline and callable(fit_offline):  # after stage 1: a tail that stops there costs no fit
+        t1 = time.perf_counter()
+        fit_offline(x_off, v_off, valid_off)
+        timings["fit_offline"] = time.perf_counter() - t1
 
     adaptive = cfg.method == "tfft" and cfg.continuation in ("auto", "adaptive") and \
         stages[-1].threshold.active_fraction < cfg.min_active_fraction
