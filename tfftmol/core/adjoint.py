@@ -208,6 +208,7 @@ class AdjointMatching:
         self.step_count = 0
         self.history: list[dict] = []
         self.extra: dict = {}  # driver state that must survive a resume (JSON-able)
+        self.lr_scale: float | None = None  # set by the first step of a target (step_trust)
 
     # -- schedule ------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -220,7 +221,30 @@ class AdjointMatching:
 
     def set_target(self, transform: TerminalTransform, lam: float) -> None:
         """Change the terminal objective (used by continuation schedules)."""
+        if float(lam) != self.lam:
+            self.lr_scale = None  # the target's scale changed: the next step measures the trust again
         self.transform, self.lam = transform, float(lam)
+
+    def _trust_step(self, old: list[torch.Tensor], xs, ts, cond, u: torch.Tensor, target: torch.Tensor) -> None:
+        """Bound the first step of a target: it may move the control by ``step_trust`` x RMS(target).
+
+        Adam moves every weight by about ``lr`` whatever the gradient's scale, so a target that is
+        almost zero (a very large ``alpha``) would otherwise be overshot by orders of magnitude and
+        the model would drift off the base.  The step is measured in control units on the step's
+        own points; if it is too large, the weights are pulled back along it and the learning rate
+        keeps that factor (``lr_scale``) until the target changes.
+        """
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            u_new = control(self.model.velocity(xs, ts, cond), self.base.velocity(xs, ts, cond), ts)
+            moved = float((u_new - u).pow(2).mean().sqrt())
+            scale = float(target.pow(2).mean().sqrt())
+        self.first_step_ratio = moved / max(scale, 1e-300)  # diagnostics: step size / target size
+        self.lr_scale = 1.0 if moved <= self.config.step_trust * scale else \
+            max(self.config.step_trust * scale / moved, 1e-12)
+        if self.lr_scale < 1.0:
+            with torch.no_grad():
+                for p, p0 in zip(self.params, old):
+                    p.copy_(p0 + self.lr_scale * (p - p0))
 
     def _clip(self, a: torch.Tensor, shape: tuple) -> torch.Tensor:
         """Clip each sample's adjoint to norm ``adjoint_clip`` (``0`` = off)."""
@@ -338,7 +362,9 @@ class AdjointMatching:
             v_b = self.base.velocity(xs, ts, cond)
         u = control(v_ft, v_b, ts)                                         # 2 (v_ft - v_base) / sigma
         loss = ((u + sig * a) ** 2).flatten(1).sum(1).mean()
-        lr = self.lr_at(self.step_count)
+        measure = self.config.step_trust > 0 and self.lr_scale is None
+        old = [p.detach().clone() for p in self.params] if measure else None
+        lr = self.lr_at(self.step_count) * (self.lr_scale or 1.0)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -346,6 +372,8 @@ class AdjointMatching:
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
         self.opt.step()
+        if measure:
+            self._trust_step(old, xs, ts, cond, u.detach(), (sig * a).detach())
         if self.ema_params is not None:
             with torch.no_grad():
                 for e, p in zip(self.ema_params, self.params):
@@ -380,6 +408,7 @@ class AdjointMatching:
             "step": self.step_count,
             "history": self.history,
             "lam": self.lam,
+            "lr_scale": self.lr_scale,
             "extra": self.extra,
             **({"value": self.value.state_dict()} if self.value is not None else {}),
         }
@@ -394,6 +423,7 @@ class AdjointMatching:
         self.step_count = int(s["step"])
         self.history = list(s["history"])
         self.lam = float(s["lam"])
+        self.lr_scale = s.get("lr_scale")
         self.extra = dict(s.get("extra", {}))
         if self.value is not None and "value" in s:
             self.value.load_state_dict(s["value"])

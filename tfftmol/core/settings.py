@@ -50,6 +50,11 @@ class AMConfig:
             ``"auto"`` (default): ``"value"`` for a reward that declares ``has_grad = False``,
             else ``"gradient"``.  The run's history records the path (``stage2`` of every entry).
         value: :class:`~tfftmol.core.value.ValueConfig`, the value model's settings (``stage2 = "value"``).
+        step_trust: the first optimiser step after the target is set (and after every continuation
+            stage) may move the control by at most ``step_trust`` times the RMS of its regression
+            target; a larger step rescales the learning rate down for the rest of that target
+            (``0`` = off).  Adam's steps have size ``lr`` whatever the gradient's scale, so without
+            this a very large ``alpha`` (a target that is almost the base model) still drifts.
     """
 
     steps: int = 1000
@@ -70,6 +75,7 @@ class AMConfig:
     log_every: int = 10
     stage2: str = "auto"
     value: ValueConfig = field(default_factory=ValueConfig)
+    step_trust: float = 10.0
 
     def __post_init__(self):
         check_int(self, "steps", "batch_size", "hidden", "layers", "log_every")
@@ -79,6 +85,7 @@ class AMConfig:
         check_number(self, "lr", 0, None, low_open=True)
         check_number(self, "lr_final_fraction", 0, 1, low_open=True)
         check_number(self, "ema", 0, 1, high_open=True)
+        check_number(self, "step_trust", 0, None)
         check_number(self, "terminal_time", 0, 1, low_open=True)
         check_number(self, "grad_clip", 0, None)
         check_number(self, "adjoint_clip", 0, None)
