@@ -1,4 +1,4 @@
-"""2D benchmark on the exact Gaussian-mixture flow (DESIGN.md §1 ground truth).
+"""2D benchmark on the exact Gaussian-mixture flow (docs/design.md §7 ground truth).
 
 For ``alpha`` in {1, 0.5} (0.5 is the starved case: ~1e-4 of the pre-trained mass
 above ``eta*``) and reward ``r = x_1``, runs pre-trained, expected-FT, TFFT-right

@@ -15,7 +15,7 @@ ETA = 0.3
 
 
 def _formula(r: torch.Tensor, tail: str, beta: float, tau: float) -> torch.Tensor:
-    """The pseudo-reward written out independently (DESIGN.md §1)."""
+    """The pseudo-reward written out independently (docs/design.md §2.5)."""
     if tail == "right":
         z = r - ETA
         hinge = torch.relu(z) if tau == 0 else tau * F.softplus(z / tau, threshold=1e9)

@@ -1,7 +1,7 @@
 """A differentiable reward surrogate on a latent state, and its warm start from encoded ZINC250k.
 
 On a latent flow (``zinc-selfies``: the state is the normalised SELFIES-VAE
-latent, DESIGN.md §7) the decoded molecule is a function of the final latent,
+latent, docs/design.md §8) the decoded molecule is a function of the final latent,
 ``r(x) = r_RDKit(decode(x))``, and Adjoint Matching is exact once the terminal
 gradient ``grad_x r`` exists.  RDKit rewards have none, so a small MLP ``s(x)``
 on the latent stands in for it, exactly as the graph GNN

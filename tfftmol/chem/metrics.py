@@ -122,7 +122,7 @@ def internal_diversity(valid: Sequence[Any], max_n: int = 1000, seed: int = 0, r
 
 
 def cvar(values: Sequence[float] | np.ndarray, beta: float, tail: str = "right") -> float:
-    """Empirical CVaR of rewards (DESIGN §1).
+    """Empirical CVaR of rewards (docs/design.md §2.1).
 
     right-CVaR_beta = mean of the top ``(1 - beta)`` fraction;
     left-CVaR_beta = mean of the bottom ``beta`` fraction.  Fractional counts

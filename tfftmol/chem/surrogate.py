@@ -2,7 +2,7 @@
 
 RDKit rewards have no gradient.  The fine-tune needs ``grad_x r(x)`` at the
 final state ``x = X_1`` (the Adjoint Matching terminal condition
-``a(1) = -lambda grad g(X_1)``, DESIGN §1), so a graph neural network ``s(x)``
+``a(1) = -lambda grad g(X_1)``, docs/design.md §4.2), so a graph neural network ``s(x)``
 is fitted to the *true* rewards of sampled molecules (invalid ones included,
 with their penalty) and its gradient stands in for ``grad r``.  The tail
 indicator ``1[r > eta*]`` and every evaluation use the true reward, never ``s``.

@@ -1,6 +1,6 @@
 """Adjoint Matching (Domingo-Enrich et al., ICLR 2025) with the lean adjoint.
 
-Conventions (DESIGN.md §1): ``t = 0`` noise, ``t = 1`` data; memoryless SDE
+Conventions (docs/design.md §3-§4): ``t = 0`` noise, ``t = 1`` data; memoryless SDE
 ``dX = b(X, t) dt + sigma(t) dW`` with ``sigma(t) = sqrt(2 (1 - t) / t)`` and
 ``b = 2 v - x / t``.  The fine-tuned model ``v_theta`` defines the control
 ``u = 2 (v_theta - v_base) / sigma``, so that the controlled drift is

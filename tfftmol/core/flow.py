@@ -1,6 +1,6 @@
 """The flow-model interface every model in tfftmol implements.
 
-Convention (DESIGN.md §1): interpolant ``x_t = t x_1 + (1 - t) x_0`` with
+Convention (docs/design.md §1): interpolant ``x_t = t x_1 + (1 - t) x_0`` with
 ``x_0 ~ N(0, I)`` (noise) at ``t = 0`` and data at ``t = 1``; ``velocity``
 returns ``dx_t/dt`` of the marginal flow.  The core only ever sees tensors of
 shape ``(B, *state_shape)`` and callables: a molecular model packs its graph

@@ -1,6 +1,6 @@
 """Terminal transforms of the reward: the TFFT pseudo-rewards and the expected-reward baseline.
 
-Stage 2 of TFFT (DESIGN.md §1) fine-tunes towards ``p*(x) ∝ p_pre(x) exp(g(r(x)) / alpha)``
+Stage 2 of TFFT (docs/design.md §2.5-§2.6) fine-tunes towards ``p*(x) ∝ p_pre(x) exp(g(r(x)) / alpha)``
 with a transform ``g`` of the reward ``r``:
 
 * right tail: ``g(r) = (r - eta*)_+ / (1 - beta)``,  ``g'(r) = 1[r > eta*] / (1 - beta)``;

@@ -1,6 +1,6 @@
 """Empirical tail risk measures: VaR and CVaR of (weighted) reward samples.
 
-Rewards are "higher is better".  With ``beta`` in ``(0, 1)`` (DESIGN.md §1):
+Rewards are "higher is better".  With ``beta`` in ``(0, 1)`` (docs/design.md §2.1):
 
 * right-CVaR_beta = mean of the top ``1 - beta`` fraction (discovery),
   ``= min_eta  eta + E[(r - eta)_+] / (1 - beta)``  (Rockafellar–Uryasev);
@@ -148,7 +148,7 @@ def _quantile_sorted(r: np.ndarray, w: Optional[np.ndarray], beta: float, tail: 
 def var(rewards: Any, beta: float, tail: str = "right", weights: Any = None) -> float:
     """Value at risk: the ``beta``-quantile of the (weighted) empirical reward distribution.
 
-    ``VaR_beta = q(beta)``, the boundary of both tails (DESIGN.md §1).  On an
+    ``VaR_beta = q(beta)``, the boundary of both tails (docs/design.md §2.1).  On an
     atom boundary the quantile is an interval; ``tail="right"`` returns its
     lower end ``inf{x : P(r <= x) >= beta}`` and ``tail="left"`` its upper end
     ``sup{x : P(r < x) <= beta}``, so that ``var(r, beta, "right") ==

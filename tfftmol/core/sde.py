@@ -1,6 +1,6 @@
 """The memoryless SDE of Adjoint Matching: every sign and time direction in one place.
 
-Conventions (DESIGN.md §1): time runs from ``t = 0`` (noise) to ``t = 1`` (data)
+Conventions (docs/design.md §3.1-§3.3): time runs from ``t = 0`` (noise) to ``t = 1`` (data)
 on the uniform grid ``t_k = k / N`` with step ``h = 1 / N``.
 
 * noise schedule ``sigma(t) = sqrt(2 (1 - t) / t)`` (Domingo-Enrich et al. 2025,

@@ -46,7 +46,7 @@ class AMConfig:
         log_every: history stride.
         stage2: where the regression target comes from.  ``"gradient"``: the lean adjoint of the
             reward gradient (exact Adjoint Matching).  ``"value"``: ``-grad_x V_phi`` of a value model
-            learned on-policy from reward *values* only (:mod:`tfftmol.core.value`, DESIGN.md §6).
+            learned on-policy from reward *values* only (:mod:`tfftmol.core.value`, docs/design.md §6).
             ``"auto"`` (default): ``"value"`` for a reward that declares ``has_grad = False``,
             else ``"gradient"``.  The run's history records the path (``stage2`` of every entry).
         value: :class:`~tfftmol.core.value.ValueConfig`, the value model's settings (``stage2 = "value"``).

@@ -1,4 +1,4 @@
-"""The TFFT two-stage driver (DESIGN.md §1) and the expected-reward baseline: the loop only.
+"""The TFFT two-stage driver (docs/design.md §2, §4-§5) and the expected-reward baseline: the loop only.
 
 1. **Offline batch** (:mod:`tfftmol.core.offline`): ``M`` samples of the
    pre-trained model, scored with the true reward and cached.

@@ -1,7 +1,7 @@
 """Stage 1 of TFFT: the exact one-dimensional threshold ``eta*`` and its diagnostics.
 
 Given rewards ``r_1..r_M`` of samples of the *pre-trained* model, KL weight
-``alpha > 0`` and tail level ``beta`` in ``(0, 1)`` (DESIGN.md §1):
+``alpha > 0`` and tail level ``beta`` in ``(0, 1)`` (docs/design.md §2.3-§2.4):
 
 * right tail: ``eta* = argmin_eta F(eta)``,
   ``F(eta) = eta + alpha * log mean_i exp((r_i - eta)_+ / (alpha (1 - beta)))``;

@@ -1,6 +1,6 @@
 """Stage 2 converges to the self-consistent threshold: on-policy tracking of ``eta`` and its guards.
 
-**Why.**  Stage 1 solves ``eta*`` on samples of the *pre-trained* model (DESIGN.md §1).
+**Why.**  Stage 1 solves ``eta*`` on samples of the *pre-trained* model (docs/design.md §2.4; this module: §5.5-§5.6).
 When ``alpha (1 - beta)`` (right) or ``alpha beta`` (left) is small against the reward's
 spread, those samples barely see the tilted tail and the estimate is biased (low, for
 the right tail).  The tilt ``exp((r - eta)_+ / (alpha (1 - beta)))`` is exponential in

@@ -1,4 +1,4 @@
-"""The gradient-free stage 2: a learned value model of the pseudo-reward (DESIGN.md §6).
+"""The gradient-free stage 2: a learned value model of the pseudo-reward (docs/design.md §6).
 
 Adjoint Matching (``adjoint.py``) regresses the control onto ``-sigma(t) a(t)``, where the lean
 adjoint ``a`` starts from the reward gradient ``a(1) = -lam grad g(X_1)``.  Its conditional

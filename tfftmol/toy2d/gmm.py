@@ -11,7 +11,7 @@ with posterior weights ``∝ pi_k c_k^{-d/2} exp(-||x - t mu_k||^2 / (2 c_k))``
 (the ``-d/2 log c_k`` term matters when the ``s_k`` differ).  This form is finite
 at ``t = 0`` and ``t = 1``.
 
-Ground truth for fine-tuning (DESIGN.md §1):
+Ground truth for fine-tuning (docs/design.md §7):
 
 * linear reward ``r = w·x`` and ``p* ∝ p_1 exp(lam r)``: component ``k`` becomes
   ``N(mu_k + lam s_k^2 w, s_k^2 I)`` with weight ``∝ pi_k exp(lam w·mu_k + lam^2 s_k^2 |w|^2 / 2)``;
@@ -178,7 +178,7 @@ class GaussianMixtureFlow:
 
 
 def circle_gmm(k: int = 6, radius: float = 2.0, std: float = 0.3, dtype=torch.float32) -> GaussianMixtureFlow:
-    """``k`` equal-weight components with means on a circle of ``radius`` (the test bed of DESIGN.md)."""
+    """``k`` equal-weight components with means on a circle of ``radius`` (the test bed of docs/design.md §7)."""
     ang = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
     means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
     return GaussianMixtureFlow(means.to(dtype), torch.full((k,), std, dtype=dtype), dtype=dtype)

@@ -1,7 +1,7 @@
 """A small SELFIES VAE: bidirectional-GRU encoder, GRU decoder conditioned on the latent.
 
 Every string the decoder emits is a SELFIES, so every decoded latent is a
-molecule (DESIGN.md §7).  Decoding is greedy (argmax) by default, so a latent
+molecule (docs/design.md §8).  Decoding is greedy (argmax) by default, so a latent
 maps to one molecule: a deterministic ``decode`` is what a reward on the final
 latent of a flow needs.
 
