@@ -94,7 +94,7 @@ def _print_table(table) -> None:
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.float_format", "{:.4g}".format):
-        print(table.to_string(index=False))
+        print(table.to_string(index=False, na_rep="-"))  # "-": not defined for that row (e.g. realisation of the pre-trained model)
 
 
 def _quiet_warnings() -> set:
