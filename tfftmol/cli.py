@@ -94,7 +94,8 @@ def _print_table(table) -> None:
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.float_format", "{:.4g}".format):
-        print(table.to_string(index=False, na_rep="-"))  # "-": not defined for that row (e.g. realisation of the pre-trained model)
+        # "-": not defined for that row (e.g. the realisation of the pre-trained model)
+        print(table.to_string(index=False, na_rep="-"))
 
 
 def _quiet_warnings() -> set:
@@ -258,7 +259,8 @@ def main(argv=None) -> int:
 
     s = sub.add_parser("sample", help="sample molecules from a pre-trained or fine-tuned model to CSV")
     s.add_argument("--model", default="qm9-graph",
-                   help="a shipped model (qm9-graph, zinc-selfies), a run directory of `tfftmol run`, or a .safetensors file")
+                   help="a shipped model (qm9-graph, zinc-selfies), a run directory of `tfftmol run`, "
+                        "or a .safetensors file")
     s.add_argument("-n", type=int, default=1000)
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--steps", type=int, default=30, help="integration steps (default 30, the model card's setting)")
@@ -277,7 +279,8 @@ def main(argv=None) -> int:
     pl.add_argument("--betas", default=None, help="comma-separated tail levels (default: the config's beta)")
     pl.add_argument("--kl-budget", type=float, default=None, help="KL budget in nats: recommends an alpha")
     pl.add_argument("--out", default=None, help="out_dir of the config (where the offline batch cache lives)")
-    pl.add_argument("-o", "--output", default=None, help="directory of plan.csv/plan.png (default <out_dir>/<name>-plan)")
+    pl.add_argument("-o", "--output", default=None,
+                    help="directory of plan.csv/plan.png (default <out_dir>/<name>-plan)")
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     pl.add_argument("--threads", type=int, default=1)
     pl.set_defaults(fn=_plan)

@@ -60,7 +60,8 @@ def _load_path(path: Path, device: str):
         with safe_open(str(weights), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # noqa: BLE001 - not a safetensors file
-        raise ValueError(f"model={str(path)!r}: {weights} is not a safetensors file ({type(e).__name__}: {e})") from None
+        raise ValueError(f"model={str(path)!r}: {weights} is not a safetensors file "
+                         f"({type(e).__name__}: {e})") from None
     task = meta.get("task", "molecule")
     if task != "molecule":
         raise ValueError(f"model={str(path)!r}: weights of a {task!r} run; loading a run directory by path supports "
@@ -89,7 +90,8 @@ def load_pretrained(name: str, device: str = "cpu", **kwargs: Any):
         p = Path(name)
         if p.is_dir() or str(name).endswith(".safetensors"):
             if kwargs:
-                raise ValueError(f"load_pretrained({str(name)!r}): options {sorted(kwargs)} apply to shipped models only")
+                raise ValueError(f"load_pretrained({str(name)!r}): options {sorted(kwargs)} apply to shipped "
+                                 "models only")
             return _load_path(p, device)
     _check(name)
     target = _REGISTRY[name][0]

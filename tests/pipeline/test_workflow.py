@@ -178,7 +178,8 @@ def test_sampling_a_fine_tuned_run_from_the_cli(tiny_run, tmp_path, capsys):
     assert "wrote 24 molecules" in capsys.readouterr().out
     import tfftmol
     m = tfftmol.load_pretrained(str(tiny_run.run_dir))
-    assert m.state_dict().keys() == tfftmol.load_pretrained(str(tiny_run.run_dir / "model.safetensors")).state_dict().keys()
+    direct = tfftmol.load_pretrained(str(tiny_run.run_dir / "model.safetensors"))
+    assert m.state_dict().keys() == direct.state_dict().keys()
     with pytest.raises(SystemExit, match="model.safetensors"):
         main(["sample", "--model", str(tmp_path), "-n", "2", "-o", str(tmp_path / "x.csv")])
 

@@ -625,6 +625,7 @@ class MoleculeTask:
         shift.to_csv(files["properties"], index=False)
         files["property_panel"] = run_dir / "properties.png"
         plot_property_panel(props, files["property_panel"], f"{cfg.name}: properties of the valid evaluation molecules")
+        which = "of this run" if cfg.options.filters is not None else "(the default set; none applied in this run)"
         k = cfg.options.grid_size
         files["tails_top"] = run_dir / "tails_top.png"
         files["tails_bottom"] = run_dir / "tails_bottom.png"
@@ -636,12 +637,12 @@ class MoleculeTask:
         _grid(sub[sub["end"] == "bottom"].head(k), files["tails_bottom"], f"bottom {k}")
         lines = ["## Molecules", "",
                  f"`top.csv` / `top.sdf` ({n_sdf} molecules, every column an SD tag): the top and bottom "
-                 f"{cfg.options.top_k} distinct valid molecules of the pre-trained and the fine-tuned evaluation samples, "
+                 f"{cfg.options.top_k} distinct valid molecules of the pre-trained and the fine-tuned evaluation "
+                 "samples, "
                  "with the reward, QED, SA, logP, MW, ring counts and `novel` (not in the training set).  "
                  "Invalid samples have no structure to list; `samples.csv` keeps their raw decode and reason.", "",
                  "Property shift of the valid molecules (`properties.csv`; `strained_2+` = share with two or more "
-                 "3/4-membered rings; `filters_pass` = share passing the medicinal-chemistry filters "
-                 f"{'of this run' if cfg.options.filters is not None else '(the default set; none applied in this run)'}: "
+                 f"3/4-membered rings; `filters_pass` = share passing the medicinal-chemistry filters {which}: "
                  f"{filt.describe()}):", "", markdown_table(shift), "", "![properties](properties.png)", "",
                  "Top tail of the fine-tuned samples (label: reward, QED, SA; * = novel):", "",
                  "![top tail](tails_top.png)", "",

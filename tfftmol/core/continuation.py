@@ -22,7 +22,8 @@ import torch
 
 from .estimators import sample_importance
 from .settings import TFFTConfig
-from .threshold import DegenerateTailError, TailDegeneracy, ThresholdResult, TfftWarning, solve_threshold, tail_degeneracy
+from .threshold import (DegenerateTailError, TailDegeneracy, ThresholdResult, TfftWarning, solve_threshold,
+                        tail_degeneracy)
 
 __all__ = ["Stage", "plan_stages", "refine_threshold", "rescue_possible"]
 
@@ -63,7 +64,8 @@ def rescue_possible(rewards: np.ndarray, cfg: TFFTConfig, threshold: ThresholdRe
     tied = float(np.mean(np.abs(r - ext) <= 1e-12 * max(1.0, abs(ext))))
     need = cfg.adaptive_active_fraction if mode == "adaptive" else cfg.continuation_start_active
     if tied >= need:
-        return False, (f"{tied:.1%} of the offline samples are tied at the {'largest' if cfg.tail == 'right' else 'smallest'} "
+        which = "largest" if cfg.tail == "right" else "smallest"
+        return False, (f"{tied:.1%} of the offline samples are tied at the {which} "
                        f"reward {ext:.6g}, at least the {need:.1%} tail the {mode} continuation moves the hinge to, "
                        "so the moved hinge has no gradient either")
     return True, ""

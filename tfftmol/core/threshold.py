@@ -779,14 +779,18 @@ def tail_degeneracy(res: ThresholdResult, bounds: Optional[tuple[float, float]] 
             if not bad(_solve_sorted(rs, float(b), alpha, tail)):
                 beta_ok = float(b)
                 break
-        tied = float(np.mean(rs >= rmax - _tie_tol(rmax))) if tail == "left" else float(np.mean(rs <= rmin + _tie_tol(rmin)))
-        pseudo = "-(eta* - r)_+/beta = (r - eta*)/beta" if tail == "left" else "(r - eta*)_+/(1-beta) = (r - eta*)/(1-beta)"
-        msg = (f"eta*={res.eta:.6g} is the {word} reward of the {m} offline samples"
-               f"{' (the reward' + chr(39) + 's ' + ('upper' if tail == 'left' else 'lower') + ' bound)' if at_bound else ''}"
-               f"{f', shared by {100 * tied:.3g}% of them' if tied > 1.0 / m else ''}: every sample lies on the hinge's "
-               f"linear side, so the pseudo-reward {pseudo} is linear in r and TFFT-{tail} is expected-reward "
-               f"fine-tuning with the reward scaled by {scale:.4g} (the same as method: expected at alpha="
-               f"{alpha / scale:.4g}); it does not target the {tail} tail")
+        if tail == "left":
+            tied = float(np.mean(rs >= rmax - _tie_tol(rmax)))
+            pseudo, side = "-(eta* - r)_+/beta = (r - eta*)/beta", "upper"
+        else:
+            tied = float(np.mean(rs <= rmin + _tie_tol(rmin)))
+            pseudo, side = "(r - eta*)_+/(1-beta) = (r - eta*)/(1-beta)", "lower"
+        bound_note = f" (the reward's {side} bound)" if at_bound else ""
+        shared = f", shared by {100 * tied:.3g}% of them" if tied > 1.0 / m else ""
+        msg = (f"eta*={res.eta:.6g} is the {word} reward of the {m} offline samples{bound_note}{shared}: every "
+               f"sample lies on the hinge's linear side, so the pseudo-reward {pseudo} is linear in r and "
+               f"TFFT-{tail} is expected-reward fine-tuning with the reward scaled by {scale:.4g} (the same as "
+               f"method: expected at alpha={alpha / scale:.4g}); it does not target the {tail} tail")
         where = []
         if alpha_ok is not None:
             where.append(f"alpha {'>=' if alpha_ok > alpha else '<='} {alpha_ok:.3g} (at beta={beta:g})")
