@@ -8,6 +8,9 @@ Measures on QM9 molecules (``tfftmol.chem.data.load_qm9``):
 - the same (serial and parallel, molecules/s) for every GuacaMol/PMO objective
   (``tfftmol.chem.rewards.guacamol``) on drug-like ZINC250k test molecules,
   with the mean score and whether parallel equals serial (``same_as_serial``);
+- the GFN2-xTB gap (``xtb_gap``, needs the optional dxtb) on samples of the
+  shipped QM9 flow: molecules/s serial and parallel, and the fraction of
+  samples that fail, by reason;
 - surrogate fit time and held-out R^2, Spearman and tail precisions (at the
   0.9 and 0.1 quantiles) for QED and logP, on codec-encoded molecules with
   Gaussian noise (std ``--noise``) around the one-hots;
@@ -25,6 +28,7 @@ Writes ``<out>/rewards.csv`` (tidy: group, item, metric, value, unit, n) and
 Usage:
     python benchmarks/rewards.py [--quick] [--out benchmarks/results]
     python benchmarks/rewards.py --only guacamol   # refresh the GuacaMol/PMO rows alone (about 1 minute)
+    python benchmarks/rewards.py --only xtb        # refresh the xTB rows alone (about 2 minutes; needs dxtb)
 """
 from __future__ import annotations
 
@@ -277,30 +281,80 @@ def guacamol_note(n: int, workers: int, seed: int, load: float) -> str:
             f"molecules; the machine's 1-minute load average was {load:.1f} when they started.\n")
 
 
-def refresh_guacamol(args) -> pd.DataFrame:
-    """``--only guacamol``: measure the GuacaMol/PMO rows and put them in place of the old ones in ``<out>``."""
-    n_guac = args.n_guacamol or (64 if args.quick else 500)
-    zinc = load_zinc250k("test")["smiles"].sample(n_guac, random_state=args.seed).tolist()
+def bench_xtb(n: int, workers: int, seed: int) -> tuple[list[dict], str]:
+    """``xtb_gap`` on ``n`` samples of the shipped QM9 flow: mol/s serial and parallel, failures by reason."""
+    from tfftmol.chem.rewards import xtb
+
+    if not xtb.available():
+        print("xtb skipped: dxtb is not installed (tfftmol/chem/rewards/xtb.py says how)")
+        return [], ""
+    from tfftmol.core.samplers import sample_ode
+    from tfftmol.pretrained import load_pretrained
+
     load = os.getloadavg()[0]
-    new = pd.DataFrame(bench_guacamol(zinc, args.workers))
+    with torch.no_grad():
+        x = sample_ode(load_pretrained("qm9-graph"), n, steps=50, generator=torch.Generator().manual_seed(seed))
+    decoded = graph.decode(x)
+    xtb._cached.cache_clear()
+    t0 = time.perf_counter()
+    par = build_reward("xtb_gap")(decoded, n_jobs=workers)
+    t_par = time.perf_counter() - t0
+    xtb._cached.cache_clear()
+    t0 = time.perf_counter()
+    serial = build_reward("xtb_gap")(decoded, n_jobs=1)
+    t_serial = time.perf_counter() - t0
+    same = bool(np.array_equal(serial.values, par.values) and serial.reasons == par.reasons)
+    rows = [
+        _row("throughput", "xtb_gap", "serial", n / t_serial, "mol/s", n),
+        _row("throughput", "xtb_gap", f"parallel_{workers}", n / t_par, "mol/s", n),
+        _row("throughput", "xtb_gap", "same_as_serial", same, "bool", n),
+        _row("throughput", "xtb_gap", "mean_score", float(np.nanmean(par.raw)), "eV", int(par.valid.sum())),
+        _row("throughput", "xtb_gap", "validity", par.valid.mean(), "", n),
+    ]
+    for reason, count in par.counts.items():
+        if count and reason != "ok":
+            rows.append(_row("throughput", "xtb_gap", f"fraction_{reason}", count / n, "", n))
+    note = (f"xTB: xtb_gap (GFN2, dxtb) on {n} samples of the shipped qm9-graph flow (ODE, 50 steps, seed {seed}), "
+            f"serial and {workers} workers, fresh caches; fraction_<reason>: samples invalid for that "
+            "reason (decoder and chemistry failures, then xtb_embed / xtb_forcefield / xtb_scf / xtb_timeout / "
+            f"disconnected); the machine's 1-minute load average was {load:.1f} when it started.\n")
+    return rows, note
+
+
+#: ``--only`` parts: the items whose rows they own, and the first words of their note.
+PARTS = {"guacamol": (lambda: set(OBJECTIVES), "GuacaMol/PMO objectives:"), "xtb": (lambda: {"xtb_gap"}, "xTB:")}
+
+
+def measure_part(part: str, args) -> tuple[list[dict], str]:
+    if part == "guacamol":
+        n_guac = args.n_guacamol or (64 if args.quick else 500)
+        zinc = load_zinc250k("test")["smiles"].sample(n_guac, random_state=args.seed).tolist()
+        load = os.getloadavg()[0]
+        return bench_guacamol(zinc, args.workers), guacamol_note(n_guac, args.workers, args.seed, load)
+    return bench_xtb(args.n_xtb or (8 if args.quick else 150), args.workers, args.seed)
+
+
+def refresh(part: str, args) -> pd.DataFrame:
+    """``--only PART``: measure that part's rows and put them in place of its old rows and note in ``<out>``."""
+    rows, note = measure_part(part, args)
+    items, prefix = PARTS[part][0](), PARTS[part][1]
+    new = pd.DataFrame(rows, columns=["group", "item", "metric", "value", "unit", "n"])
     csv, md_path = args.out / "rewards.csv", args.out / "rewards.md"
     old = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=new.columns)
     old["unit"] = old["unit"].fillna("")  # an empty unit reads back as NaN
-    mine = (old.group == "throughput") & old.item.isin(list(OBJECTIVES))
-    old = old[~mine]
+    old = old[~((old.group == "throughput") & old.item.isin(list(items)))]
     at = int(np.flatnonzero(old.group.to_numpy() == "throughput").max()) + 1 if (old.group == "throughput").any() \
         else 0
     df = pd.concat([old.iloc[:at], new, old.iloc[at:]], ignore_index=True)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False)
     notes = []
-    if md_path.is_file():  # the notes under the old table, less the old GuacaMol note
+    if md_path.is_file():  # the notes under the old table, less this part's old note
         lines = md_path.read_text().splitlines()
         last = max((i for i, ln in enumerate(lines) if ln.startswith("|")), default=len(lines) - 1)
-        notes = [ln for ln in lines[last + 1:] if ln.strip() and not ln.startswith("GuacaMol/PMO objectives:")]
+        notes = [ln for ln in lines[last + 1:] if ln.strip() and not ln.startswith(prefix)]
     title = md_path.read_text().splitlines()[0][2:] if md_path.is_file() else "Rewards benchmark"
-    md = to_markdown(df, title) + "".join("\n" + ln + "\n" for ln in notes) + "\n" + \
-        guacamol_note(n_guac, args.workers, args.seed, load)
+    md = to_markdown(df, title) + "".join("\n" + ln + "\n" for ln in notes + ([note.strip()] if note else []))
     md_path.write_text(md)
     print(md)
     return df
@@ -312,9 +366,12 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--n", type=int, default=None, help="molecules for throughput (default 5000, quick 200)")
     ap.add_argument("--n-guacamol", type=int, default=None,
                     help="ZINC250k test molecules for the GuacaMol/PMO objectives (default 500, quick 64)")
-    ap.add_argument("--only", choices=["guacamol"], default=None,
-                    help="measure only the GuacaMol/PMO throughput and replace its rows in <out>/rewards.csv "
-                         "and rewards.md (the other rows and notes are kept as they were)")
+    ap.add_argument("--n-xtb", type=int, default=None,
+                    help="qm9-graph samples scored by xtb_gap, serial and with --workers (default 150, quick 8); "
+                         "skipped without dxtb")
+    ap.add_argument("--only", choices=sorted(PARTS), default=None,
+                    help="measure only the GuacaMol/PMO objectives or the xTB gap and replace their rows in "
+                         "<out>/rewards.csv and rewards.md (the other rows and notes are kept as they were)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--noise", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
@@ -323,17 +380,18 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if args.only == "guacamol":
-        return refresh_guacamol(args)
+    if args.only:
+        return refresh(args.only, args)
 
     n = args.n or (200 if args.quick else 5000)
     train = load_qm9("train")
     smiles = train["smiles"].sample(n, random_state=args.seed).tolist()
     rows = bench_throughput(smiles, args.workers)
-    n_guac = args.n_guacamol or (64 if args.quick else 500)
-    zinc = load_zinc250k("test")["smiles"].sample(n_guac, random_state=args.seed).tolist()
-    load = os.getloadavg()[0]
-    rows += bench_guacamol(zinc, args.workers)
+    notes = []
+    for part in PARTS:
+        part_rows, note = measure_part(part, args)
+        rows += part_rows
+        notes += [note] if note else []
     if args.quick:
         sur_smiles, epochs, n_test = smiles[:300] if len(smiles) >= 300 else smiles, {"qed": 1, "logp": 1}, 300
     else:
@@ -355,7 +413,7 @@ def main(argv=None) -> pd.DataFrame:
            "models validity and the reward of valid molecules separately (value_r2_valid_only: its value "
            "head on the valid held-out samples); "
            "property model on the scaffold test split" + (" (seeded subsample)" if n_test else "") + ".\n")
-    md += "\n" + guacamol_note(n_guac, args.workers, args.seed, load)
+    md += "".join("\n" + note for note in notes)
     (args.out / "rewards.md").write_text(md)
     print(md)
     return df

@@ -12,6 +12,7 @@ Modules
 ``oracles``         Tanimoto similarity, SMARTS match, a user's ``fn(mol)``
 ``guacamol``        the GuacaMol / PMO goal-directed objectives by name (osimertinib_mpo, median1, ...)
 ``property``        the QM9 property model's predictions (qm9_gap, qm9_mu)
+``xtb``             GFN-xTB gap, energy per heavy atom, dipole through dxtb (optional install)
 ``combine``         weighted sums of rewards
 ``transforms``      affine, clip, sigmoid, step
 ``sa``              the synthetic-accessibility scorer and penalised logP
@@ -71,6 +72,9 @@ qm9_gap             [0, 17]              -8.5             eV
 qm9_mu              [0, 30]              -15              Debye
 sum                 weighted sum of the terms' ranges (interval arithmetic)
 GuacaMol / PMO      [0, 1]               -0.5             - (every objective of ``guacamol``)
+xtb_gap             [0, 15]              -7.5             eV (GFN2-xTB)
+xtb_energy          [-5.5, -2.5]         -7               Hartree per heavy atom
+xtb_dipole          [0, 10]              -5               Debye
 ==================  ===================  ===============  ==============
 
 ``penalized_logp`` is the unnormalised definition of You et al. (2018) and
@@ -119,6 +123,7 @@ from .oracles import CallableReward, SimilarityReward, SubstructureReward
 from .property import PropertyReward, QM9GapReward, QM9MuReward
 from .result import REASONS, RewardResult
 from .sa import penalized_logp, sa_score
+from .xtb import XTB_REWARDS, XTBReward
 from .transforms import TRANSFORMS, Affine, Clip, Sigmoid, Step, Transform
 
 __all__ = [
@@ -151,6 +156,8 @@ __all__ = [
     "GUACAMOL_REWARDS",
     "OBJECTIVES",
     "PMO_TASKS",
+    "XTBReward",
+    "XTB_REWARDS",
     "WeightedSum",
     "REWARDS",
     "TRANSFORMS",

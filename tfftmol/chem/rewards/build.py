@@ -23,6 +23,7 @@ from .descriptors import DESCRIPTOR_REWARDS
 from .guacamol import GUACAMOL_REWARDS
 from .oracles import CallableReward, SimilarityReward, SubstructureReward
 from .property import QM9GapReward, QM9MuReward
+from .xtb import XTB_REWARDS
 
 __all__ = ["REWARDS", "build_reward"]
 
@@ -30,7 +31,7 @@ __all__ = ["REWARDS", "build_reward"]
 REWARDS: dict[str, type[Reward]] = {
     cls.name: cls
     for cls in (*DESCRIPTOR_REWARDS, SimilarityReward, SubstructureReward, QM9GapReward, QM9MuReward,
-                CallableReward, WeightedSum, *GUACAMOL_REWARDS)
+                CallableReward, WeightedSum, *GUACAMOL_REWARDS, *XTB_REWARDS)
 }
 
 _COMMON_KEYS = ("name", "transform", "penalty", "cache_size")
