@@ -305,3 +305,61 @@ def test_a_failing_velocity_is_reported_with_the_probe():
 
     with pytest.raises(FlowModelError, match=r"velocity\(x, t, cond\) failed on a probe batch \(x of shape \(2, 2\)"):
         check_flow_model(Boom())
+
+
+# -- the reward is probed at the door too --------------------------------------------------------------
+def test_a_numpy_reward_fails_before_the_offline_batch_with_advice(tmp_path):
+    import numpy as np
+
+    from tfftmol.core.validate import RewardCheckError
+
+    calls = []
+
+    def fn(x):
+        calls.append(len(x))
+        return torch.as_tensor(np.tanh(x[:, 0].numpy()))
+
+    with pytest.raises(RewardCheckError, match=r"value_and_grad.*numpy.*has_grad = False"):
+        tfftmol.run_tfft(tfftmol.load_pretrained("gmm-exact"), tfftmol.DifferentiableReward(fn, name="np"), _cfg(),
+                         cache_dir=tmp_path)
+    assert calls == [4, 4]                      # the probe only: evaluate, then the failing gradient
+    assert not any(tmp_path.iterdir())         # no offline batch was sampled or cached
+
+
+def test_a_reward_of_the_wrong_shape_is_named():
+    from tfftmol.core.validate import RewardCheckError, check_reward
+
+    base = tfftmol.load_pretrained("gmm-exact")
+    with pytest.raises(RewardCheckError, match=r"evaluate\(x\).values has shape \(4, 2\).*expected \(4,\)"):
+        check_reward(tfftmol.DifferentiableReward(lambda x: x * 1.0, name="both"), base)
+    with pytest.raises(RewardCheckError, match="no evaluate"):
+        check_reward(lambda x: x[:, 0], base)
+
+
+def test_the_probe_names_the_stage2_path():
+    from tfftmol.core.validate import check_reward
+
+    base, lines = tfftmol.load_pretrained("gmm-exact"), []
+    r = tfftmol.DifferentiableReward(lambda x: x[:, 0], name="x0")
+    assert check_reward(r, base, log=lines.append) == "gradient"
+    assert "stage 2 path: gradient" in lines[-1]
+    assert check_reward(r, base, stage2="value", log=lines.append) == "value"
+    r.has_grad = False
+    assert check_reward(r, base, log=lines.append) == "value" and "stage 2 path: value" in lines[-1]
+
+
+@pytest.mark.parametrize("tail, beta, words", [("left", 0.9, "worst 90%.*set beta=0.1"),
+                                                ("right", 0.1, "best 90%.*set beta=0.9"),
+                                                ("left", 0.5, "worst 50%")])
+def test_a_likely_tail_beta_mixup_is_spelled_out(tail, beta, words):
+    with pytest.warns(tfftmol.TfftWarning, match=words):
+        tfftmol.TFFTConfig(tail=tail, beta=beta)
+
+
+def test_the_usual_tails_do_not_warn():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tfftmol.TFFTConfig(tail="right", beta=0.9)
+        tfftmol.TFFTConfig(tail="left", beta=0.1)

@@ -95,6 +95,22 @@ class AMConfig:
             self.value = from_dict(ValueConfig, self.value, "am.value")
 
 
+def _warn_tail_mixup(tail: str, beta: float) -> None:
+    """Warn when ``beta`` looks meant for the other tail (a left tail of 90%, a right tail of 90%)."""
+    if (tail == "left" and beta >= 0.5) or (tail == "right" and beta <= 0.5):
+        import warnings
+
+        from .threshold import TfftWarning
+
+        share = beta if tail == "left" else 1 - beta
+        which = "worst" if tail == "left" else "best"
+        other = 1 - beta
+        advice = f"for the {which} {1 - share:.0%} set beta={other:g}" if beta != 0.5 else "half of all samples"
+        warnings.warn(f"tail={tail!r} with beta={beta:g} asks for the mean of the {which} {share:.0%} of samples "
+                      f"({tail}-CVaR_{beta:g}); {advice} (right tails take beta near 1, left tails beta near 0)",
+                      TfftWarning, stacklevel=4)
+
+
 @dataclass
 class TFFTConfig:
     """Settings of one fine-tuning run (TFFT or the expected-reward baseline).
@@ -198,6 +214,7 @@ class TFFTConfig:
         check_int(self, "seed", low=0)
         check_choice(self, "offline_sampler", ("heun", "ode", "sde"))
         check_choice(self, "continuation", ("auto", "adaptive", "eta", "alpha", "beta", "none"))
+        _warn_tail_mixup(self.tail, self.beta)
         tail_mass = self.tail_mass
         if self.adaptive_active != 0 and not (0 < self.adaptive_active < tail_mass):
             raise ConfigError(f"adaptive_active={self.adaptive_active!r} must be 0 (auto) or in (0, {tail_mass:g}) "

@@ -48,7 +48,7 @@ from .reward import TerminalReward, reward_cache_key, reward_hook
 from .settings import AMConfig, TFFTConfig
 from .threshold import ThresholdResult
 from .tracking import ThresholdGuardError, ThresholdTracker, TrackingConfig, threshold_trust
-from .validate import check_flow_model
+from .validate import check_flow_model, check_reward
 from .value import start_value_stage
 
 __all__ = ["TFFTConfig", "TFFTResult", "Stage", "run_tfft", "offline_batch", "plan_stages", "model_fingerprint",
@@ -145,6 +145,9 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     fit_offline = reward_hook(reward, "fit_offline")
+    # the reward too, on a few samples: values now, the gradient too unless it needs the offline fit first
+    check_reward(reward, base, device, stage2=cfg.am.stage2, cond_sampler=cond_sampler,
+                 gradient=not callable(fit_offline), log=log)
     need_offline = cfg.method == "tfft" or callable(fit_offline)
     rewards_np = None
     stages: list[Stage]
