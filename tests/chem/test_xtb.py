@@ -54,6 +54,26 @@ def test_embedding_failure(monkeypatch):
     assert e.value.reason == "xtb_embed"
 
 
+def test_time_limit_raises_and_keeps_an_outer_alarm():
+    import signal
+    import time
+
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # e.g. pytest-timeout's alarm
+        with pytest.raises(XTBFailure) as e:
+            with xtb._time_limit(0.05):
+                time.sleep(1.0)
+        assert e.value.reason == "xtb_timeout"
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.3  # the outer alarm is set again ...
+        time.sleep(0.4)
+        assert fired == [1]  # ... and fires
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.skipif(xtb.available(), reason="dxtb is installed")
 def test_without_dxtb_the_config_says_how_to_install():
     with pytest.raises(ValueError, match="pip install --no-deps dxtb==0.4.0"):
@@ -96,10 +116,12 @@ def test_rewards_values_cache_parallel_and_config(monkeypatch):
 
 
 @needs_dxtb
-def test_failures_penalised_with_their_reason():
-    res = build_reward("xtb_gap")([None, "C1CC", "[Na+].[Cl-]", "C[Se]C", "CC"])
-    assert res.reasons == ["decode_failed", "parse_failed", "disconnected", "xtb_forcefield", "ok"]
-    assert np.all(res.values[:4] == -7.5) and res.values[4] > 0
+def test_failures_penalised_with_their_reason(monkeypatch):
+    monkeypatch.setattr(xtb, "EMBED_RETRY_ITERATIONS", 1)  # the cage fails to embed quickly
+    res = build_reward("xtb_gap")([None, "C1CC", "[Na+].[Cl-]", "C[Se]C", "N=C1OC2CN3CC12C3", "CC"])
+    assert res.reasons == ["decode_failed", "parse_failed", "disconnected", "xtb_forcefield", "xtb_embed", "ok"]
+    assert np.all(res.values[:5] == -7.5) and res.values[5] > 0
+    assert res.messages["xtb_embed"] == "ETKDG found no conformer"
     scf = build_reward({"name": "xtb_gap", "maxiter": 1})(["CCO"])
     assert scf.reasons == ["xtb_scf"] and "SCF" in scf.messages["xtb_scf"]
     slow = build_reward({"name": "xtb_gap", "time_limit": 0.02})(["CCCCCCCCCO"])  # not computed before

@@ -64,6 +64,7 @@ import importlib.util
 import math
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, ClassVar, Optional
 
@@ -120,7 +121,11 @@ def available() -> bool:
 
 @contextmanager
 def _time_limit(seconds: Optional[float]):
-    """Raise :class:`XTBFailure` (``xtb_timeout``) after ``seconds``; a no-op off the main thread or for ``None``."""
+    """Raise :class:`XTBFailure` (``xtb_timeout``) after ``seconds``; a no-op off the main thread or for ``None``.
+
+    An alarm already set by the caller (e.g. pytest-timeout's) is put back afterwards with the time it
+    has left (at least 1 ms), so it still fires.
+    """
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -129,12 +134,17 @@ def _time_limit(seconds: Optional[float]):
         raise XTBFailure(XTB_TIMEOUT, f"longer than the time limit of {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    start = time.monotonic()
+    outer, outer_interval = signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    if outer:
+        signal.setitimer(signal.ITIMER_REAL, min(float(seconds), outer))
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0.0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3), outer_interval)
 
 
 def conformer(mol: Chem.Mol, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
