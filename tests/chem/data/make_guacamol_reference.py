@@ -5,7 +5,7 @@ that has ``guacamol==0.5.5`` (installed with ``--no-deps``), ``tqdm`` and the sa
 RDKit as the project (``rdkit==2026.09.1``)::
 
     python3.11 -m venv gvenv
-    gvenv/bin/pip install rdkit==2026.09.1 numpy==2.4.6 scipy==1.17.1 tqdm
+    gvenv/bin/pip install rdkit==2026.09.1 numpy==2.4.6 scipy==1.17.1 tqdm==4.70.1
     gvenv/bin/pip install --no-deps guacamol==0.5.5
     gvenv/bin/python tests/chem/data/make_guacamol_reference.py
 

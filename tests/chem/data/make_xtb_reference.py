@@ -4,7 +4,7 @@ Not part of the test suite.  Run it by hand where tfftmol and ``tblite==0.8.0``
 (an independent Fortran implementation of GFN1/GFN2-xTB, with ``cffi``) can be
 imported; dxtb is not needed::
 
-    pip install --no-deps tblite==0.8.0 cffi pycparser
+    pip install --no-deps tblite==0.8.0 cffi==2.1.1 pycparser==3.12
     python tests/chem/data/make_xtb_reference.py
 
 For each molecule it stores the conformer of
