@@ -138,7 +138,9 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
     try:
         res = run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, log=_log_once(shown))
     except KeyboardInterrupt as e:
-        print(f"\n{e or 'interrupted'}; continue with --resume", file=sys.stderr)
+        msg = str(e) or ("interrupted before stage 2 (the offline batch is cached only once complete, so a "
+                         "resumed run draws it again)")
+        print(f"\n{msg}; continue with --resume", file=sys.stderr)
         return 130
     except DegenerateTailError as e:
         print(f"tfftmol: stopped before stage 2: {e}\n(`tfftmol plan --config ...` shows every alpha and beta "

@@ -201,3 +201,23 @@ def test_run_tfft_refuses_the_checkpoint_of_another_config(tmp_path):
     other = from_dict(TFFTConfig, {**TINY["tfft"], "alpha": 0.01, "am": {**TINY["tfft"]["am"], "steps": 2}})
     with pytest.raises(CheckpointError, match="another run"):
         run_tfft(base, reward, other, checkpoint_dir=tmp_path, progress=False, log=lambda s: None)
+
+
+def test_ctrl_c_during_the_offline_batch_says_so_and_resume_completes(tmp_path, monkeypatch, capsys):
+    import tfftmol.core.tfft as tfft_mod
+    from tfftmol.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(_cfg(tmp_path / "out")))
+    real = tfft_mod.offline_batch
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt          # what Python raises on SIGINT: no message
+
+    monkeypatch.setattr(tfft_mod, "offline_batch", interrupted)
+    assert main(["run", "--config", str(path), "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted before stage 2") and err.endswith("continue with --resume")
+    monkeypatch.setattr(tfft_mod, "offline_batch", real)
+    assert main(["run", "--config", str(path), "--quiet", "--resume"]) == 0
+    assert (tmp_path / "out" / "tiny" / "metrics.csv").exists()
