@@ -247,3 +247,32 @@ def test_offline_cache_key_follows_the_weights_of_a_shipped_flow():
         next(ft.parameters()).add_(1e-3)
     assert model_fingerprint(ft) != model_fingerprint(base)
     assert model_fingerprint(load_pretrained("toy2d-moons")) == model_fingerprint(base)
+
+
+def test_a_resume_after_the_refinement_restores_its_diagnostics_whole(tmp_path):
+    """The refined threshold's diagnostics (not only its eta) survive an interruption after the refinement."""
+    g = circle_gmm()
+    cfg = TFFTConfig(offline_samples=2000, bootstrap=0, seed=3, continuation="eta", continuation_stages=2,
+                     refine_threshold="always", refine_samples=2000, track_threshold="none",
+                     am=AMConfig(steps=12, batch_size=16, time_steps=8, loss_time_steps=3, seed=3))
+    full = run_tfft(g, linear_reward(W), cfg, progress=False, log=lambda s: None)
+    assert full.refined is not None and full.refined.eta != full.stage1.eta         # the refinement was adopted
+    assert full.refined.predicted_kl != full.stage1.predicted_kl
+
+    def interrupt(trainer, stats):
+        if trainer.step_count == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    ck = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run_tfft(g, linear_reward(W), cfg, checkpoint_dir=ck, checkpoint_every=100, progress=False,
+                 callbacks=[interrupt], log=lambda s: None)
+    resumed = run_tfft(g, linear_reward(W), cfg, checkpoint_dir=ck, progress=False, log=lambda s: None)
+    a, b = full.refined, resumed.refined
+    assert b is not None and b.eta == a.eta
+    for f in ("predicted_cvar", "predicted_kl", "active_fraction", "ess", "tail_mass", "pre_cvar", "n", "is_ess"):
+        assert getattr(b, f) == getattr(a, f), f
+    assert np.array_equal(b.rewards, a.rewards) and np.array_equal(b.log_weights, a.log_weights)
+    assert resumed.stage1.eta == full.stage1.eta and resumed.stage1.predicted_kl == full.stage1.predicted_kl
+    sa, sb = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -109,6 +109,36 @@ def run_key(base: FlowModel, reward: TerminalReward, config: TFFTConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
+def _threshold_to_json(t: ThresholdResult) -> dict:
+    """Every field of a threshold result as JSON (arrays as lists), for the checkpoint's ``extra``."""
+    out = {}
+    for f in dataclasses.fields(t):
+        v = getattr(t, f.name)
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, tuple):
+            v = list(v)
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[f.name] = v
+    return out
+
+
+def _threshold_from_json(template: ThresholdResult, d: dict) -> ThresholdResult:
+    """Inverse of :func:`_threshold_to_json`; a checkpoint of an older release kept only ``eta``."""
+    names = {f.name for f in dataclasses.fields(template)}
+    kw = {k: v for k, v in d.items() if k in names}
+    for k in ("rewards", "log_weights"):
+        if kw.get(k) is not None:
+            a = np.asarray(kw[k], dtype=np.float64)
+            a.setflags(write=False)
+            kw[k] = a
+    for k in ("eta_interval", "warnings"):
+        if kw.get(k) is not None:
+            kw[k] = tuple(kw[k])
+    return dataclasses.replace(template, **kw)
+
+
 def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cache_dir: str | Path | None = None,
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100, resume: bool = True,
              device: str | torch.device = "cpu", progress: bool = True, cond_sampler=None,
@@ -250,9 +280,9 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     try:
         low_active_run = 0
         last = len(stages) - 1
-        if "refined" in trainer.extra:  # resumed after a refinement: restore its threshold
-            stages[last].threshold = refined_thr = dataclasses.replace(
-                stages[last].threshold, eta=float(trainer.extra["refined"]["eta"]))
+        if "refined" in trainer.extra:  # resumed after a refinement: restore it whole (eta and diagnostics)
+            stages[last].threshold = refined_thr = _threshold_from_json(stages[last].threshold,
+                                                                        trainer.extra["refined"])
         while trainer.step_count < cfg.am.steps:
             j = max(i for i, s in enumerate(stages) if s.start <= trainer.step_count)
             refine_now = (j == last and (last > 0 or not adaptive)) or \
@@ -265,7 +295,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
                                            cond_sampler=cond_sampler, log=log)
                 timings["refine"] = time.perf_counter() - t3
                 stages[last].threshold = refined_thr = refined
-                trainer.extra["refined"] = {"eta": refined.eta}
+                trainer.extra["refined"] = _threshold_to_json(refined)
                 if tracker is not None:
                     tracker.eta = float(refined.eta)
             tr, lam = target(stages[j])
