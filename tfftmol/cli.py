@@ -98,34 +98,6 @@ def _print_table(table) -> None:
         print(table.to_string(index=False, na_rep="-"))
 
 
-def _quiet_warnings() -> set:
-    """Show each distinct warning once, as ``warning: <message>`` (no file:line); returns the set of shown texts."""
-    import warnings
-
-    shown: set = set()
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        text = str(message)
-        if text in shown:
-            return
-        shown.add(text)
-        print(f"warning: {text}", file=sys.stderr if file is None else file)
-
-    warnings.showwarning = show
-    return shown
-
-
-def _log_once(shown: set):
-    """A run's log that leaves out the lines repeating a warning already shown (stage 1's summary lists them)."""
-    def log(msg: str) -> None:
-        lines = [ln for ln in str(msg).split("\n") if not any(ln.strip() == f"- {w}" for w in shown)]
-        if lines and lines[-1].strip() == "warnings:":
-            lines.pop()
-        if lines:
-            print("\n".join(lines))
-    return log
-
-
 def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> int:
     """Run any task's fine-tune through the one pipeline and print its before/after table."""
     from .pipeline import RunDirError, run
@@ -134,9 +106,11 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
     from .core.reward import RewardFailureError
     from .core.threshold import DegenerateTailError
 
-    shown = _quiet_warnings()
+    from .pipeline.console import log_without, warnings_once
+
+    shown = warnings_once(restore=False, plain=True).__enter__()   # for the whole command
     try:
-        res = run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, log=_log_once(shown))
+        res = run(cfg, resume=resume, overwrite=overwrite, progress=not quiet, log=log_without(shown))
     except KeyboardInterrupt as e:
         msg = str(e) or ("interrupted before stage 2 (the offline batch is cached only once complete, so a "
                          "resumed run draws it again)")

@@ -223,14 +223,14 @@ def test_models_lists_names_without_importing_torch():
 
 
 def test_cli_shows_each_warning_once_and_not_again_in_the_log(capsys):
-    from tfftmol.cli import _log_once, _quiet_warnings
+    from tfftmol.pipeline.console import log_without, warnings_once
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        shown = _quiet_warnings()
+        shown = warnings_once(restore=False, plain=True).__enter__()
         for _ in range(2):
             warnings.warn("the hinge is dead", TfftWarning)
-        _log_once(shown)("TFFT threshold: right tail\n  eta*  0.6\n  warnings:\n  - the hinge is dead")
+        log_without(shown)("TFFT threshold: right tail\n  eta*  0.6\n  warnings:\n  - the hinge is dead")
     cap = capsys.readouterr()
     assert cap.err.count("warning: the hinge is dead") == 1 and "test_workflow.py" not in cap.err
     assert "TFFT threshold" in cap.out and "hinge" not in cap.out and "warnings:" not in cap.out
@@ -245,3 +245,19 @@ def test_surrogate_report_names_why_a_precision_is_missing():
                           seconds=0.1)
     text = str(rep)
     assert "nan" not in text and "prec@q0.9=n/a (no prediction above it)" in text and "prec@q0.1=0.400" in text
+
+
+def test_python_run_prints_each_warning_once_and_filters_still_see_it(tmp_path, capsys):
+    from tfftmol.pipeline import run
+
+    cfg = {"task": "toy2d", "name": "w", "out_dir": str(tmp_path),
+           "eval": {"samples": 200, "kl_samples": 50, "steps": 8},
+           "tfft": {"alpha": 0.05, "offline_samples": 300, "offline_steps": 8, "bootstrap": 20, "continuation": "none",
+                    "am": {"steps": 2, "batch_size": 8, "time_steps": 8}},
+           "options": {"model": "gmm-exact", "reward": {"name": "linear", "w": [1.0, 0.0]}}}
+    with pytest.warns(TfftWarning, match="continuation cannot help") as rec:
+        run(cfg, progress=False, plots=False)
+    cap = capsys.readouterr()
+    assert sum("continuation cannot help" in str(w.message) for w in rec) == 1   # recorded once, by the filter
+    assert "continuation cannot help" not in cap.out                              # and not again in the summary
+    assert "TFFT threshold" in cap.out or "eta*" in cap.out

@@ -139,7 +139,8 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
             existing run directory is an error, never silently overwritten).
         progress: progress bars.
         callbacks: extra ``cb(trainer, stats)`` after every stage-2 step.
-        log: where the diagnostics go.
+        log: where the diagnostics go.  With the default (``print``) each distinct warning is shown
+            once, and the stage-1 summary leaves out the lines that repeat one.
         plots: draw the report's figures (Optuna trials skip them; the numbers are the same).
         overrides: top-level config fields to replace (``out_dir``, ``name``, ...).
 
@@ -151,6 +152,20 @@ def run(config: Any, *, resume: bool = False, overwrite: bool = False, progress:
         RunDirError: the run directory is in use, exists, or cannot be resumed safely.
         KeyboardInterrupt: on SIGINT during stage 2, after the checkpoint is saved.
     """
+    if log is not print:
+        return _run(config, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks, log=log,
+                    plots=plots, **overrides)
+    from .console import log_without, warnings_once
+
+    with warnings_once() as shown:   # printing its own log: each warning once, not again in the summary
+        return _run(config, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks,
+                    log=log_without(shown), plots=plots, **overrides)
+
+
+def _run(config: Any, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+         callbacks: Optional[list[Callable]] = None, log: Callable[[str], None] = print, plots: bool = True,
+         **overrides: Any) -> RunResult:
+    """The body of :func:`run` (``log`` as given)."""
     cfg = load_run_config(config, **overrides)
     task = get_task(cfg.task)
     t_start = time.perf_counter()
