@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# torch first: the pinned CPU wheel, so nothing pulls a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
+	# GFN-xTB (dxtb): its helper packages declare numpy<2, so the pinned set goes in without resolution
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "from tfftmol.chem.rewards.xtb import XTB_INSTALL; print(XTB_INSTALL)")
 	touch $(STAMP)
 
 venv: $(STAMP)
