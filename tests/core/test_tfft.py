@@ -170,22 +170,25 @@ def test_offline_batch_is_cached_and_reused(tmp_path):
     assert len(list(tmp_path.glob("offline-*.safetensors"))) == 1
 
 
+def _interrupted_then_resumed(g, cfg, ck, at_step: int):
+    """Run with a SIGINT after ``at_step`` steps (the checkpoint is saved), then resume to the end."""
+    def interrupt(trainer, stats):
+        if trainer.step_count == at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_tfft(g, linear_reward(W), cfg, checkpoint_dir=ck, checkpoint_every=100, progress=False,
+                 callbacks=[interrupt], log=lambda s: None)
+    return run_tfft(g, linear_reward(W), cfg, checkpoint_dir=ck, progress=False, log=lambda s: None)
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     """SIGINT mid-run saves a checkpoint; resuming ends exactly where an uninterrupted run ends."""
     g = circle_gmm()
     cfg = TFFTConfig(offline_samples=2000, bootstrap=0, seed=3,
                      am=AMConfig(steps=12, batch_size=16, time_steps=8, loss_time_steps=3, ema=0.9, seed=3))
     full = run_tfft(g, linear_reward(W), cfg, progress=False, log=lambda s: None)
-
-    def interrupt(trainer, stats):
-        if trainer.step_count == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    ck = tmp_path / "ckpt"
-    with pytest.raises(KeyboardInterrupt):
-        run_tfft(g, linear_reward(W), cfg, checkpoint_dir=ck, checkpoint_every=100, progress=False,
-                 callbacks=[interrupt], log=lambda s: None)
-    resumed = run_tfft(g, linear_reward(W), cfg, checkpoint_dir=ck, progress=False, log=lambda s: None)
+    resumed = _interrupted_then_resumed(g, cfg, tmp_path / "ckpt", at_step=5)
     assert resumed.trainer.step_count == 12
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -258,16 +261,7 @@ def test_a_resume_after_the_refinement_restores_its_diagnostics_whole(tmp_path):
     full = run_tfft(g, linear_reward(W), cfg, progress=False, log=lambda s: None)
     assert full.refined is not None and full.refined.eta != full.stage1.eta         # the refinement was adopted
     assert full.refined.predicted_kl != full.stage1.predicted_kl
-
-    def interrupt(trainer, stats):
-        if trainer.step_count == 10:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    ck = tmp_path / "ckpt"
-    with pytest.raises(KeyboardInterrupt):
-        run_tfft(g, linear_reward(W), cfg, checkpoint_dir=ck, checkpoint_every=100, progress=False,
-                 callbacks=[interrupt], log=lambda s: None)
-    resumed = run_tfft(g, linear_reward(W), cfg, checkpoint_dir=ck, progress=False, log=lambda s: None)
+    resumed = _interrupted_then_resumed(g, cfg, tmp_path / "ckpt", at_step=10)
     a, b = full.refined, resumed.refined
     assert b is not None and b.eta == a.eta
     for f in ("predicted_cvar", "predicted_kl", "active_fraction", "ess", "tail_mass", "pre_cvar", "n", "is_ess"):
