@@ -15,6 +15,7 @@ import torch
 
 from tfftmol.chem.latent_reward import LatentSurrogate, warm_start_data
 from tfftmol.chem.rewards import build_reward
+from tfftmol.chem.rewards.guacamol import FEXOFENADINE, OSIMERTINIB
 from tfftmol.chem.selfies import SelfiesVocab, ZincSelfiesFlow, load_zinc_selfies, save_zinc_selfies
 from tfftmol.chem.selfies.autoencoder import SelfiesVAE, VAEConfig
 from tfftmol.chem.selfies.latent_flow import FlowConfig, LatentVelocityMLP
@@ -27,7 +28,11 @@ from tfftmol.pipeline.config import load_run_config
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 8
 ZINC_CONFIGS = {"zinc_qed_right": ("right", 0.9), "zinc_mpo_right": ("right", 0.9),
-                "zinc_sa_left": ("left", 0.1), "zinc_logp_window_left": ("left", 0.1)}
+                "zinc_sa_left": ("left", 0.1), "zinc_logp_window_left": ("left", 0.1),
+                "zinc_osimertinib_mpo_right": ("right", 0.9), "zinc_fexofenadine_mpo_right": ("right", 0.9)}
+# the GuacaMol/PMO objectives of the drug-like configs, and the drug each one is built around
+GUACAMOL_CONFIGS = {"zinc_osimertinib_mpo_right": ("osimertinib_mpo", OSIMERTINIB),
+                    "zinc_fexofenadine_mpo_right": ("fexofenadine_mpo", FEXOFENADINE)}
 
 
 def tiny_flow(seed: int = 0) -> ZincSelfiesFlow:
@@ -180,6 +185,12 @@ def test_zinc_configs_validate(name):
         assert vals[0] == 0.0 and vals[1] < -3.5  # logP 1.35 inside [1, 4]; 8.05 is 4.05 outside
     if name == "zinc_sa_left":
         assert np.all(vals < 0)
+    if name in GUACAMOL_CONFIGS:
+        objective, drug = GUACAMOL_CONFIGS[name]
+        assert dict(cfg.options.reward) == {"name": objective}
+        assert np.all((vals >= 0) & (vals <= 1))
+        assert r([drug]).values[0] > vals[0]  # the drug's neighbourhood scores above paracetamol
+        assert 0.1 <= cfg.tfft.alpha <= 0.3  # the header's stage-1 prediction is at this alpha (KL ~0.2)
 
 
 def test_warm_start_option_defaults_and_errors(tiny_path, tmp_path):
@@ -213,6 +224,16 @@ def test_latent_tfft_run_through_pipeline_moves_right_cvar(tiny_path, tmp_path):
     assert isinstance(res.tfft.trainer.reward.surrogate, LatentSurrogate)
     for f in ["report.md", "samples.csv", "surrogate.csv", "model.safetensors", "tails_top.png"]:
         assert (res.run_dir / f).is_file(), f
+    # the labelled molecule grids of both tails are in the report, drawn from real molecules (not the
+    # "no valid molecule" placeholder): 12 per grid by default, 6 per row of 220 px
+    from PIL import Image
+    report = (res.run_dir / "report.md").read_text()
+    for f, alt in [("tails_top.png", "top tail"), ("tails_bottom.png", "bottom tail")]:
+        assert f"![{alt}]({f})" in report, f
+        with Image.open(res.run_dir / f) as img:
+            assert img.size[0] >= 6 * 220 and img.size[1] >= 2 * 200, (f, img.size)
+    top = pd.read_csv(res.run_dir / "top.csv")
+    assert (top.loc[top["model"] == "tfft", "end"] == "top").sum() >= 12
     tuned = load_base(str(res.run_dir / "model.safetensors"))  # the fine-tuned model is a zinc-selfies model
     assert isinstance(tuned, ZincSelfiesFlow)
     x = torch.randn(4, DIM)
