@@ -1,6 +1,10 @@
-"""``tfftmol sample --model zinc-selfies`` writes drug-like SMILES (the shipped weights; skipped without them)."""
+"""``tfftmol sample --model zinc-selfies`` writes drug-like SMILES; the README's drug-like snippet and grid script run.
+
+All use the shipped weights and are skipped without them (about 10 s in all on one core).
+"""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +16,7 @@ from rdkit import Chem
 from tfftmol.chem.selfies.loader import WEIGHTS_PATH
 from tfftmol.cli import main
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not WEIGHTS_PATH.exists(), reason="zinc-selfies weights not trained yet")
 
 
@@ -49,3 +54,38 @@ def test_sample_zinc_selfies_console_script(tmp_path):
     assert "wrote 8 molecules" in r.stdout
     df = pd.read_csv(out, keep_default_na=False)
     assert len(df) == 8 and df["valid"].all()
+
+
+def test_readme_drug_like_snippet_runs_and_prints_its_output(capsys):
+    """The README's "Drug-like molecules in Python" snippet runs; its printed table matches the README's."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"\*\*Drug-like molecules in Python\.\*\*.*?```python\n(.*?)```\s*```text\n(.*?)```", text, re.S)
+    code, shown = m.group(1), m.group(2).splitlines()
+    assert 'load_pretrained("zinc-selfies")' in code
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == shown[0].split() == ["smiles", "valid", "qed", "sa", "logp", "osimertinib_mpo"]
+    assert len(printed) == len(shown) == 7
+    rows = [line.split() for line in printed[1:]]
+    assert all(r[1] == "True" and 0 <= float(r[2]) <= 1 and 1 <= float(r[3]) <= 10 for r in rows)
+    # the README shows this machine's output; another platform's floating point may change a decode or two
+    same = sum(a.split() == b.split() for a, b in zip(printed[1:], shown[1:]))
+    assert same >= 4, (printed, shown)
+
+
+def test_zinc_grid_script_draws_12_samples(tmp_path, capsys):
+    """scripts/zinc_grid.py draws the README's grid (12 pre-trained samples, small PNG)."""
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from zinc_grid import main as grid_main
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    out = tmp_path / "grid.png"
+    assert grid_main(["--out", str(out)]) == 0
+    assert "12 of 12 samples valid" in capsys.readouterr().out
+    for png in (out, ROOT / "docs" / "zinc_grid.png"):
+        assert png.stat().st_size < 200_000
+        with Image.open(png) as img:
+            assert img.size == (4 * 260, 3 * 210)
