@@ -43,15 +43,16 @@ from tfftmol.core.risk import cvar  # noqa: E402
 from tfftmol.core.samplers import sample_sde  # noqa: E402
 from tfftmol.core.settings import AMConfig, TFFTConfig  # noqa: E402
 from tfftmol.core.tfft import run_tfft  # noqa: E402
-from tfftmol.core.threshold import TfftWarning  # noqa: E402
+from tfftmol.core.offline import offline_batch  # noqa: E402
+from tfftmol.core.threshold import TfftWarning, solve_threshold  # noqa: E402
 from tfftmol.core.tracking import ThresholdGuardError  # noqa: E402
 from tfftmol.toy2d.gmm import hinge_target_stats, population_threshold, random_gmm  # noqa: E402
 from tfftmol.toy2d.flows import linear_reward  # noqa: E402
 
 COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft", "cvar_exact", "rel_error",
            "gap_error", "gap_cut", "mass_beyond", "mass_target", "kl_ft", "kl_exact", "kl_ratio", "eta_stage1", "eta_final",
-           "eta_exact", "stage1_runaway_mass", "tracked", "corrections", "flagged", "stopped", "sampler", "track", "steps",
-           "wall_s"]
+           "eta_exact", "stage1_runaway_mass", "tracked", "corrections", "flagged", "near_tie", "stopped", "sampler", "track",
+           "steps", "wall_s"]
 
 
 def make_case(case: int, w_norm: float = 0.25):
@@ -61,15 +62,36 @@ def make_case(case: int, w_norm: float = 0.25):
     return g, w_norm * u / np.linalg.norm(u)
 
 
+def case_config(case: int, alpha: float, tail: str, steps: int, offline: int, time_steps: int, track: str,
+                batch: int = 256, lr: float = 2e-3) -> TFFTConfig:
+    """The TFFT settings of one run of the family."""
+    return TFFTConfig(tail=tail, beta=0.9 if tail == "right" else 0.1, alpha=alpha, offline_samples=offline,
+                      offline_steps=time_steps, bootstrap=50, seed=case, track_threshold=track,
+                      am=AMConfig(steps=steps, batch_size=batch, time_steps=time_steps, loss_time_steps=10,
+                                  lr=lr, grad_clip=0.0, ema=0.95, seed=case))
+
+
+def stage1_near_tie(case: int, cfg: TFFTConfig, w_norm: float) -> bool:
+    """Stage 1 alone, on the offline batch ``run_tfft`` draws for this run: does it report a near-tie?
+
+    The warning changes nothing in the fine-tune, so rows measured before it existed get their flag
+    from here (``--refresh-flags``) exactly as a new run would.
+    """
+    g, w = make_case(case, w_norm)
+    _, v, _, _ = offline_batch(g, linear_reward([float(x) for x in w]), cfg.offline_samples, cfg.offline_steps,
+                               cfg.offline_sampler, cfg.seed, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TfftWarning)
+        res = solve_threshold(v.numpy().astype(np.float64), cfg.beta, cfg.alpha, cfg.tail)
+    return res.near_tie is not None
+
+
 def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_samples: int, kl_samples: int,
             time_steps: int, track: str, w_norm: float, batch: int = 256, lr: float = 2e-3, log=None) -> dict:
     beta = 0.9 if tail == "right" else 0.1
     g, w = make_case(case, w_norm)
     reward = linear_reward([float(v) for v in w])
-    cfg = TFFTConfig(tail=tail, beta=beta, alpha=alpha, offline_samples=offline, offline_steps=time_steps,
-                     bootstrap=50, seed=case, track_threshold=track,
-                     am=AMConfig(steps=steps, batch_size=batch, time_steps=time_steps, loss_time_steps=10,
-                                 lr=lr, grad_clip=0.0, ema=0.95, seed=case))
+    cfg = case_config(case, alpha, tail, steps, offline, time_steps, track, batch, lr)
     t0 = time.perf_counter()
     stopped = False
     with warnings.catch_warnings():
@@ -95,6 +117,7 @@ def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_s
     eta1 = tracking["eta_stage1"] if tracking else (stage1.eta if stage1 is not None else float("nan"))
     runaway = hinge_target_stats(g, w, eta1, alpha, beta, tail)["mass_beyond"] if np.isfinite(eta1) else float("nan")
     corrections = int(tracking["corrections"]) if tracking else 0
+    near_tie = bool(stage1 is not None and stage1.near_tie is not None)
     return {
         "case": case, "alpha": alpha, "tail": tail, "beta": beta, "n_components": len(g.weights),
         "cvar_pre": c_pre, "cvar_ft": c_ft, "cvar_exact": ex["cvar"],
@@ -104,7 +127,7 @@ def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_s
         "kl_ft": kl, "kl_exact": ex["kl"], "kl_ratio": kl / ex["kl"],
         "eta_stage1": eta1, "eta_final": tracking["eta"] if tracking else eta1, "eta_exact": eta,
         "stage1_runaway_mass": runaway, "tracked": bool(tracking and tracking.get("tracked", True)),
-        "corrections": corrections, "flagged": bool(corrections or stopped),
+        "corrections": corrections, "flagged": bool(corrections or stopped or near_tie), "near_tie": near_tie,
         "stopped": stopped, "sampler": cfg.offline_sampler, "track": track, "steps": steps, "wall_s": wall,
     }
 
@@ -124,7 +147,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
             "mass in [0.07, 0.13]": float(band.mean()),
             "max kl_ft / kl_exact": float(d["kl_ratio"].max()),
             "runs with kl_ft > 1.5 kl_exact": int((d["kl_ratio"] > 1.5).sum()),
-            "flagged": int(d["flagged"].sum()), "stopped": int(d["stopped"].sum()),
+            "flagged": int(d["flagged"].sum()),
+            "near-tie": int(d["near_tie"].sum()) if "near_tie" in d else 0, "stopped": int(d["stopped"].sum()),
             "unflagged with mass > 2x target": int((unflagged["mass_beyond"] > 2 * unflagged["mass_target"]).sum()),
             "median gap_cut": float(d["gap_cut"].median()),
         })
@@ -178,12 +202,22 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--report-only", nargs="+", metavar="CSV",
                    help="no runs: merge these CSVs into OUT/exact_family.csv and rewrite the markdown")
+    p.add_argument("--refresh-flags", action="store_true",
+                   help="with --report-only: recompute each row's stage-1 near-tie flag (stage 1 only, on the "
+                        "run's own offline batch; --offline and --time-steps must be the rows' settings)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.report_only:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         df = pd.concat([pd.read_csv(f) for f in a.report_only], ignore_index=True)
+        if a.refresh_flags:
+            ties = [stage1_near_tie(int(r.case), case_config(int(r.case), float(r.alpha), r.tail, int(r.steps),
+                                                             a.offline, a.time_steps, r.track), a.w_norm)
+                    for r in df.itertuples()]
+            df["near_tie"] = ties
+            df["flagged"] = df["flagged"].astype(bool) | df["near_tie"]
+            df = df[[c for c in COLUMNS if c in df.columns]]
         df.to_csv(out / "exact_family.csv", index=False)
         write_markdown(df, out, a, float("nan"))
         return df
@@ -232,7 +266,8 @@ def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
           + (f" This run: {seconds:.0f} s on one thread." if np.isfinite(seconds) else "") + "\n",
           "rel_error = (cvar_ft - cvar_exact) / |cvar_exact| depends on where the reward's zero is; "
           "gap_error = (cvar_ft - cvar_exact) / |cvar_exact - cvar_pre| does not.  flagged: a guard fired "
-          "(corrected, or stopped the run); tracked: the threshold was tracked on-policy.\n",
+          "(corrected, or stopped the run) or stage 1 reported a near-tie of two thresholds (near_tie, left tail: "
+          "the samples cannot tell which is the population optimum); tracked: the threshold was tracked on-policy.\n",
           "## Targets\n", to_markdown(summary(df)), "\n## Per setting\n", to_markdown(per_setting(df)), "\n"]
     (out / "exact_family.md").write_text("\n".join(md))
 

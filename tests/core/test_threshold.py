@@ -608,3 +608,44 @@ def test_solve_eta_equals_the_full_solver(tail, beta, alpha):
             full = solve_threshold(r, beta, alpha, tail, log_weights=w)
             eta, value = solve_eta(r, beta, alpha, tail, log_weights=w)
             assert eta == full.eta and value == pytest.approx(full.value, rel=1e-12)
+
+
+# -- left tail: a near-tie of two local maxima of G is said, not hidden -------------------------------------------
+def _bimodal_left_rewards(n=10000):
+    """Rewards of a seeded 2D mixture under a linear reward whose left-tail G has two nearly equal maxima at alpha 1."""
+    import torch
+
+    from tfftmol.toy2d.gmm import population_threshold, random_gmm
+
+    g = random_gmm(11)
+    u = np.random.default_rng(1011).normal(size=2)
+    w = 0.25 * u / np.linalg.norm(u)
+    x = g.sample_data(n, generator=torch.Generator().manual_seed(0)).double()
+    eta_pop, _ = population_threshold(g, w, 1.0, 0.1, "left")
+    return (x @ torch.as_tensor(w)).numpy(), float(eta_pop)
+
+
+def test_a_left_tail_near_tie_is_a_warning_naming_both_thresholds():
+    from tfftmol.core.threshold import objective
+
+    r, eta_pop = _bimodal_left_rewards()
+    with pytest.warns(TfftWarning, match="two thresholds nearly tie"):
+        res = solve_threshold(r, 0.1, 1.0, "left")
+    assert res.near_tie is not None and abs(res.near_tie - res.eta) > 0.5
+    # the population optimum is one of the two (the sample cannot tell which)
+    assert min(abs(eta_pop - res.eta), abs(eta_pop - res.near_tie)) < 0.05
+    g_top, g_rival = objective(r, [res.eta, res.near_tie], 0.1, 1.0, "left")
+    assert 0 <= g_top - g_rival < 0.05                       # nearly equal, the chosen one on top
+    assert any("nearly tie" in w for w in res.warnings)
+
+
+def test_no_near_tie_on_a_unimodal_reward_or_the_right_tail():
+    import warnings
+
+    r = np.random.default_rng(3).normal(size=20000)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for alpha in (0.05, 0.3, 1.0, 5.0):
+            assert solve_threshold(r, 0.1, alpha, "left").near_tie is None
+    assert not any("nearly tie" in str(w.message) for w in rec)
+    assert solve_threshold(_bimodal_left_rewards()[0], 0.9, 1.0, "right").near_tie is None

@@ -299,6 +299,61 @@ def _solve_left_sorted(rs: np.ndarray, beta: float, alpha: float, lw: Optional[n
     return float(rs[int(np.argmax(_left_kink_values(rs, beta, alpha, lw)))])
 
 
+#: A left-tail optimum that another local maximum of G trails by less than this many standard errors
+#: (of the difference, on the same samples) is a near-tie: the samples cannot say which is the population's.
+NEAR_TIE_Z = 2.0
+#: Two maxima with fewer than this fraction of the samples between them are one optimum, not a tie.
+NEAR_TIE_SEPARATION = 0.05
+
+
+def _left_near_tie(rs: np.ndarray, beta: float, alpha: float, lw: Optional[np.ndarray] = None):
+    """The closest rival of the left-tail optimum, if it ties within sampling error; else ``None``.
+
+    ``G`` is not concave for the left tail (a log-mean-exp of concave functions), so it can have
+    several local maxima; on a bimodal reward two of them can be nearly equal, and which one the
+    sampled ``argmax`` picks is then chance.  For each other local maximum ``b`` separated from the
+    optimum ``a`` by at least :data:`NEAR_TIE_SEPARATION` of the samples, the gap ``G(a) - G(b)`` is
+    compared with its delta-method standard error on the same samples,
+    ``se = alpha sd(e_a / mean e_a - e_b / mean e_b) / sqrt(M)`` with ``e = exp(pseudo / alpha)``
+    (importance-weighted when ``lw`` is given).
+
+    Returns:
+        ``(eta_rival, gap, se)`` for the rival with the smallest ``gap / se`` below :data:`NEAR_TIE_Z`,
+        or ``None``.
+    """
+    m = rs.size
+    g = _left_kink_values(rs, beta, alpha, lw)
+    top = int(np.argmax(g))
+    prev = np.concatenate(([-np.inf], g[:-1]))
+    nxt = np.concatenate((g[1:], [-np.inf]))
+    peaks = np.flatnonzero((g >= prev) & (g > nxt))
+    p = None if lw is None else np.exp(lw - lw.max()) / np.exp(lw - lw.max()).sum()
+    c = 1.0 / (alpha * beta)
+
+    def scaled(eta: float) -> np.ndarray:
+        x = -c * np.maximum(eta - rs, 0.0)
+        e = np.exp(x - x.max())
+        return e / (e.mean() if p is None else float(np.dot(p, e)))
+
+    rivals = peaks[np.abs(peaks - top) >= NEAR_TIE_SEPARATION * m]
+    if rivals.size == 0:
+        return None
+    best = None
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # extreme weights: no finite se, no tie
+        base = scaled(float(rs[top]))
+        for j in rivals[np.argsort(-g[rivals])][:5]:      # the five highest rivals: O(M) each
+            d = alpha * (base - scaled(float(rs[j])))
+            if p is None:
+                se = float(d.std(ddof=1)) / math.sqrt(m)
+            else:
+                se = math.sqrt(float(np.dot(p * p, (d - np.dot(p, d)) ** 2)))
+            gap = float(g[top] - g[j])
+            if math.isfinite(se) and se > 0 and gap < NEAR_TIE_Z * se and \
+                    (best is None or gap / se < best[1] / best[2]):
+                best = (float(rs[j]), gap, se)
+    return best
+
+
 def _solve_sorted(rs: np.ndarray, beta: float, alpha: float, tail: str, lw: Optional[np.ndarray] = None) -> float:
     """``eta*`` for ascending rewards ``rs`` with log-weights ``lw`` (same order, ``max == 0``) or ``None``."""
     if lw is not None and lw.size and lw.max() != 0.0:
@@ -353,6 +408,9 @@ class ThresholdResult:
             in ``[1, M]``, or ``None`` without them.
         log_weights: the log importance weights as given, shape ``(M,)``, read-only, in
             input order, or ``None``.
+        near_tie: left tail only: the threshold of another local maximum of ``G`` that ties with
+            ``eta*`` within sampling error (the samples cannot say which optimum the population
+            has, and stage 2 follows the one chosen), else ``None``.  Also a warning.
     """
 
     tail: str
@@ -379,6 +437,7 @@ class ThresholdResult:
     active_count_fraction: Optional[float] = None
     is_ess: Optional[float] = None
     log_weights: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    near_tie: Optional[float] = None
 
     def weights(self, rewards: Any = None, log_weights: Any = None) -> np.ndarray:
         """Normalised tilt weights ``w_i ∝ v_i exp(pseudo(r_i) / alpha)``, shape ``(M,)``, float64.
@@ -632,6 +691,17 @@ def solve_threshold(
             f"the predicted CVaR and KL rest on few samples and eta* is noisy; "
             f"increase alpha (now {alpha:g}) or draw more offline samples"
         )
+    near_tie = None
+    if tail == "left":
+        tie = _left_near_tie(rs, beta, alpha, ls)
+        if tie is not None:
+            near_tie, gap, tie_se = tie
+            msgs.append(
+                f"two thresholds nearly tie: eta*={eta:.6g} and eta={near_tie:.6g} give objective values "
+                f"{gap:.3g} apart, within {NEAR_TIE_Z:g} standard errors ({tie_se:.3g}) of each other on these "
+                f"{m} samples, so which one the population optimum is cannot be told, and stage 2 follows "
+                f"the one chosen (a bimodal reward); draw more offline samples, or change alpha (now {alpha:g})"
+            )
     for msg in msgs:
         _warnings.warn(msg, TfftWarning, stacklevel=2)
 
@@ -641,7 +711,7 @@ def solve_threshold(
         ess=ess, ess_fraction=ess / m, predicted_cvar=predicted_cvar, predicted_kl=kl,
         tail_mass=tail_mass, tail_mass_incl=tail_mass_incl, eta_interval=interval, eta_se=se, ci_level=ci_level,
         bootstrap=int(bootstrap), warnings=tuple(msgs), rewards=r,
-        active_count_fraction=active_count, is_ess=is_ess, log_weights=lw_keep,
+        active_count_fraction=active_count, is_ess=is_ess, log_weights=lw_keep, near_tie=near_tie,
     )
 
 
