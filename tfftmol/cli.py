@@ -105,6 +105,7 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
     from .core.config import ConfigError
     from .core.reward import RewardFailureError
     from .core.threshold import DegenerateTailError
+    from .core.validate import FlowModelError, RewardCheckError
 
     from .pipeline.console import log_without, warnings_once
 
@@ -120,7 +121,7 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
         print(f"tfftmol: stopped before stage 2: {e}\n(`tfftmol plan --config ...` shows every alpha and beta "
               "without training; `--force --overwrite` or `degenerate_tail: train` trains anyway)", file=sys.stderr)
         return 3
-    except (RunDirError, CheckpointError, ConfigError, RewardFailureError) as e:
+    except (RunDirError, CheckpointError, ConfigError, RewardFailureError, FlowModelError, RewardCheckError) as e:
         raise SystemExit(f"tfftmol: {e}") from None
     print()
     _print_table(res.table())  # the report's path was logged by the run

@@ -363,3 +363,22 @@ def test_the_usual_tails_do_not_warn():
         warnings.simplefilter("error")
         tfftmol.TFFTConfig(tail="right", beta=0.9)
         tfftmol.TFFTConfig(tail="left", beta=0.1)
+
+
+def test_the_probe_leaves_a_few_reward_failures_to_the_batch_limit_but_not_all():
+    from tfftmol.core.reward import RewardFailureError
+    from tfftmol.core.validate import check_reward
+
+    class Failing(tfftmol.DifferentiableReward):
+        def __init__(self, failed):
+            super().__init__(lambda x: x[:, 0], name="flaky")
+            self.failed = failed
+
+        def evaluate(self, x):
+            raise RewardFailureError(f"failed on {self.failed} of {len(x)}", failed=self.failed, n=len(x))
+
+    base, lines = tfftmol.load_pretrained("gmm-exact"), []
+    assert check_reward(Failing(1), base, log=lines.append) == "gradient"
+    assert "1 of 4 probe samples failed" in lines[-1]
+    with pytest.raises(RewardFailureError, match="failed on 4 of 4"):
+        check_reward(Failing(4), base)

@@ -320,7 +320,7 @@ class MolecularReward:
                 + ", ".join(f"{r}={c} ({c / n:.0%})" for r, c in bad.items() if c)
                 + (f"; first {worst}: {first[0]}" if first else "")
                 + ". The molecules are valid; the reward function is what fails (fix it, or raise "
-                  "options.max_reward_failure_fraction)")
+                  "options.max_reward_failure_fraction)", failed=total, n=n)
 
     @property
     def _who(self) -> str:

@@ -35,7 +35,15 @@ __all__ = ["TerminalReward", "RewardBatch", "DifferentiableReward", "OPTIONAL_HO
 
 
 class RewardFailureError(RuntimeError):
-    """Too large a fraction of a batch failed in the reward function itself (it raised or returned NaN/inf)."""
+    """Too large a fraction of a batch failed in the reward function itself (it raised or returned NaN/inf).
+
+    Attributes:
+        failed, n: how many of the batch's ``n`` samples failed (``None`` when not given).
+    """
+
+    def __init__(self, message: str, failed: Optional[int] = None, n: Optional[int] = None):
+        super().__init__(message)
+        self.failed, self.n = failed, n
 
 
 @dataclass

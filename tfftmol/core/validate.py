@@ -198,7 +198,7 @@ def check_reward(reward: Any, model: Any, device: Optional[str | torch.device] =
     Raises:
         RewardCheckError: naming what was expected and what came back.
     """
-    from .reward import RewardBatch, reward_has_grad
+    from .reward import RewardBatch, RewardFailureError, reward_has_grad
     from .sampling import sample
 
     name = _reward_name(reward)
@@ -224,6 +224,14 @@ def check_reward(reward: Any, model: Any, device: Optional[str | torch.device] =
 
     try:
         rb = reward.evaluate(x)
+    except RewardFailureError as e:
+        if e.failed is not None and e.n and e.failed < e.n:   # a few failures of 4: the batches will tell
+            if log is not None:
+                log(f"reward {name}: {e.failed} of {e.n} probe samples failed in the reward function; the "
+                    "failure limit applies to the offline and training batches")
+            return "value" if stage2 == "value" or (stage2 == "auto" and not reward_has_grad(reward)) \
+                else "gradient"
+        raise                                                  # failed on every sample: its own clear error
     except Exception as e:  # noqa: BLE001 - reported with the reward's name and the probe
         raise RewardCheckError(f"reward {name}: evaluate(x) failed on a probe batch of {n} samples of the "
                                f"pre-trained model (x of shape {shape}): {type(e).__name__}: {e}") from e
