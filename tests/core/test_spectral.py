@@ -259,3 +259,24 @@ def test_constrained_duality_gap_is_closed_exactly():
                 for out in [_fixed_eta_left(rs, float(e), beta, c, alpha, 1e-10, 1e8)] if out is not None)
     assert abs(res.objective - brute) <= 1e-9
     assert res.objective <= res.dual_value
+
+
+def test_run_tfft_takes_the_spectral_transform():
+    """Stage 2 toward a caller-solved transform: the one-tail stage 1 is skipped, a few steps run."""
+    from tfftmol.core.adjoint import AMConfig
+    from tfftmol.core.tfft import TFFTConfig, run_key, run_tfft
+    from tfftmol.toy2d.flows import linear_reward
+
+    base = circle_gmm()
+    g = SpectralPseudoReward([("right", 0.9, 1.0), ("left", 0.1, 1.0)], [2.5, 1.6])
+    cfg = TFFTConfig(method="tfft", alpha=2.0, offline_samples=64,
+                     am=AMConfig(steps=3, batch_size=16, hidden=16, time_steps=10, loss_time_steps=5, seed=0))
+    lines = []
+    res = run_tfft(base, linear_reward((1.0, 0.5)), cfg, progress=False, log=lines.append, transform=g)
+    assert res.threshold is None and res.stage1 is None and res.trainer.step_count == 3
+    assert "offline" not in res.timings      # no one-tail stage 1, no offline batch
+    assert res.trainer.extra["run_key"] != run_key(base, linear_reward((1.0, 0.5)), cfg)
+    assert any("given transform" in s for s in lines)
+    with pytest.raises(ValueError, match="transform"):
+        run_tfft(base, linear_reward((1.0, 0.5)), TFFTConfig(method="expected", alpha=2.0), progress=False,
+                 log=lines.append, transform=g)

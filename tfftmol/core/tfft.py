@@ -43,7 +43,7 @@ from .config import to_dict
 from .continuation import Stage, plan_stages, refine_threshold
 from .flow import FlowModel
 from .offline import model_fingerprint, offline_batch
-from .pseudo import AdaptiveHinge, PseudoReward
+from .pseudo import AdaptiveHinge, PseudoReward, TerminalTransform
 from .reward import TerminalReward, reward_cache_key, reward_hook
 from .settings import AMConfig, TFFTConfig
 from .threshold import ThresholdResult
@@ -143,7 +143,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100, resume: bool = True,
              device: str | torch.device = "cpu", progress: bool = True, cond_sampler=None,
              callbacks: Optional[list[Callable[[AdjointMatching, dict], None]]] = None,
-             log: Callable[[str], None] = print, stop_on_degenerate: bool = True) -> TFFTResult:
+             log: Callable[[str], None] = print, stop_on_degenerate: bool = True,
+             transform: Optional[TerminalTransform] = None) -> TFFTResult:
     """Run TFFT (or the expected-reward baseline) end to end.
 
     Args:
@@ -163,6 +164,11 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             :func:`~tfftmol.core.threshold.tail_degeneracy`) raises
             :class:`~tfftmol.core.threshold.DegenerateTailError` before stage 2; ``False``
             trains anyway (with the warning).
+        transform: a terminal transform solved by the caller (e.g. the spectral pseudo-reward
+            of :func:`tfftmol.core.spectral.solve_spectral`, docs/design.md §10): stage 2 fine-tunes
+            toward ``p_pre exp(transform(r) / alpha)`` with ``lam = 1/config.alpha``; the one-tail
+            stage 1, continuation, refinement and threshold tracking are skipped
+            (``config.method`` must be ``"tfft"``; the result's ``threshold`` is ``None``).
 
     Returns:
         :class:`TFFTResult`.
@@ -178,7 +184,10 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     # the reward too, on a few samples: values now, the gradient too unless it needs the offline fit first
     check_reward(reward, base, device, stage2=cfg.am.stage2, cond_sampler=cond_sampler,
                  gradient=not callable(fit_offline), log=log)
-    need_offline = cfg.method == "tfft" or callable(fit_offline)
+    custom = transform is not None
+    if custom and cfg.method != "tfft":
+        raise ValueError(f"transform= is a TFFT target; config.method is {cfg.method!r}, expected 'tfft'")
+    need_offline = (cfg.method == "tfft" and not custom) or callable(fit_offline)
     rewards_np = None
     stages: list[Stage]
     threshold = None
@@ -192,7 +201,10 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             f"valid {valid_off.float().mean():.1%}, mean reward {rewards_np.mean():.4g}")
     t1 = time.perf_counter()
     stage1 = refined_thr = None
-    if cfg.method == "tfft":
+    if custom:
+        stages = [Stage(cfg.alpha, cfg.beta, 0, cfg.am.steps, None)]
+        log(f"stage 2 toward the given transform {transform!r} at alpha={cfg.alpha:g}")
+    elif cfg.method == "tfft":
         stages = plan_stages(rewards_np, cfg, log, bounds=reward_bounds(reward),
                              stop_on_saturated=stop_on_degenerate)
         threshold = stage1 = stages[-1].threshold
@@ -206,12 +218,12 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         fit_offline(x_off, v_off, valid_off)
         timings["fit_offline"] = time.perf_counter() - t1
 
-    adaptive = cfg.method == "tfft" and cfg.continuation in ("auto", "adaptive") and \
+    adaptive = cfg.method == "tfft" and not custom and cfg.continuation in ("auto", "adaptive") and \
         stages[-1].threshold.active_fraction < cfg.min_active_fraction
 
     tracker = None
     trust = None
-    if cfg.method == "tfft" and cfg.track_threshold != "none":
+    if cfg.method == "tfft" and not custom and cfg.track_threshold != "none":
         trust = threshold_trust(rewards_np, cfg.beta, cfg.alpha, cfg.tail, bootstrap=cfg.bootstrap or 30, seed=cfg.seed,
                                 interval=stage1.eta_interval, warn=False)
         log(trust.message)
@@ -228,6 +240,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         tracker = ThresholdTracker(fin.threshold, tcfg, total_steps=fin.stop - fin.start, smoothing=cfg.smoothing, log=log)
 
     def target(stage: Stage):
+        if custom:
+            return transform, 1.0 / stage.alpha
         if cfg.method == "expected":
             return IdentityTransform(), 1.0 / stage.alpha
         if tracker is not None and stage is stages[-1]:
@@ -241,6 +255,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     trainer = AdjointMatching(base, reward, tr, lam, cfg.am, device=device, cond_sampler=cond_sampler)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     key = run_key(base, reward, cfg)
+    if custom:  # another transform is another run
+        key = hashlib.sha256((key + repr(transform)).encode()).hexdigest()[:24]
     if ckpt is not None and resume:
         state = load_checkpoint(ckpt)
         if state is not None:
@@ -288,7 +304,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             refine_now = (j == last and (last > 0 or not adaptive)) or \
                 (adaptive and trainer.step_count >= int(cfg.am.steps * (1 - cfg.final_stage_fraction)))
             auto_refine = cfg.refine_threshold == "auto" and (last > 0 or adaptive) and tracker is None
-            if (cfg.method == "tfft" and refine_now and "refined" not in trainer.extra
+            if (cfg.method == "tfft" and not custom and refine_now and "refined" not in trainer.extra
                     and (cfg.refine_threshold == "always" or auto_refine)):
                 t3 = time.perf_counter()
                 refined = refine_threshold(trainer.model, base, reward, stages[last].threshold, cfg,
@@ -320,7 +336,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
                 d["eta_used"] = tr.last_eta
                 if trainer.history and trainer.history[-1]["step"] == st.step:
                     trainer.history[-1]["eta_used"] = tr.last_eta
-            if cfg.method == "tfft" and j == len(stages) - 1:
+            if cfg.method == "tfft" and not custom and j == len(stages) - 1:
                 low_active_run = low_active_run + 1 if st.active_fraction == 0 else 0
                 if low_active_run == 50:
                     log("warning: no active sample in the last 50 batches of the final stage: "
@@ -348,7 +364,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     save()
     timings["stage2"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
-    if cfg.method == "tfft":
+    if cfg.method == "tfft" and not custom:
         threshold = stages[-1].threshold
     tracking = None
     if tracker is not None:
