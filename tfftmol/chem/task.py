@@ -9,6 +9,10 @@ Options (``RunConfig.options``)::
     warm_start: null               # latent models: ZINC250k training molecules the surrogate starts from
                                    # (null = 30000 for a latent model, 0 = off; graph models: 0 only)
     warm_labels: decoded           # warm-start labels: reward of the decoded latent, or of the data molecule
+    value_molecules: null          # graph models, values-only stage 2 (tfft.am.stage2: value): QM9 training
+                                   # molecules labelled with the true reward whose noised copies warm-start
+                                   # the value model (MolecularReward.value_pairs; null = 20000, 0 = off:
+                                   # the noised offline batch); cached in the cache dir by reward identity
     reward_jobs: 1                 # worker processes for the true reward
     grid_size: 12                  # molecules per tail grid
     top_k: 50                      # molecules per end of top.csv / top.sdf (top and bottom, each model)
@@ -122,6 +126,7 @@ class MoleculeOptions:
     filters: Any = None
     warm_start: Optional[int] = None
     warm_labels: str = "decoded"
+    value_molecules: Optional[int] = None
     max_reward_failure_fraction: float = 0.2
 
     def __post_init__(self):
@@ -153,6 +158,11 @@ class MoleculeOptions:
                                   f"model={self.model!r} is a graph model (use warm_start: 0)")
         from .latent_reward import WARM_LABELS
         check_choice(self, "warm_labels", WARM_LABELS)
+        if self.value_molecules is not None:
+            check_int(self, "value_molecules", low=0, note=" (0 = off, null = the default for the model)")
+            if self.value_molecules and is_latent(self.model):
+                raise ConfigError(f"value_molecules={self.value_molecules} needs a QM9 graph model; "
+                                  f"model={self.model!r} is a latent model (use value_molecules: 0)")
 
     @property
     def warm_start_size(self) -> int:
@@ -160,6 +170,14 @@ class MoleculeOptions:
         if self.warm_start is not None:
             return int(self.warm_start)
         return DEFAULT_WARM_START if is_latent(self.model) else 0
+
+    @property
+    def value_molecules_size(self) -> int:
+        """``value_molecules`` with ``None`` resolved: the default for a graph model, 0 for a latent one."""
+        if self.value_molecules is not None:
+            return int(self.value_molecules)
+        from .value_data import DEFAULT_VALUE_MOLECULES
+        return 0 if is_latent(self.model) else DEFAULT_VALUE_MOLECULES
 
 
 def _check_model(model: Any) -> None:
@@ -240,14 +258,21 @@ class MolecularReward:
             traceback, and a batch in which more than this fraction fails in the reward itself
             raises :class:`RewardFailureError` naming the reason and the fraction.  A penalty that
             is not below every valid reward value seen is logged as a warning (once).
+        value_pairs: ``fn(n, generator) -> (x_t, t, r(x_1))``, warm-start pairs of the pre-trained process
+            for the values-only stage 2 (:class:`~tfftmol.chem.value_data.QM9ValuePairs`: noised QM9
+            training molecules labelled with the true reward).  When given, the reward declares the
+            core's ``value_pairs`` hook (:mod:`tfftmol.core.reward`); absent otherwise.
     """
 
     def __init__(self, reward: Reward, decode: Callable[[torch.Tensor], list], surrogate: Surrogate,
                  config: Optional[SurrogateConfig] = None, refit_every: int = 0, n_jobs: int = 1,
                  log: Callable[[str], None] = print,
                  denoise: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
-                 max_failure_fraction: float = 0.2):
+                 max_failure_fraction: float = 0.2,
+                 value_pairs: Optional[Callable[..., tuple]] = None):
         self.reward = reward
+        if value_pairs is not None:  # the declared hook exists only when there is data to give
+            self.value_pairs = value_pairs
         self.max_failure_fraction = float(max_failure_fraction)
         self.failures: dict[str, int] = {}  # reason -> molecules scored with it (every batch since the start)
         self.n_scored = 0
@@ -547,8 +572,17 @@ class MoleculeTask:
                                   device=device)
         tc = cfg.tfft.am.terminal_time
         denoise = denoised_copies(base, tc, cfg.seed) if tc < 1.0 else None
-        return MolecularReward(reward, base.decode, surrogate, sc, o.refit_every, o.reward_jobs, log, denoise,
-                               max_failure_fraction=o.max_reward_failure_fraction)
+        out = MolecularReward(reward, base.decode, surrogate, sc, o.refit_every, o.reward_jobs, log, denoise,
+                              max_failure_fraction=o.max_reward_failure_fraction)
+        if o.value_molecules_size and not is_latent(o.model):
+            from .value_data import QM9ValuePairs
+
+            # labelled lazily: only a run on the values-only path (tfft.am.stage2: value) pays for it
+            out.value_pairs = QM9ValuePairs(
+                reward, o.value_molecules_size, cfg.tfft.am.time_steps,
+                lambda n, g: base.sample_prior(n, generator=g, device="cpu").float(),
+                cache_dir=cfg.offline_cache_dir, reward_key=out.cache_key, n_jobs=o.reward_jobs, log=log)
+        return out
 
     def cond_sampler(self, cfg, base):
         return None

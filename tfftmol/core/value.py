@@ -444,7 +444,10 @@ class ValueTrainer:
         steps = self.config.warm_start_steps if steps is None else steps
         r = r.detach().to(x_t.dtype)
         zeros = torch.zeros_like(r)                                   # base process: no control cost
-        self._prepare(r, target if target is not None else r)
+        # kind="distribution": the scale belongs to the control-cost head, and the base process has no
+        # control cost, so the reward's spread must not set it (it did: with QED's spread ~0.08 the
+        # on-policy cost targets became ~13x too large and their MSE, up to ~400, swamped the reward head)
+        self._prepare(r, target if target is not None else torch.ones(()))
         loss = float("nan")
         for _ in range(steps):
             loss = self._fit(x_t, t.to(x_t.dtype), r, zeros, target, 1, batch_size, cond)
