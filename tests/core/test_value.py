@@ -217,3 +217,30 @@ def test_a_reward_with_no_useful_gradient_moves_its_tail_on_the_value_path():
     target = cvar(rd, 0.9, "right", weights=np.exp(lw - lw.max()))
     pre, ft = cvar(fn(x0).numpy(), 0.9, "right"), cvar(fn(x).numpy(), 0.9, "right")
     assert (ft - pre) / (target - pre) > 0.5
+
+
+def test_replay_keeps_the_warm_start_through_misleading_on_policy_updates():
+    """On-policy batches whose rewards carry no information erase a warm start; replaying its pairs keeps it.
+
+    Known answer: the GMM posterior mean E[r | x_t] = w . (x + (1 - t) v(x, t)) (the test above).
+    """
+    g = circle_gmm()
+    x1 = g.sample_data(8000, torch.Generator().manual_seed(0))
+    xt, t, r = noised_pairs(x1, x1[:, 0], 4, 30, torch.Generator().manual_seed(1))
+    xq = g.sample_data(2000, torch.Generator().manual_seed(2)) * 0.6 + 0.4 * torch.randn(
+        2000, 2, generator=torch.Generator().manual_seed(3))
+    tq = torch.full((2000,), 0.6)
+    exact = (xq + 0.4 * g.velocity(xq, tq))[:, 0]
+    corr = {}
+    for replay in (0.0, 0.5):
+        vt = ValueTrainer((2,), ValueConfig(kind="distribution", hidden=64, lr=3e-3, replay=replay), seed=0)
+        vt.fit_pairs(xt, t, r, steps=400)
+        assert (vt.replay_pairs is not None) == (replay > 0)
+        gen = torch.Generator().manual_seed(4)
+        for _ in range(40):                                  # rewards unrelated to the states
+            ct = sample_controlled(g, g, 64, 10, generator=gen)
+            vt.update(ct, torch.randn(64, generator=gen))
+        with torch.no_grad():
+            pred = vt.model.reward_distribution(xq, tq) @ vt.model.rbar.float()
+        corr[replay] = float(torch.corrcoef(torch.stack([pred, exact]))[0, 1])
+    assert corr[0.5] > 0.9 and corr[0.5] > corr[0.0] + 0.1, corr

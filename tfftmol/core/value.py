@@ -102,6 +102,9 @@ class ValueConfig:
             (``0`` = no warm start even if pairs are given).
         grad_clip: gradient-norm clip of the value model (``0`` = off).
         cond_classes: number of integer classes of a class-conditional flow (``0`` = unconditional).
+        replay: share of each on-policy update's points drawn from the warm-start pairs (base
+            process, zero control cost), so that what the warm start learned about the reward is
+            not forgotten under on-policy updates (``0`` = off).
     """
 
     kind: str = "scalar"
@@ -116,6 +119,7 @@ class ValueConfig:
     warm_start_steps: int = 300
     grad_clip: float = 1.0
     cond_classes: int = 0
+    replay: float = 0.0
 
     def __post_init__(self):
         check_choice(self, "kind", ("distribution", "scalar"))
@@ -125,6 +129,7 @@ class ValueConfig:
         check_number(self, "lr", 0, None, low_open=True)
         check_number(self, "bin_momentum", 0, 1, low_open=True)
         check_number(self, "grad_clip", 0, None)
+        check_number(self, "replay", 0, 1, high_open=True)
 
 
 # -- rewards without gradients --------------------------------------------------------------
@@ -385,6 +390,7 @@ class ValueTrainer:
         self.generator = torch.Generator().manual_seed(seed + 15485863)
         self.updates = 0
         self.last_loss = float("nan")
+        self.replay_pairs: Optional[tuple] = None   # (x_t, t, r, cond) of the warm start, with replay > 0
 
     # -- losses ------------------------------------------------------------------------
     def _loss(self, x, t, r, cost, target, cond=None):
@@ -443,6 +449,7 @@ class ValueTrainer:
                              "to warm-start before the threshold is known")
         steps = self.config.warm_start_steps if steps is None else steps
         r = r.detach().to(x_t.dtype)
+        self.set_replay(x_t, t, r, cond)
         zeros = torch.zeros_like(r)                                   # base process: no control cost
         # kind="distribution": the scale belongs to the control-cost head, and the base process has no
         # control cost, so the reward's spread must not set it (it did: with QED's spread ~0.08 the
@@ -453,6 +460,28 @@ class ValueTrainer:
             loss = self._fit(x_t, t.to(x_t.dtype), r, zeros, target, 1, batch_size, cond)
         self.updates = max(self.updates, 1)
         return loss
+
+    def set_replay(self, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cond=None) -> None:
+        """Keep warm-start pairs for replay in on-policy updates (``config.replay > 0``; else nothing)."""
+        if self.config.replay > 0:
+            self.replay_pairs = (x_t.detach(), t.detach().to(x_t.dtype), r.detach().to(x_t.dtype), cond)
+
+    def _with_replay(self, x, t, r, cost, target, cond, transform, lam):
+        """Append ``replay / (1 - replay)`` times as many warm-start pairs as the batch has points."""
+        if self.replay_pairs is None or self.config.replay <= 0:
+            return x, t, r, cost, target, cond
+        xp, tp, rp, cp = self.replay_pairs
+        m = int(round(x.shape[0] * self.config.replay / (1.0 - self.config.replay)))
+        i = torch.randint(0, xp.shape[0], (m,), generator=self.generator)
+        xi, ti, ri = xp[i].to(x.device, x.dtype), tp[i].to(x.device, x.dtype), rp[i].to(x.device, x.dtype)
+        zeros = torch.zeros_like(ri)                                  # base process: no control cost
+        if target is not None:                                        # scalar: V = lam g(r) under the base
+            target = torch.cat([target, lam * freeze_transform(transform, r).value(ri).to(x.dtype)])
+        if cost is not None:
+            cost = torch.cat([cost, zeros])
+        if isinstance(cond, torch.Tensor) and isinstance(cp, torch.Tensor):
+            cond = torch.cat([cond, cp[i].to(cond.device)])
+        return torch.cat([x, xi]), torch.cat([t, ti]), torch.cat([r, ri]), cost, target, cond
 
     def update(self, ct: ControlledTrajectory, r: torch.Tensor, transform=None, lam: float = 1.0) -> float:
         """One on-policy update on a batch of controlled trajectories with terminal rewards ``r`` (``(B,)``).
@@ -477,9 +506,11 @@ class ValueTrainer:
             y = lam * g.value(r).to(xs.dtype)[None] - ct.cost_to_go(with_noise=True)[idx]
             target = y.flatten()
             self._prepare(r, target)
+            x, t, rr, _, target, cond = self._with_replay(x, t, rr, None, target, cond, transform, lam)
             return self._fit(x, t, rr, None, target, c.iters, c.batch, cond)
         cost = ct.cost_to_go(with_noise=False)[idx].flatten()
         self._prepare(r, cost if float(cost.abs().max()) > 0 else torch.ones(()))
+        x, t, rr, cost, _, cond = self._with_replay(x, t, rr, cost, None, cond, transform, lam)
         return self._fit(x, t, rr, cost, None, c.iters, c.batch, cond)
 
     def g_bins(self, transform, lam: float, r_batch: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
@@ -532,8 +563,10 @@ def start_value_stage(trainer: Any, x_off: Optional[torch.Tensor], r_off: Option
     vc = trainer.value.config
     log(f"stage 2: values only (learned value model, kind={vc.kind}; the reward gradient is not used)")
     pairs_fn = reward_hook(trainer.reward, "value_pairs")
-    if trainer.step_count > 0 or vc.warm_start_steps == 0 or \
-            (not callable(pairs_fn) and (x_off is None or r_off is None)):
+    if vc.warm_start_steps == 0 or (not callable(pairs_fn) and (x_off is None or r_off is None)):
+        return 0.0
+    resumed = trainer.step_count > 0
+    if resumed and vc.replay <= 0:
         return 0.0
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed + 7)
@@ -553,6 +586,10 @@ def start_value_stage(trainer: Any, x_off: Optional[torch.Tensor], r_off: Option
     ok = torch.isfinite(r)
     x_t, t, r = x_t[ok].float(), t[ok].float(), r[ok].float()
     cond = cond[ok] if isinstance(cond, torch.Tensor) else cond
+    if resumed:   # the value model comes from the checkpoint; only the replay pairs are drawn again
+        trainer.value.set_replay(x_t.to(trainer.device), t.to(trainer.device), r.to(trainer.device), cond)
+        log(f"value model: {len(r)} warm-start pairs drawn again for replay ({where})")
+        return time.perf_counter() - t0
     loss = trainer.warm_start_value(x_t, t, r, cond=cond)
     log(f"value model warm-started on {len(r)} {where} ({vc.warm_start_steps} steps, loss {loss:.4g})")
     return time.perf_counter() - t0
