@@ -19,7 +19,7 @@ or the mean for the constrained case), ``exact_risk`` (the exact population targ
 (exact - pre)``, ``constraint_value`` / ``constraint_target`` (constrained case), per-level CVaRs of the
 model and the target, KL, the stage-1 thresholds and the population ones, wall time.
 
-    python benchmarks/spectral.py [--quick] [--steps 1200] [--offline 20000] [--out benchmarks/results]
+    python benchmarks/spectral.py [--quick] [--case two_sided] [--steps 1000] [--offline 20000] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _label(levels, mean_weight=0.0):
     return " + ".join(parts)
 
 
-def _finetune(base, transform, alpha, steps, seed, n_eval, log):
+def _finetune(base, transform, alpha, steps, seed, n_eval, log, batch=256):
     from tfftmol.core.adjoint import AMConfig
     from tfftmol.core.estimators import estimate_kl
     from tfftmol.core.samplers import sample_sde
@@ -62,7 +62,7 @@ def _finetune(base, transform, alpha, steps, seed, n_eval, log):
     from tfftmol.toy2d.flows import linear_reward
 
     cfg = TFFTConfig(method="tfft", alpha=alpha, seed=seed, offline_samples=256,
-                     am=AMConfig(steps=steps, batch_size=256, loss_time_steps=0, hidden=128, lr=1e-3,
+                     am=AMConfig(steps=steps, batch_size=batch, loss_time_steps=0, hidden=128, lr=1e-3,
                                  grad_clip=0.0, ema=0.99, seed=seed))
     t0 = time.perf_counter()
     res = run_tfft(base, linear_reward(tuple(W)), cfg, progress=False, log=log, transform=transform)
@@ -73,13 +73,16 @@ def _finetune(base, transform, alpha, steps, seed, n_eval, log):
     return r, kl, time.perf_counter() - t0
 
 
-def run(quick: bool, finetune: bool, steps: int, offline: int, n_eval: int, seed: int, log=print) -> pd.DataFrame:
+def run(quick: bool, finetune: bool, steps: int, offline: int, n_eval: int, seed: int, log=print,
+        cases=None, batch=256) -> pd.DataFrame:
     g64 = circle_gmm(dtype=torch.float64)
     base = circle_gmm()
     x_off = g64.sample_data(offline, generator=torch.Generator().manual_seed(seed)).numpy()
     r_off = x_off @ W
     rows = []
     for case, spec in CASES.items():
+        if cases and case not in cases:
+            continue
         alpha = spec["alpha"]
         t0 = time.perf_counter()
         if "constraint" in spec:
@@ -128,14 +131,14 @@ def run(quick: bool, finetune: bool, steps: int, offline: int, n_eval: int, seed
         log(f"{case}: stage 1 {own1:.5g} vs exact {exact_risk:.5g} (pre {pre_risk:.5g}); thresholds "
             f"{rows[-1]['etas_stage1']} vs {rows[-1]['etas_population']}")
         if finetune:
-            r, kl, wall = _finetune(base, s1.pseudo_reward(), alpha, steps, seed, n_eval, lambda s: None)
+            r, kl, wall = _finetune(base, s1.pseudo_reward(), alpha, steps, seed, n_eval, lambda s: None, batch)
             cvs = tuple(cvar(r, b, tl) for tl, b in meas)
             if "constraint" in spec:
                 own, con_v = float(r.mean()), cvs[0]
             else:
                 own = mw * float(r.mean()) + sum(lv[2] * cv for lv, cv in zip(levels, cvs))
                 con_v = float("nan")
-            rows.append(row("finetune", own, cvs, kl, con_v, wall, steps=steps, n_eval=n_eval))
+            rows.append(row("finetune", own, cvs, kl, con_v, wall, steps=steps, batch=batch, n_eval=n_eval))
             log(f"{case}: fine-tuned {own:.5g} (gap cut {rows[-1]['gap_cut']:.3f}, rel error "
                 f"{rows[-1]['rel_error']:.3f}), KL {kl:.3g} vs exact {exact_kl:.3g}, {wall:.0f} s")
     return pd.DataFrame(rows)
@@ -145,18 +148,27 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="stage 1 and exact targets only, small batch (tests)")
     p.add_argument("--no-finetune", action="store_true")
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--offline", type=int, default=20000)
     p.add_argument("--eval-samples", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--case", action="append", choices=sorted(CASES),
+                   help="run only this case (repeatable); its rows replace the same case's rows in the csv")
     p.add_argument("--out", default=str(HERE / "results"))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.quick:
         a.offline = 4000
-    df = run(a.quick, not (a.quick or a.no_finetune), a.steps, a.offline, a.eval_samples, a.seed)
+    df = run(a.quick, not (a.quick or a.no_finetune), a.steps, a.offline, a.eval_samples, a.seed, cases=a.case, batch=a.batch)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.case and (out / "spectral.csv").exists():  # one case at a time: keep the other cases' rows
+        old = pd.read_csv(out / "spectral.csv")
+        df = pd.concat([old[~old["case"].isin(a.case)], df], ignore_index=True)
+        df["order"] = df["case"].map({c: i for i, c in enumerate(CASES)})
+        df["src"] = df["source"].map({"stage1": 0, "finetune": 1})
+        df = df.sort_values(["order", "src"], kind="stable").drop(columns=["order", "src"])
     df.to_csv(out / "spectral.csv", index=False)
     print(f"wrote {out / 'spectral.csv'}")
     return df
