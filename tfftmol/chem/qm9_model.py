@@ -15,6 +15,7 @@ torch.Size([8, 189])
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -22,10 +23,12 @@ from typing import Optional, Union
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
+from tfftmol.core.flow import sinusoidal_embedding
 from tfftmol.core.sampling import sample
 
-from .graph import DecodeResult, decode
+from .graph import N_EDGES, N_MAX, DecodeResult, decode, split_state
 from .model import GraphTransformerConfig, GraphTransformerFlow
 
 __all__ = ["QM9GraphFlow", "SampleResult", "load_qm9_graph", "save_qm9_graph", "sample_to_csv",
@@ -87,6 +90,59 @@ class QM9GraphFlow(GraphTransformerFlow):
     -> velocity (B, 189); ``decode(x)`` -> list of
     :class:`~tfftmol.chem.graph.DecodeResult`.
     """
+
+    def __init__(self, config: Optional[GraphTransformerConfig] = None):
+        super().__init__(config)
+        # node-by-pair incidence (9, 36): row i has a 1 at every pair (i, j) or (j, i)
+        inc = torch.zeros(N_MAX, N_EDGES)
+        inc[self.ii, torch.arange(N_EDGES)] = 1.0
+        inc[self.jj, torch.arange(N_EDGES)] = 1.0
+        self.register_buffer("incidence", inc, persistent=False)
+
+    def _layer(self, layer, h, e, temb):
+        """One :class:`~tfftmol.chem.model._Layer` with the same maths and fewer FLOPs (issue 19, measured).
+
+        * the message of the incident pairs, ``sum_p (W e_p + b)``, is ``W (sum_p e_p) + 8 b`` (linearity):
+          the sum runs over the 32-wide pair features and the linear map over 9 nodes, not 36 pairs
+          (one matmul with the incidence matrix instead of two ``index_add`` of ``(B, 36, D)``);
+        * the pair update gathers the node projection ``(A h, P h)`` once per end, not four times.
+
+        Everything else is :meth:`_Layer.forward` verbatim; outputs agree to float32 rounding (~1e-5 relative).
+        """
+        B, n, d = h.shape
+        sh1, sc1, sh2, sc2 = layer.ada(temb).unsqueeze(1).chunk(4, dim=-1)
+        x = layer.ln1(h) * (1 + sc1) + sh1
+        q, k, v = layer.qkv(x).view(B, n, 3, layer.h, layer.dh).permute(2, 0, 3, 1, 4)
+        bias = torch.cat([layer.e_bias(e), layer.diag_bias.expand(B, 1, -1)], dim=1)
+        bias = bias[:, self.gather81].view(B, n, n, layer.h).permute(0, 3, 1, 2)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(layer.dh) + bias, dim=-1)
+        o = (att @ v).transpose(1, 2).reshape(B, n, d)
+        msg = F.linear(torch.matmul(self.incidence, e), layer.e_msg.weight, layer.e_msg.bias * (n - 1))
+        h = h + layer.out(o + msg / n)
+        h = h + layer.ff(layer.ln2(h) * (1 + sc2) + sh2)
+        ap = layer.n2e(h)
+        a_i, p_i = ap[:, self.ii].chunk(2, dim=-1)
+        a_j, p_j = ap[:, self.jj].chunk(2, dim=-1)
+        e = e + layer.eff(layer.lne(e) + a_i + a_j + p_i * p_j)
+        return h, e
+
+    def logits(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`GraphTransformerFlow.logits` through :meth:`_layer` (same maths, fewer FLOPs).
+
+        When every row has the same time (a sampling step), the time embedding and the layers' adaptive
+        LayerNorm parameters are computed once and broadcast, not once per row.
+        """
+        t = self._t(t, x)
+        c_in = torch.rsqrt(t * t + (1 - t) ** 2)[:, None, None]
+        xn, xe = split_state(x)
+        one_t = t.shape[0] > 1 and not t.requires_grad and bool((t == t[0]).all())
+        temb = self.t_mlp(sinusoidal_embedding(t[:1] if one_t else t, 64))       # (1 or B, D)
+        h = self.node_in(xn * c_in) + temb[:, None]
+        e = self.edge_in(xe * c_in) + self.t_edge(temb)[:, None]
+        for layer in self.layers:
+            h, e = self._layer(layer, h, e, temb)
+        b = self.edge_out_n(h)
+        return self.node_out(h), self.edge_out(e + b[:, self.ii] + b[:, self.jj])
 
     def decode(self, x: torch.Tensor) -> list[DecodeResult]:
         """Argmax decoding of final states ``(B, 189)``; never raises."""
