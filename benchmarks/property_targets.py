@@ -79,6 +79,41 @@ def _budget(name: str) -> dict:
     return {}
 
 
+def fine_tune_seconds(timings: dict) -> float:
+    """Wall time of the fine-tune proper: stage 1, stage 2, the threshold refinement and the value warm start."""
+    return float(sum(timings.get(k, 0.0) for k in ("stage1", "stage2", "refine", "value_warm_start")))
+
+
+def run_one(base: dict, method: str, seed: int, name: str, runs_dir: str, progress: bool):
+    """One fine-tune of the config dict ``base`` with ``method`` and ``seed`` through the pipeline.
+
+    Returns ``(metrics, train_seconds, wall_seconds, RunResult)``; the offline batch is shared
+    through ``<runs_dir>/cache``.
+    """
+    cfg = _merge(base, {"tfft": {"method": method}})
+    cfg.update(name=name, seed=seed, out_dir=str(runs_dir), cache_dir=str(Path(runs_dir) / "cache"), threads=1)
+    cfg = load_config(cfg)  # validated before any compute
+    t0 = time.perf_counter()
+    res = run_pipeline(cfg, overwrite=True, progress=progress, log=(print if progress else (lambda s: None)))
+    wall = time.perf_counter() - t0
+    return res.metrics, fine_tune_seconds(res.timings), wall, res
+
+
+def run_jobs(fn, calls: list[tuple], jobs: int = 1):
+    """Yield ``(index, fn(*calls[index]))`` as each call finishes, in ``jobs`` spawned processes of 1 thread."""
+    if jobs <= 1:
+        for i, args in enumerate(calls):
+            yield i, fn(*args)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
+        futures = {ex.submit(fn, *args): i for i, args in enumerate(calls)}
+        for f in as_completed(futures):
+            yield futures[f], f.result()
+
+
 def _run_pair(target: str, seed: int, budget: str, model: str | None, steps: int | None, runs_dir: str,
               progress: bool) -> list[dict]:
     """Expected-FT then TFFT for one (target, seed), sharing the offline batch; rows for all three methods."""
@@ -92,16 +127,8 @@ def _run_pair(target: str, seed: int, budget: str, model: str | None, steps: int
         base = _merge(base, {"tfft": {"am": {"steps": steps}}})
     per_method = {}
     for method in ("expected", "tfft"):
-        cfg = _merge(base, {"tfft": {"method": method}})
-        cfg.update(name=f"{target}-{method}-s{seed}", seed=seed, out_dir=str(runs_dir),
-                   cache_dir=str(Path(runs_dir) / "cache"), threads=1)
-        cfg = load_config(cfg)  # validated before any compute
-        t0 = time.perf_counter()
-        res = run_pipeline(cfg, overwrite=True, progress=progress, log=(print if progress else (lambda s: None)))
-        wall = time.perf_counter() - t0
-        tm = res.timings
-        train = float(tm.get("stage1", 0.0) + tm.get("stage2", 0.0) + tm.get("refine", 0.0))
-        per_method[method] = (res.metrics, train, wall, res)
+        mm, train, wall, res = run_one(base, method, seed, f"{target}-{method}-s{seed}", runs_dir, progress)
+        per_method[method] = (mm, train, wall, res)
         print(f"{target} seed {seed} {method}: {train:.1f} s fine-tune, {wall:.1f} s total", flush=True)
     rows = []
     m_pre = per_method["tfft"][0].iloc[0]
@@ -131,14 +158,9 @@ def run(targets: list[str], seeds: list[int], budget: str, model: str | None, st
     """
     pairs = [(t, s) for t in targets for s in seeds]
     args = (budget, model, steps, str(runs_dir), progress)
-    if jobs <= 1:
-        out = [_run_pair(t, s, *args) for t, s in pairs]
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
-            out = list(ex.map(_run_pair, *zip(*pairs), *([a] * len(pairs) for a in args)))
+    out = [None] * len(pairs)
+    for i, rows in run_jobs(_run_pair, [(t, s, *args) for t, s in pairs], jobs):
+        out[i] = rows
     return pd.DataFrame([r for rows in out for r in rows])
 
 

@@ -1,0 +1,73 @@
+"""benchmarks/tail_frontier.py: --quick end to end (CSV, curve, md, png, --append, --replot) and the matched-KL rule."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tf():
+    spec = importlib.util.spec_from_file_location("tail_frontier_bench", ROOT / "benchmarks" / "tail_frontier.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plan_runs_the_config_alpha_first_and_its_extra_seeds_last(tf):
+    p = tf.plan(["qed_right"], [0.3, 1.0, 3.0], seeds=2, config_seeds=3)
+    assert len(p) == 2 * (2 + 3 + 2)
+    assert p[0] == ("qed_right", "tfft", 1.0, 0) and p[1] == ("qed_right", "expected", 1.0, 0)
+    assert p[-2:] == [("qed_right", "tfft", 1.0, 2), ("qed_right", "expected", 1.0, 2)]
+    assert sum(1 for t, m, f, s in p if f == 1.0 and m == "tfft") == 3
+
+
+def test_matched_kl_interpolates_along_expected_frontier(tf):
+    rows = []
+    for seed, noise in ((0, -0.01), (1, 0.01)):
+        # expected-FT: KL 1 -> CVaR 0.6, KL 3 -> CVaR 0.7 (mean over seeds); pre-trained 0.5 at KL 0
+        rows += [dict(target="t", tail="right", method="expected", alpha=a, alpha_factor=f, seed=seed, kl=kl,
+                      cvar_own=c + noise, cvar_pretrained=0.5, train_seconds=10.0)
+                 for a, f, kl, c in ((0.1, 1.0, 1.0, 0.6), (0.03, 0.3, 3.0, 0.7))]
+        rows += [dict(target="t", tail="right", method="tfft", alpha=a, alpha_factor=f, seed=seed, kl=kl,
+                      cvar_own=c + noise, cvar_pretrained=0.5, train_seconds=10.5)
+                 for a, f, kl, c in ((0.1, 1.0, 2.0, 0.72), (0.3, 3.0, 0.5, 0.55), (0.03, 0.3, 5.0, 0.9))]
+    m = tf.matched(pd.DataFrame(rows)).set_index("alpha_factor")
+    assert m.loc[1.0, "cvar_expected_at_kl"] == pytest.approx(0.65)  # halfway between KL 1 and 3
+    assert m.loc[3.0, "cvar_expected_at_kl"] == pytest.approx(0.55)  # between the pre-trained point and KL 1
+    assert m.loc[1.0, "verdict"] == "TFFT above" and m.loc[3.0, "verdict"] == "within spread"
+    assert np.isnan(m.loc[0.3, "cvar_expected_at_kl"]) and "outside" in m.loc[0.3, "verdict"]
+    assert m.loc[1.0, "spread"] == pytest.approx(np.hypot(np.std([-0.01, 0.01], ddof=1),
+                                                          np.std([-0.01, 0.01], ddof=1)))
+
+
+def test_quick_mode_writes_csv_md_png_and_appends(tf, tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    tf.main(["--quick", "--quiet", "--out", str(out), "--runs", str(runs)])
+    t = pd.read_csv(out / "tail_frontier.csv")
+    for col in ["target", "tail", "beta", "method", "alpha", "seed", "kl", "cvar_own", "cvar_pretrained",
+                "cvar_predicted", "kl_predicted", "realisation", "validity", "uniqueness", "train_seconds"]:
+        assert col in t.columns, col
+    assert len(t) == 4 and set(t.method) == {"tfft", "expected"} and set(t.target) == {"qed_right"}
+    assert sorted(t.alpha.unique()) == pytest.approx([0.1, 0.4])
+    # stage 1's prediction at the run's alpha, for expected-FT rows too, from the seed's offline batch
+    assert np.isfinite(t[["kl", "cvar_own", "cvar_predicted", "kl_predicted", "realisation"]].to_numpy()).all()
+    for _, g in t.groupby("alpha"):
+        assert g.cvar_predicted.nunique() == 1 and g.kl_predicted.nunique() == 1
+    assert np.allclose(t.realisation, (t.cvar_own - t.cvar_pretrained) / (t.cvar_predicted - t.cvar_pretrained))
+    curve = pd.read_csv(out / "tail_frontier_curve.csv")
+    assert len(curve) >= len(tf.GRID) and (np.diff(curve.sort_values("alpha").kl_predicted) <= 1e-9).all()
+    md = (out / "tail_frontier.md").read_text()
+    assert "Quick mode" in md and "matched KL" in md and "Checks at the config's alpha" in md
+    assert (out / "tail_frontier.png").stat().st_size > 1000
+    # --append skips runs already in the CSV; --replot rebuilds the md from the CSVs
+    tf.main(["--quick", "--quiet", "--append", "--out", str(out), "--runs", str(runs)])
+    assert len(pd.read_csv(out / "tail_frontier.csv")) == 4
+    (out / "tail_frontier.md").unlink()
+    tf.main(["--replot", "--quiet", "--out", str(out)])
+    assert (out / "tail_frontier.md").read_text() == md
