@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from property_targets import BENCH, QUICK, _md_table, _merge, _pm, run_jobs, run_one  # noqa: E402
 from tfftmol.cli import DEMO_MOL_BUDGET  # noqa: E402
 from tfftmol.core.config import load_yaml  # noqa: E402
+from tfftmol.pipeline.config import nest_flat  # noqa: E402
 
 # target -> (config file, patch applied before the budget)
 TARGETS = {
@@ -68,6 +69,10 @@ TARGETS = {
     "sa_left": ("sa_left", {}),
     "digits_right": ("digits_left", {"name": "digits_right", "tfft": {"tail": "right", "beta": 0.9}}),
     "digits_ink_right": ("digits_ink_right", {}),
+    # the drug-like model (nested configs): QED and two GuacaMol MPO objectives, right-CVaR_0.9
+    "zinc_qed_right": ("zinc_qed_right", {}),
+    "zinc_osimertinib_mpo_right": ("zinc_osimertinib_mpo_right", {}),
+    "zinc_fexofenadine_mpo_right": ("zinc_fexofenadine_mpo_right", {}),
 }
 DEFAULT_TARGETS = ["qed_right", "qed_left_validity", "gap_right", "sa_left", "digits_right"]
 METHODS = ("tfft", "expected")
@@ -92,6 +97,8 @@ def target_config(target: str, budget: str, model: str | None = None) -> dict:
     digits = "digits" in str(base.get("model", ""))
     if digits:
         b = {k: v for k, v in b.items() if k not in MOLECULE_ONLY}
+    if "task" in base:  # a nested config: the flat budget keys go where a RunConfig keeps them
+        b = {k: v for k, v in nest_flat(b, kind=base["task"]).items() if k != "task"}
     base = _merge(base, b)
     if digits and "eval_samples" in base:  # the digits task samples its prompts round-robin
         p = len(base.get("prompts") or range(10))

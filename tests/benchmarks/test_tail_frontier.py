@@ -71,3 +71,19 @@ def test_quick_mode_writes_csv_md_png_and_appends(tf, tmp_path):
     (out / "tail_frontier.md").unlink()
     tf.main(["--replot", "--quiet", "--out", str(out)])
     assert (out / "tail_frontier.md").read_text() == md
+
+
+def test_every_target_builds_a_valid_config_at_every_budget():
+    """The nested drug-like configs take the flat budget keys where a RunConfig keeps them."""
+    import importlib.util
+
+    from tfftmol.pipeline import load_run_config
+
+    spec = importlib.util.spec_from_file_location("tail_frontier_targets", ROOT / "benchmarks" / "tail_frontier.py")
+    tf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tf)
+    for target in tf.TARGETS:
+        for budget in ("quick", "demo"):
+            cfg = load_run_config(tf.target_config(target, budget))
+            assert cfg.tfft.am.steps == tf.budget_patch(budget)["tfft"]["am"]["steps"], (target, budget)
+    assert {"zinc_qed_right", "zinc_osimertinib_mpo_right", "zinc_fexofenadine_mpo_right"} <= set(tf.TARGETS)

@@ -211,9 +211,13 @@ def _infer_kind(data: Mapping[str, Any]) -> str:
     return infer_task_kind(data)
 
 
-def _from_flat(data: Mapping[str, Any]) -> dict:
-    """A flat (earlier-release) config mapping -> the nested RunConfig mapping."""
-    kind = _infer_kind(data)
+def _from_flat(data: Mapping[str, Any], kind: Optional[str] = None) -> dict:
+    """A flat (earlier-release) config mapping -> the nested RunConfig mapping.
+
+    ``kind``: the task kind (inferred from the mapping when not given).  Also turns a flat patch,
+    such as a budget of a few flat keys, into the nested form to merge into a nested config.
+    """
+    kind = kind or _infer_kind(data)
     out: dict = {"task": kind, "options": {}}
     ev: dict = {}
     for k, v in data.items():
@@ -226,6 +230,9 @@ def _from_flat(data: Mapping[str, Any]) -> dict:
     if ev:
         out["eval"] = ev
     return out
+
+
+nest_flat = _from_flat  # public name: a flat patch (e.g. a benchmark budget) in the nested form
 
 
 def load_run_config(source: Any, **overrides: Any) -> RunConfig:
