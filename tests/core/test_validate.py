@@ -382,3 +382,29 @@ def test_the_probe_leaves_a_few_reward_failures_to_the_batch_limit_but_not_all()
     assert "1 of 4 probe samples failed" in lines[-1]
     with pytest.raises(RewardFailureError, match="failed on 4 of 4"):
         check_reward(Failing(4), base)
+
+
+def test_float64_fine_tune_matches_float32_within_the_seed_spread():
+    from tfftmol.core.risk import cvar
+
+    def own_cvar(dtype, seed):
+        g = circle_gmm(dtype=dtype)
+        cfg = tfftmol.TFFTConfig(tail="right", beta=0.9, alpha=1.0, offline_samples=3000, offline_steps=10,
+                                 bootstrap=0, seed=seed,
+                                 am=tfftmol.AMConfig(steps=60, batch_size=64, time_steps=10, loss_time_steps=5,
+                                                     lr=5e-3, seed=seed))
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = tfftmol.run_tfft(g, tfftmol.DifferentiableReward(lambda x: x[:, 0], name="x0"), cfg,
+                                   progress=False, log=lambda s: None)
+        x = sample(res.model, 4000, steps=10, generator=torch.Generator().manual_seed(99)).x
+        return float(cvar(x[:, 0].double().numpy(), 0.9, "right"))
+
+    pre = float(cvar(circle_gmm().sample_data(4000, torch.Generator().manual_seed(99))[:, 0].double().numpy(), 0.9,
+                     "right"))
+    c32 = [own_cvar(torch.float32, s) for s in (0, 1)]
+    c64 = own_cvar(torch.float64, 0)
+    assert min(c32) > pre + 0.2 and c64 > pre + 0.2               # every run moves its tail
+    spread = abs(c32[0] - c32[1])
+    assert abs(c64 - c32[0]) <= max(2 * spread, 0.03), (c64, c32, spread)
