@@ -558,21 +558,35 @@ def _fixed_eta_left(rs, eta, beta, c, alpha, tol, max_multiplier):
         lo, hi = hi, hi * 4.0
         if hi > max_multiplier:
             return None
-    f_lo, f_hi = g(lo), g(hi)
-    for it in range(300):
+    _, hi, *_ = bracketed_root(lambda lam: (g(lam), None), lo, hi, g(lo), g(hi), tol=tol)
+    return psi(hi), hi
+
+
+def bracketed_root(f, lo: float, hi: float, f_lo: float, f_hi: float, lo_val: Any = None, hi_val: Any = None,
+                   tol: float = 0.0, iters: int = 300):
+    """Root of an increasing ``f`` bracketed by ``f(lo) < 0 <= f(hi)``.
+
+    Secant steps inside the bracket alternate with bisection steps, so the bracket at least halves every
+    two steps.  ``f(x)`` returns ``(value, payload)``; the payloads of the ends are carried along.
+    Stops when ``f(hi) <= tol`` or the bracket is below ``1e-15 max(1, hi)``.
+
+    Returns:
+        ``(lo, hi, f_lo, f_hi, lo_val, hi_val)``: the final bracket, its values and payloads.
+    """
+    for it in range(iters):
         mid = 0.5 * (lo + hi)
         if it % 2 == 0 and f_hi > f_lo:
             sec = hi - f_hi * (hi - lo) / (f_hi - f_lo)
             if lo < sec < hi:
                 mid = sec
-        fm = g(mid)
+        fm, val = f(mid)
         if fm >= 0:
-            hi, f_hi = mid, fm
+            hi, f_hi, hi_val = mid, fm, val
         else:
-            lo, f_lo = mid, fm
-        if f_hi <= tol or hi - lo <= 1e-15 * hi:
+            lo, f_lo, lo_val = mid, fm, val
+        if f_hi <= tol or hi - lo <= 1e-15 * max(1.0, hi):
             break
-    return psi(hi), hi
+    return lo, hi, f_lo, f_hi, lo_val, hi_val
 
 
 def _left_gap_search(rs, beta, c, alpha, lams, seeds, tol, max_multiplier):
@@ -690,21 +704,12 @@ def solve_constrained(rewards: Any, tail: str, beta: float, c: float, alpha: flo
             lo_r = lo_res
             # bracket [lo, hi] with cv(lo) < c <= cv(hi): secant steps inside the bracket alternating with
             # bisection steps (the bracket at least halves every two steps), the exact cv at every point
-            f_lo, f_hi = cv(lo_r) - c, cv(hi_res) - c
-            for it in range(400):
-                mid = 0.5 * (lo + hi)
-                if it % 2 == 0 and f_hi > f_lo:
-                    sec = hi - f_hi * (hi - lo) / (f_hi - f_lo)
-                    if lo < sec < hi:
-                        mid = sec
-                mres = at(mid)
-                fm = cv(mres) - c
-                if fm >= 0:
-                    hi, hi_res, f_hi = mid, mres, fm
-                else:
-                    lo, lo_r, f_lo = mid, mres, fm
-                if abs(f_hi) <= tol or hi - lo <= 1e-15 * max(1.0, hi):
-                    break
+            def f(lam):
+                m = at(lam)
+                return cv(m) - c, m
+
+            lo, hi, f_lo, f_hi, lo_r, hi_res = bracketed_root(f, lo, hi, cv(lo_r) - c, cv(hi_res) - c, lo_r, hi_res,
+                                                              tol=tol, iters=400)
             res, lam, feasible, active = hi_res, hi, True, True
             if abs(f_hi) > tol:
                 msg = (f"CVaR_{tail}({beta:g}) of the Lagrangian's tilt jumps from {cv(lo_r):.6g} to {cv(hi_res):.6g} "

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import optimize, special, stats
 
-from ..core.spectral import Level, _as_levels
+from ..core.spectral import Level, _as_levels, bracketed_root
 from .gmm import GaussianMixtureFlow
 
 __all__ = ["spectral_pieces", "spectral_target_stats", "population_spectral", "population_constrained",
@@ -339,20 +339,7 @@ def _fixed_eta_population(gmm, w, eta, beta, c, alpha, tol):
             if hi > 1e8:
                 return None
             f_hi, _ = stats_at(hi)
-        for it in range(300):
-            mid = 0.5 * (lo + hi)
-            if it % 2 == 0 and f_hi > f_lo:
-                sec = hi - f_hi * (hi - lo) / (f_hi - f_lo)
-                if lo < sec < hi:
-                    mid = sec
-            fm, _ = stats_at(mid)
-            if fm >= 0:
-                hi, f_hi = mid, fm
-            else:
-                lo, f_lo = mid, fm
-            if f_hi <= tol or hi - lo <= 1e-15 * hi:
-                break
-        lam = hi
+        _, lam, *_ = bracketed_root(stats_at, lo, hi, f_lo, f_hi, tol=tol)
     _, log_z = stats_at(lam)
     psi = alpha * log_z + lam * (eta - c)
     return psi, lam, lv
