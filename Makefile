@@ -25,11 +25,11 @@ demo: $(STAMP)
 	$(PY) -m tfftmol.cli demo-mol
 
 test: $(STAMP)
-	$(PY) -m pytest -q --timeout=900 tests
+	$(PY) -m pytest -q --timeout=900 -n auto --dist worksteal tests
 
 # Everything but the tests marked slow (the README's 'make test' runs them all).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q --timeout=900 -m "not slow" tests
+	$(PY) -m pytest -q --timeout=900 -n auto --dist worksteal -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

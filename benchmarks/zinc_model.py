@@ -73,6 +73,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-fcd", action="store_true")
     ap.add_argument("--quick", action="store_true", help="200 samples, 200 reference molecules")
     ap.add_argument("--update-card", action="store_true")
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="a zinc-selfies safetensors file to measure instead of the shipped one (a candidate)")
+    ap.add_argument("--card", type=Path, default=CARD_PATH, help="the model card --update-card writes")
     ap.add_argument("--sweep", action="store_true",
                     help="only: FCD/validity/uniqueness/novelty/filters against the sampler and the number of steps "
                          "(2,000 samples each; also the decoded prior x ~ N(0, I) without the flow) -> <name>.sweep.csv")
@@ -188,7 +191,7 @@ def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(1)
     t_all = time.time()
-    model = load_zinc_selfies()
+    model = load_zinc_selfies(path=args.weights)
     data = load_zinc250k()
     train = data[data["split"] == "train"]
     test = data[data["split"] == "test"].reset_index(drop=True)
@@ -268,7 +271,7 @@ def main(argv=None) -> dict:
     (args.out_dir / f"{args.name}.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
     print("\n".join(md))
     if args.update_card:
-        card = json.loads(CARD_PATH.read_text())
+        card = json.loads(args.card.read_text())
         card["metrics"] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items() if k != "model"}
         card["metrics"].update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in extra.items()})
         card["metrics_baselines"] = {r["model"]: {k: (round(v, 5) if isinstance(v, float) else v)
@@ -288,8 +291,8 @@ def main(argv=None) -> dict:
             f"{args.n_baseline} training molecules (the data's own values).")
         card["targets"] = {k: f"{c['target']} ({'reached' if c['reached'] else 'not reached'}: "
                               f"{c['measured']:.4g})" for k, c in checks.items()}
-        CARD_PATH.write_text(json.dumps(card, indent=2, default=float) + "\n")
-        print(f"updated {CARD_PATH}")
+        args.card.write_text(json.dumps(card, indent=2, default=float) + "\n")
+        print(f"updated {args.card}")
     return out
 
 
