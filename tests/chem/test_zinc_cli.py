@@ -89,3 +89,24 @@ def test_zinc_grid_script_draws_12_samples(tmp_path, capsys):
         assert png.stat().st_size < 200_000
         with Image.open(png) as img:
             assert img.size == (4 * 260, 3 * 210)
+
+
+def test_make_demo_runs_the_drug_like_config_as_written_and_qm9_on_request():
+    """`make demo` (tfftmol demo-mol) is right-CVaR_0.9 of osimertinib MPO on zinc-selfies, the config unchanged;
+    a flat qm9-graph config gets the small demo budget."""
+    from tfftmol.cli import DEMO_MOL_BUDGET, demo_mol_config
+    from tfftmol.core.config import load_yaml
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    assert "tfftmol.cli demo-mol\n" in makefile
+    path, cfg, note = demo_mol_config(out="somewhere")
+    assert path.name == "zinc_osimertinib_mpo_right.yaml" and note == "the config as written"
+    raw = load_yaml(path)
+    assert cfg.options.model == "zinc-selfies" and cfg.options.reward["name"] == "osimertinib_mpo"
+    assert (cfg.tfft.tail, cfg.tfft.beta, cfg.tfft.alpha) == ("right", 0.9, raw["tfft"]["alpha"])
+    assert cfg.tfft.am.steps == raw["tfft"]["am"]["steps"] and cfg.eval.samples == raw["eval"]["samples"]
+    assert (cfg.name, cfg.out_dir) == ("demo-mol", "somewhere")
+    path, cfg, note = demo_mol_config(str(path.parent / "qed_right.yaml"))
+    assert note == "a ~12-minute budget"
+    assert cfg.tfft.am.steps == DEMO_MOL_BUDGET["tfft"]["am"]["steps"] == 150
+    assert cfg.eval.samples == DEMO_MOL_BUDGET["eval_samples"]
