@@ -308,6 +308,28 @@ class AdjointMatching:
         cond = cond.to(self.device) if isinstance(cond, torch.Tensor) else cond
         return self.value.fit_pairs(x_t, t, r.to(x_t.dtype), steps=steps, target=target, cond=cond)
 
+    def _path_weights(self, ct, r: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` tempered, self-normalised weights ``(dP*/dP_u)^gamma`` with mean 1 (``AMConfig.path_weights``).
+
+        ``log dP*/dP_u = lam g(r(X_1)) - sum_k (u_k . dW_k + 0.5 |u_k|^2 h) + const``: the reward tilt
+        of the target over the base, less the controlled process's own log-likelihood ratio to the
+        base (Girsanov; the two processes share the prior at ``t_1``).  ``gamma`` is the largest of
+        ``1, 1/2, 1/4, ...`` whose effective sample size is at least ``path_weights`` of the batch.
+        """
+        with torch.no_grad():
+            g = freeze_transform(self.transform, r).value(r).to(ct.cost.dtype)
+            logw = self.lam * g - (ct.cost + ct.noise).sum(0)
+            logw = torch.where(torch.isfinite(logw), logw, torch.full_like(logw, -torch.inf))
+            n = logw.shape[0]
+            gamma = 1.0
+            for _ in range(30):
+                w = torch.softmax(gamma * logw, 0)
+                if float(1.0 / (w ** 2).sum()) >= self.config.path_weights * n:
+                    break
+                gamma *= 0.5
+            self.last_path_gamma = gamma
+            return (w * n).to(r.dtype)
+
     def _sample_controlled(self, n: int):
         """On-policy trajectories with their per-step control costs (for the value path)."""
         cond = self.cond_sampler(n, self.generator) if self.cond_sampler else None
@@ -318,7 +340,7 @@ class AdjointMatching:
 
     def step(self, stage: int = 0) -> StepStats:
         c = self.config
-        vloss = None
+        vloss, pw = None, None
         if self.value is not None:
             # values-only stage 2: the adjoint is -grad V_phi of the learned value (core/value.py)
             ct = self._sample_controlled(c.batch_size)
@@ -331,7 +353,11 @@ class AdjointMatching:
             shape = (-1,) + (1,) * (x1.dim() - 1)
             adj, pool = None, traj.xs.shape[0] - 1
         else:
-            traj = self.sample_trajectories(c.batch_size)
+            if c.path_weights > 0:
+                ct = self._sample_controlled(c.batch_size)
+                traj = ct.traj
+            else:
+                traj = self.sample_trajectories(c.batch_size)
             x1 = traj.final
             rb = self.reward.value_and_grad(x1)
             _check_finite(self.reward, rb.values)
@@ -343,6 +369,8 @@ class AdjointMatching:
                 a_T = self._clip(-self.lam * gp.reshape(shape) * rb.grad, shape)  # a(1) = -lam grad g(X_1)
                 adj = lean_adjoint(self.base, traj, a_T)                   # (N, B, *S)
                 pool = traj.xs.shape[0] - 1                                # t_1 .. t_{N-1}
+        if self.value is None and c.path_weights > 0:
+            pw = self._path_weights(ct, rb.values)
         k = pool if c.loss_time_steps in (0, None) or c.loss_time_steps >= pool else c.loss_time_steps
         idx = torch.randperm(pool, generator=self.generator)[:k].sort().values
         B = x1.shape[0]
@@ -361,7 +389,10 @@ class AdjointMatching:
         with torch.no_grad():
             v_b = self.base.velocity(xs, ts, cond)
         u = control(v_ft, v_b, ts)                                         # 2 (v_ft - v_base) / sigma
-        loss = ((u + sig * a) ** 2).flatten(1).sum(1).mean()
+        if pw is not None:   # importance weights toward the target path measure
+            loss = (pw.repeat(k) * ((u + sig * a) ** 2).flatten(1).sum(1)).mean()
+        else:
+            loss = ((u + sig * a) ** 2).flatten(1).sum(1).mean()
         measure = self.config.step_trust > 0 and self.lr_scale is None
         old = [p.detach().clone() for p in self.params] if measure else None
         lr = self.lr_at(self.step_count) * (self.lr_scale or 1.0)

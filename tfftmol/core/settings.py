@@ -55,6 +55,14 @@ class AMConfig:
             target; a larger step rescales the learning rate down for the rest of that target
             (``0`` = off).  Adam's steps have size ``lr`` whatever the gradient's scale, so without
             this a very large ``alpha`` (a target that is almost the base model) still drifts.
+        path_weights: weight each trajectory of the regression by its importance weight toward the
+            target path measure, ``dP*/dP_u ∝ exp(lam g(r(X_1)) - sum_k (u_k . dW_k + 0.5 |u_k|^2 h))``,
+            self-normalised over the batch and tempered (power ``gamma <= 1``, the largest whose
+            effective sample size is at least ``path_weights`` of the batch).  ``0`` (default) = off:
+            plain on-policy Adjoint Matching.  The minimiser is the same (at the optimum every weight is
+            1); the weights let one regression see the target's trajectories instead of waiting for
+            the fixed-point iteration to move mass into a rare tail (docs/design.md §4.6).  Gradient
+            path only.
     """
 
     steps: int = 1000
@@ -76,6 +84,7 @@ class AMConfig:
     stage2: str = "auto"
     value: ValueConfig = field(default_factory=ValueConfig)
     step_trust: float = 10.0
+    path_weights: float = 0.0
 
     def __post_init__(self):
         check_int(self, "steps", "batch_size", "hidden", "layers", "log_every")
@@ -86,6 +95,7 @@ class AMConfig:
         check_number(self, "lr_final_fraction", 0, 1, low_open=True)
         check_number(self, "ema", 0, 1, high_open=True)
         check_number(self, "step_trust", 0, None)
+        check_number(self, "path_weights", 0, 1)
         check_number(self, "terminal_time", 0, 1, low_open=True)
         check_number(self, "grad_clip", 0, None)
         check_number(self, "adjoint_clip", 0, None)
