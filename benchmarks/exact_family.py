@@ -207,6 +207,8 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--report-only", nargs="+", metavar="CSV",
                    help="no runs: merge these CSVs into OUT/exact_family.csv and rewrite the markdown")
+    p.add_argument("--compare", default=None, metavar="CSV",
+                   help="add a section comparing this run with the rows of another exact_family.csv")
     p.add_argument("--refresh-flags", action="store_true",
                    help="with --report-only: recompute each row's stage-1 near-tie flag (stage 1 only, on the "
                         "run's own offline batch; --offline and --time-steps must be the rows' settings)")
@@ -268,13 +270,39 @@ def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
           f"{a.steps} Adjoint Matching steps (batch {a.batch}, {a.time_steps} SDE steps, 10 loss times, Adam {a.lr:g}, "
           f"EMA 0.95), offline batch M = {a.offline} ({df['sampler'].iloc[0]}), evaluation on {a.eval_samples} SDE "
           f"samples, KL on {a.kl_samples}. Exact values at the population eta*."
+          + (f" Path-weighted regression (AMConfig.path_weights = {a.path_weights:g}, docs/design.md §4.6)."
+             if a.path_weights > 0 else "")
           + (f" This run: {seconds:.0f} s on one thread." if np.isfinite(seconds) else "") + "\n",
           "rel_error = (cvar_ft - cvar_exact) / |cvar_exact| depends on where the reward's zero is; "
           "gap_error = (cvar_ft - cvar_exact) / |cvar_exact - cvar_pre| does not.  flagged: a guard fired "
           "(corrected, or stopped the run) or stage 1 reported a near-tie of two thresholds (near_tie, left tail: "
           "the samples cannot tell which is the population optimum); tracked: the threshold was tracked on-policy.\n",
           "## Targets\n", to_markdown(summary(df)), "\n## Per setting\n", to_markdown(per_setting(df)), "\n"]
+    if getattr(a, "compare", None):
+        base = pd.read_csv(a.compare)
+        md += [f"## Against {Path(a.compare).name} (same cases, alphas and tails)\n",
+               to_markdown(compare(base, df)), "\n"]
     (out / "exact_family.md").write_text("\n".join(md))
+
+
+def compare(base: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """Per tail and alpha, this run against ``base`` on the rows both have (matched on case, alpha, tail)."""
+    base = base[base["track"].isin(df["track"].unique())]
+    m = base.merge(df, on=["case", "alpha", "tail"], suffixes=("_base", "_this"))
+    rows = []
+    groups = [((t, al), d) for (t, al), d in m.groupby(["tail", "alpha"], sort=False)] + [(("all", "all"), m)]
+    for (tail, alpha), d in groups:
+        row = {"tail": tail, "alpha": alpha, "runs": len(d)}
+        for name, col, fn in (("median |rel_error|", "rel_error", lambda s: s.abs().median()),
+                              ("median |gap_error|", "gap_error", lambda s: s.abs().median()),
+                              ("mass in band", "mass_beyond", lambda s: s.between(0.07, 0.13).mean()),
+                              ("median kl ratio", "kl_ratio", "median"), ("max kl ratio", "kl_ratio", "max")):
+            for side in ("base", "this"):
+                s = d[f"{col}_{side}"]
+                row[f"{name} ({side})"] = float(fn(s) if callable(fn) else getattr(s, fn)())
+        row["this |gap_error| smaller"] = int((d["gap_error_this"].abs() < d["gap_error_base"].abs()).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":
