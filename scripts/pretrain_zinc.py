@@ -77,6 +77,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--n-encode", type=int, default=0, help="training molecules encoded for the flow (0 = all)")
+    ap.add_argument("--x1", choices=["posterior", "mean"], default="posterior",
+                    help="flow data: a fresh posterior draw mu + sigma * eps (default) or the posterior mean mu")
     return ap.parse_args(argv)
 
 
@@ -268,7 +270,9 @@ def train_flow(args) -> None:
     t_enc = time.time()
     mu, logvar = encode_train(run, vae, vocab, args.n_encode)
     sig = torch.exp(0.5 * logvar)
-    # normalisation: moments of the aggregated posterior mu + sigma * eps
+    if args.x1 == "mean":  # the flow learns the posterior means only (decoded latents sit on the data's codes)
+        sig = torch.zeros_like(sig)
+    # normalisation: moments of the aggregated posterior mu + sigma * eps (of mu alone with --x1 mean)
     z_mean = mu.mean(0)
     z_std = torch.sqrt(mu.var(0) + (sig ** 2).mean(0)).clamp(min=1e-3)
     log(run, "flow", f"encoded {len(mu)} training molecules in {time.time() - t_enc:.0f} s; "
@@ -391,7 +395,8 @@ def export(args) -> None:
                    "history": ae_ck["state"]["history"]},
             "flow": {"steps": ck["state"]["step"], "wall_minutes": round(ck["state"]["elapsed"] / 60, 1),
                      "batch_size": args.batch_size or 256, "lr": args.lr or 1e-3, "threads": 1,
-                     "x1": "fresh posterior draw mu + sigma * eps of a training molecule, normalised",
+                     "x1": ("posterior mean mu of a training molecule, normalised" if getattr(args, "x1", "") == "mean"
+                            else "fresh posterior draw mu + sigma * eps of a training molecule, normalised"),
                      "history": ck["state"]["history"]},
         },
     })
