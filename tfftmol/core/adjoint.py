@@ -341,35 +341,30 @@ class AdjointMatching:
     def step(self, stage: int = 0) -> StepStats:
         c = self.config
         vloss, pw = None, None
+        weighted = self.value is None and c.path_weights > 0
+        # the value path and the path weights need each step's control terms; plain AM does not
+        ct = self._sample_controlled(c.batch_size) if self.value is not None or weighted else None
+        traj = ct.traj if ct is not None else self.sample_trajectories(c.batch_size)
+        x1 = traj.final
+        shape = (-1,) + (1,) * (x1.dim() - 1)
         if self.value is not None:
             # values-only stage 2: the adjoint is -grad V_phi of the learned value (core/value.py)
-            ct = self._sample_controlled(c.batch_size)
-            traj = ct.traj
-            x1 = traj.final
             rb = self.reward.evaluate(x1)
             _check_finite(self.reward, rb.values)
             gp = self.transform.grad(rb.values).to(x1.dtype)
             vloss = self.value.update(ct, rb.values, self.transform, self.lam)
-            shape = (-1,) + (1,) * (x1.dim() - 1)
             adj, pool = None, traj.xs.shape[0] - 1
         else:
-            if c.path_weights > 0:
-                ct = self._sample_controlled(c.batch_size)
-                traj = ct.traj
-            else:
-                traj = self.sample_trajectories(c.batch_size)
-            x1 = traj.final
             rb = self.reward.value_and_grad(x1)
             _check_finite(self.reward, rb.values)
             gp = self.transform.grad(rb.values).to(x1.dtype)                  # g'(r), (B,)
-            shape = (-1,) + (1,) * (x1.dim() - 1)
             if c.terminal_time < 1.0:
                 adj, pool = self._denoised_adjoint(traj, gp, shape)
             else:
                 a_T = self._clip(-self.lam * gp.reshape(shape) * rb.grad, shape)  # a(1) = -lam grad g(X_1)
                 adj = lean_adjoint(self.base, traj, a_T)                   # (N, B, *S)
                 pool = traj.xs.shape[0] - 1                                # t_1 .. t_{N-1}
-        if self.value is None and c.path_weights > 0:
+        if weighted:
             pw = self._path_weights(ct, rb.values)
         k = pool if c.loss_time_steps in (0, None) or c.loss_time_steps >= pool else c.loss_time_steps
         idx = torch.randperm(pool, generator=self.generator)[:k].sort().values
@@ -389,10 +384,9 @@ class AdjointMatching:
         with torch.no_grad():
             v_b = self.base.velocity(xs, ts, cond)
         u = control(v_ft, v_b, ts)                                         # 2 (v_ft - v_base) / sigma
-        if pw is not None:   # importance weights toward the target path measure
-            loss = (pw.repeat(k) * ((u + sig * a) ** 2).flatten(1).sum(1)).mean()
-        else:
-            loss = ((u + sig * a) ** 2).flatten(1).sum(1).mean()
+        per_point = ((u + sig * a) ** 2).flatten(1).sum(1)
+        # path weights: importance weights toward the target path measure, the same for every loss time
+        loss = (per_point * pw.repeat(k)).mean() if pw is not None else per_point.mean()
         measure = self.config.step_trust > 0 and self.lr_scale is None
         old = [p.detach().clone() for p in self.params] if measure else None
         lr = self.lr_at(self.step_count) * (self.lr_scale or 1.0)
