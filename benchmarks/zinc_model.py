@@ -169,10 +169,8 @@ def reconstruction(model, test: pd.DataFrame, n: int, seed: int, ref: "mm.Refere
     exact = float(np.mean([d.smiles == s for d, s in zip(dec, sub["smiles"])]))
     out = {"recon_exact_test": exact, "recon_n": len(sub)}
     if ref is not None and ref.fcd_mu is not None:
-        for key, smiles in (("recon_fcd", [d.smiles for d in dec if d.smiles]),
-                            ("recon_originals_fcd", sub["smiles"].tolist())):
-            m, c = mm._moments(mm.chemnet_activations(smiles))
-            out[key] = mm.frechet_distance(m, c, ref.fcd_mu, ref.fcd_sigma)
+        out["recon_fcd"] = ref.fcd([d.smiles for d in dec if d.smiles])
+        out["recon_originals_fcd"] = ref.fcd(sub["smiles"])
     return out
 
 

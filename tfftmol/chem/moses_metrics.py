@@ -321,6 +321,14 @@ class Reference:
         return cls(smiles, fingerprints(smiles), frag_counts(smiles), scaffold_counts(smiles), properties(smiles),
                    mu, sig)
 
+    def fcd(self, smiles: Sequence[str]) -> float:
+        """FCD of ``smiles`` against this reference's ChemNet moments (nan without moments or with < 2 molecules)."""
+        smiles = list(smiles)
+        if self.fcd_mu is None or len(smiles) < 2:
+            return float("nan")
+        m, s = _moments(chemnet_activations(smiles))
+        return frechet_distance(m, s, self.fcd_mu, self.fcd_sigma)
+
 
 def moses_metrics(samples: Sequence[Optional[str]], train: set, ref: Reference,
                   ks: Sequence[int] = (1000, 10000), with_fcd: bool = True) -> dict:
@@ -340,11 +348,7 @@ def moses_metrics(samples: Sequence[Optional[str]], train: set, ref: Reference,
     flags = np.array([filter_flags(s) for s in valid], dtype=bool).reshape(-1, 2)
     row["filters"] = float(flags[:, 0].mean()) if len(valid) else float("nan")
     row["filters_no_charge_rule"] = float(flags[:, 1].mean()) if len(valid) else float("nan")
-    if with_fcd and ref.fcd_mu is not None and len(valid) >= 2:
-        m, s = _moments(chemnet_activations(valid))
-        row["fcd"] = frechet_distance(m, s, ref.fcd_mu, ref.fcd_sigma)
-    else:
-        row["fcd"] = float("nan")
+    row["fcd"] = ref.fcd(valid) if with_fcd else float("nan")
     props = properties(valid)
     for k, v in props.items():
         r = ref.props[k]

@@ -380,7 +380,7 @@ class AdjointMatching:
         # process this is the exact discrete optimum (the tilted Gaussian transition's mean shift,
         # h sigma_k^2 E[grad V_{k+1}(X_{k+1})]); the adjoint at t_k itself carries the factor
         # (I + h J_b(t_k))^T, whose -h/t_k term zeroes the first step's target and halves the second's:
-        # an O(h) shortfall of the whole tilt (12% of a Gaussian's mean shift at 20 steps; docs/design.md §4.2).
+        # an O(h) shortfall of the whole tilt (12% of a Gaussian's mean shift at 20 steps; docs/design.md §4.3).
         nxt = idx + 1
         if adj is None:
             nxt = nxt.clamp(max=pool - 1)  # the value model is fitted on t_1 .. t_{N-1}
