@@ -74,14 +74,71 @@ class GaussianMixtureFlow:
             raise ValueError(f"GaussianMixtureFlow.velocity: t has shape {tuple(t.shape)} for x of shape "
                              f"{tuple(x.shape)}; expected a scalar, ({x.shape[0]},) or ({x.shape[0]}, 1)")
         t = t[:, None]                                            # (B, 1)
+        logp, diff, c = self._posterior(x, t)
+        s2 = (self.stds.to(x) ** 2)[None]
+        post = torch.softmax(logp, dim=1)
+        vk = self.means.to(x)[None] + ((t * s2 - (1 - t)) / c)[..., None] * diff  # (B, K, d)
+        return (post[..., None] * vk).sum(1)
+
+    def _posterior(self, x: torch.Tensor, t: torch.Tensor):
+        """The components' log posterior weights given ``X_t = x`` (unnormalised), ``x - t mu_k`` and ``Var(X_t | k)``.
+
+        ``X_t = t X_1 + (1 - t) X_0`` with ``X_0 ~ N(0, I)`` independent of ``X_1`` (the memoryless SDE has
+        the same pairs ``(X_t, X_1)``): given component ``k``, ``X_t ~ N(t mu_k, (t^2 s_k^2 + (1 - t)^2) I)``.
+        ``t`` is ``(B, 1)``; returns ``(B, K)``, ``(B, K, d)``, ``(B, K)``.
+        """
         mu, s2 = self.means.to(x), (self.stds.to(x) ** 2)[None]   # (K, d), (1, K)
         c = t ** 2 * s2 + (1 - t) ** 2                            # (B, K)
         diff = x[:, None, :] - t[:, :, None] * mu[None]           # (B, K, d)
         logp = (torch.log(self.weights.to(x))[None] - 0.5 * self.dim * torch.log(c)
                 - 0.5 * (diff ** 2).sum(-1) / c)                  # (B, K)
-        post = torch.softmax(logp, dim=1)
-        vk = mu[None] + ((t * s2 - (1 - t)) / c)[..., None] * diff  # (B, K, d)
-        return (post[..., None] * vk).sum(1)
+        return logp, diff, c
+
+    def hinge_log_value(self, x: torch.Tensor, t: float, w, eta: float, alpha: float, beta: float,
+                        tail: str) -> torch.Tensor:
+        """``log h(x, t) = log E[exp(pseudo(w·X_1) / alpha) | X_t = x]`` under the base process, exactly, ``(B,)``.
+
+        The value function of the hinge tilt (right ``pseudo = (r - eta)_+ / (1 - beta)``, left
+        ``-(eta - r)_+ / beta``).  Given ``X_t = x`` and component ``k``, ``X_1`` is normal with mean
+        ``mu_k + t s_k^2 (x - t mu_k) / c_k`` and variance ``s_k^2 (1 - t)^2 / c_k`` (``c_k = t^2 s_k^2 + (1 - t)^2``),
+        so ``r`` is normal and each side of ``eta`` integrates in closed form.  ``0 <= t < 1``;
+        differentiable in ``x`` (see :meth:`hinge_optimal_control`).
+        """
+        if not 0.0 <= float(t) < 1.0:
+            raise ValueError(f"t={t!r} must be in [0, 1) (at t = 1 the value is the tilt itself)")
+        if tail not in ("right", "left"):
+            raise ValueError(f"tail={tail!r} must be 'right' or 'left'")
+        x = x.double()
+        tt = torch.full((x.shape[0], 1), float(t), dtype=x.dtype)
+        logp, diff, c = self._posterior(x, tt)
+        wv = torch.as_tensor(np.asarray(w, dtype=np.float64))
+        s2 = (self.stds.double() ** 2)[None]
+        mean_r = self.means.double() @ wv + ((tt * s2 / c)[..., None] * diff.double()).matmul(wv)  # (B, K)
+        sd_r = torch.sqrt(s2 * (1 - tt) ** 2 / c * float(wv @ wv))                               # (B, K)
+        right = tail == "right"
+        k = 1.0 / (alpha * (1.0 - beta)) if right else 1.0 / (alpha * beta)
+        z = (float(eta) - mean_r) / sd_r
+        tilt = k * (mean_r - eta) + 0.5 * (k * sd_r) ** 2
+        if right:   # P(r < eta) + E[exp(k (r - eta)) 1(r > eta)]
+            log_e = torch.logaddexp(torch.special.log_ndtr(z), tilt + torch.special.log_ndtr(k * sd_r - z))
+        else:       # P(r > eta) + E[exp(k (r - eta)) 1(r < eta)]
+            log_e = torch.logaddexp(torch.special.log_ndtr(-z), tilt + torch.special.log_ndtr(z - k * sd_r))
+        return torch.logsumexp(torch.log_softmax(logp.double(), 1) + log_e, 1)
+
+    def hinge_optimal_control(self, x: torch.Tensor, t: float, w, eta: float, alpha: float, beta: float,
+                              tail: str) -> torch.Tensor:
+        """The exact optimal control of the hinge tilt, ``u*(x, t) = sigma(t) grad_x log h(x, t)``, ``(B, d)``.
+
+        For the memoryless SDE (``sigma(t) = sqrt(2 (1 - t) / t)``) this is the control whose terminal law is
+        ``p* ∝ p_1 exp(pseudo / alpha)`` (Doob's h-transform): what Adjoint Matching converges to.
+        ``0 < t < 1``.
+        """
+        if not 0.0 < float(t) < 1.0:
+            raise ValueError(f"t={t!r} must be in (0, 1)")
+        xx = x.detach().double().requires_grad_(True)
+        with torch.enable_grad():
+            g, = torch.autograd.grad(self.hinge_log_value(xx, t, w, eta, alpha, beta, tail).sum(), xx)
+        return (math.sqrt(2.0 * (1.0 - float(t)) / float(t)) * g).to(x.dtype)
 
     # -- data-side helpers ---------------------------------------------------------
     def sample_data(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
