@@ -52,7 +52,7 @@ from tfftmol.toy2d.flows import linear_reward  # noqa: E402
 COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft", "cvar_exact", "rel_error",
            "gap_error", "gap_cut", "mass_beyond", "mass_target", "kl_ft", "kl_exact", "kl_ratio", "eta_stage1", "eta_final",
            "eta_exact", "stage1_runaway_mass", "tracked", "corrections", "flagged", "near_tie", "stopped", "sampler", "track",
-           "steps", "path_weights", "wall_s"]
+           "steps", "path_weights", "adjoint_integrator", "wall_s"]
 
 
 def make_case(case: int, w_norm: float = 0.25):
@@ -63,12 +63,13 @@ def make_case(case: int, w_norm: float = 0.25):
 
 
 def case_config(case: int, alpha: float, tail: str, steps: int, offline: int, time_steps: int, track: str,
-                batch: int = 256, lr: float = 2e-3, path_weights: float = 0.0) -> TFFTConfig:
+                batch: int = 256, lr: float = 2e-3, path_weights: float = 0.0,
+                adjoint_integrator: str = "euler") -> TFFTConfig:
     """The TFFT settings of one run of the family."""
     return TFFTConfig(tail=tail, beta=0.9 if tail == "right" else 0.1, alpha=alpha, offline_samples=offline,
                       offline_steps=time_steps, bootstrap=50, seed=case, track_threshold=track,
                       am=AMConfig(steps=steps, batch_size=batch, time_steps=time_steps, loss_time_steps=10,
-                                  path_weights=path_weights,
+                                  path_weights=path_weights, adjoint_integrator=adjoint_integrator,
                                   lr=lr, grad_clip=0.0, ema=0.95, seed=case))
 
 
@@ -89,11 +90,11 @@ def stage1_near_tie(case: int, cfg: TFFTConfig, w_norm: float) -> bool:
 
 def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_samples: int, kl_samples: int,
             time_steps: int, track: str, w_norm: float, batch: int = 256, lr: float = 2e-3, log=None,
-            path_weights: float = 0.0) -> dict:
+            path_weights: float = 0.0, adjoint_integrator: str = "euler") -> dict:
     beta = 0.9 if tail == "right" else 0.1
     g, w = make_case(case, w_norm)
     reward = linear_reward([float(v) for v in w])
-    cfg = case_config(case, alpha, tail, steps, offline, time_steps, track, batch, lr, path_weights)
+    cfg = case_config(case, alpha, tail, steps, offline, time_steps, track, batch, lr, path_weights, adjoint_integrator)
     t0 = time.perf_counter()
     stopped = False
     with warnings.catch_warnings():
@@ -131,7 +132,7 @@ def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_s
         "stage1_runaway_mass": runaway, "tracked": bool(tracking and tracking.get("tracked", True)),
         "corrections": corrections, "flagged": bool(corrections or stopped or near_tie), "near_tie": near_tie,
         "stopped": stopped, "sampler": cfg.offline_sampler, "track": track, "steps": steps,
-        "path_weights": path_weights, "wall_s": wall,
+        "path_weights": path_weights, "adjoint_integrator": adjoint_integrator, "wall_s": wall,
     }
 
 
@@ -201,6 +202,8 @@ def main(argv=None):
     p.add_argument("--track", nargs="+", default=["auto"], choices=["auto", "mass", "quantile", "guard", "none"])
     p.add_argument("--path-weights", type=float, default=0.0,
                    help="AMConfig.path_weights (ESS floor of the path-weighted regression; 0 = off)")
+    p.add_argument("--adjoint-integrator", default="euler", choices=["euler", "exponential"],
+                   help="AMConfig.adjoint_integrator (docs/design.md §4.7)")
     p.add_argument("--quick", action="store_true", help="one case, alpha 1, 10 steps (used by the tests)")
     p.add_argument("--append", action="store_true", help="add rows to an existing CSV (runs split in chunks)")
     p.add_argument("--out", default=str(HERE / "results"))
@@ -240,7 +243,8 @@ def main(argv=None):
             for alpha in a.alphas:
                 for tail in a.tails:
                     row = run_one(case, alpha, tail, a.steps, a.offline, a.eval_samples, a.kl_samples, a.time_steps,
-                                  track, a.w_norm, a.batch, a.lr, path_weights=a.path_weights)
+                                  track, a.w_norm, a.batch, a.lr, path_weights=a.path_weights,
+                                  adjoint_integrator=a.adjoint_integrator)
                     rows.append(row)
                     if not a.quiet:
                         print(f"[{time.perf_counter() - t0:6.0f}s] case {case} alpha {alpha:g} {tail:5s} {track}: "
@@ -272,6 +276,8 @@ def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
           f"samples, KL on {a.kl_samples}. Exact values at the population eta*."
           + (f" Path-weighted regression (AMConfig.path_weights = {a.path_weights:g}, docs/design.md §4.6)."
              if a.path_weights > 0 else "")
+          + (f" Adjoint integrator: {a.adjoint_integrator} (AMConfig.adjoint_integrator, docs/design.md §4.7)."
+             if getattr(a, "adjoint_integrator", "euler") != "euler" else "")
           + (f" This run: {seconds:.0f} s on one thread." if np.isfinite(seconds) else "") + "\n",
           "rel_error = (cvar_ft - cvar_exact) / |cvar_exact| depends on where the reward's zero is; "
           "gap_error = (cvar_ft - cvar_exact) / |cvar_exact - cvar_pre| does not.  flagged: a guard fired "

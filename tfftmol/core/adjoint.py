@@ -108,7 +108,7 @@ def terminal_grad(reward: TerminalReward, x: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor) -> torch.Tensor:
+def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor, exponential: bool = False) -> torch.Tensor:
     """Integrate the lean adjoint backwards along ``traj`` with the base model.
 
     Args:
@@ -117,7 +117,8 @@ def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor) ->
         a_terminal: ``a(1)``, shape ``(B, *S)``.
 
     Returns:
-        Adjoint states ``(N, B, *S)`` on the same grid: ``a_k = a_{k+1} + h (2 J_v^T a_{k+1} - a_{k+1}/t_k)``.
+        Adjoint states ``(N, B, *S)`` on the same grid: ``a_k = a_{k+1} + h (2 J_v^T a_{k+1} - a_{k+1}/t_k)``
+        (``exponential=True``: the ``-I/t`` part exactly, :func:`~tfftmol.core.sde.adjoint_step`).
     """
     xs, ts = traj.xs, traj.ts
     N = xs.shape[0]
@@ -131,7 +132,7 @@ def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor) ->
             x = xs[k].detach().requires_grad_(True)
             v = velocity_of(base, x, t.expand(x.shape[0]), traj.cond)
             (vjp,) = torch.autograd.grad(v, x, grad_outputs=a)
-        a = adjoint_step(a, vjp, t, h)
+        a = adjoint_step(a, vjp, t, h, exponential)
         out[k] = a
     return out
 
@@ -281,7 +282,8 @@ class AdjointMatching:
             (jt,) = torch.autograd.grad(xhat, xr, grad_outputs=g_hat)
         a_c = self._clip(-self.lam * gp.reshape(shape) * jt, shape)
         adj = torch.zeros_like(xs)
-        adj[: kc + 1] = lean_adjoint(self.base, Trajectory(xs[: kc + 1], ts[: kc + 1], traj.cond), a_c)
+        adj[: kc + 1] = lean_adjoint(self.base, Trajectory(xs[: kc + 1], ts[: kc + 1], traj.cond), a_c,
+                                     self.config.adjoint_integrator == "exponential")
         adj[kc + 1] = a_c  # the control at t_c is regressed on the adjoint one slot later (see step)
         return adj, kc + 1
 
@@ -364,7 +366,7 @@ class AdjointMatching:
                 adj, pool = self._denoised_adjoint(traj, gp, shape)
             else:
                 a_T = self._clip(-self.lam * gp.reshape(shape) * rb.grad, shape)  # a(1) = -lam grad g(X_1)
-                adj = lean_adjoint(self.base, traj, a_T)                   # (N, B, *S)
+                adj = lean_adjoint(self.base, traj, a_T, c.adjoint_integrator == "exponential")  # (N, B, *S)
                 pool = traj.xs.shape[0] - 1                                # t_1 .. t_{N-1}
         if weighted:
             pw = self._path_weights(ct, rb.values)

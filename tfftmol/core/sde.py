@@ -80,10 +80,17 @@ def em_step(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, h: float, eps: to
     return x + h * (2.0 * v - x / t) + (h ** 0.5) * sigma_memoryless(t) * eps
 
 
-def adjoint_step(a: torch.Tensor, vjp: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
+def adjoint_step(a: torch.Tensor, vjp: torch.Tensor, t: torch.Tensor, h: float,
+                 exponential: bool = False) -> torch.Tensor:
     """One backward step of the lean adjoint ``da/dt = -J_b^T a`` with ``J_b = 2 J_v - I / t``.
 
     ``a_k = a_{k+1} + h (2 J_v(X_k, t_k)^T a_{k+1} - a_{k+1} / t_k)``, where ``vjp``
     is ``J_v^T a_{k+1}``; time runs backwards from ``t = 1`` to ``t_1 = h``.
+
+    ``exponential=True`` integrates the stiff ``-I / t`` part exactly over ``[t_k, t_k + h]``:
+    ``a_k = (t_k / (t_k + h)) a_{k+1} + 2 h J_v^T a_{k+1}``.  Euler's factor ``1 - h / t_k`` is 0 at
+    ``t_1`` and 1/2 at ``t_2`` where the flow's own factor is 1/2 and 2/3 (docs/design.md §4.7).
     """
+    if exponential:
+        return (t / (t + h)) * a + 2.0 * h * vjp
     return a + h * (2.0 * vjp - a / t)
