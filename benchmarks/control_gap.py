@@ -38,11 +38,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from exact_family import case_config, make_case, to_markdown  # noqa: E402
-from tfftmol.core.adjoint import lean_adjoint  # noqa: E402
+from tfftmol.core.adjoint import lean_adjoint, path_log_weights  # noqa: E402
 from tfftmol.core.pseudo import PseudoReward  # noqa: E402
 from tfftmol.core.risk import cvar  # noqa: E402
 from tfftmol.core.samplers import sample_sde  # noqa: E402
-from tfftmol.core.sde import sigma_memoryless  # noqa: E402
+from tfftmol.core.sde import control, sigma_memoryless  # noqa: E402
 from tfftmol.core.tfft import run_tfft  # noqa: E402
 from tfftmol.core.threshold import TfftWarning  # noqa: E402
 from tfftmol.core.value import sample_controlled  # noqa: E402
@@ -104,8 +104,7 @@ def control_slopes(model, g, w, eta: float, alpha: float, beta: float, tail: str
     a_T = -(1.0 / alpha) * pseudo.grad(r)[:, None] * wt[None]
     adj = lean_adjoint(g, traj, a_T)
     with torch.no_grad():
-        logw = (1.0 / alpha) * pseudo.value(r).double() - (ct.cost + ct.noise).sum(0).double()
-        pw = torch.softmax(logw, 0) * n
+        pw = torch.softmax(path_log_weights(ct, 1.0 / alpha, pseudo.value(r)).double(), 0) * n
     rows, h = [], 1.0 / time_steps
     kl_star = kl_model = 0.0
     for k in range(traj.xs.shape[0] - 1):
@@ -113,7 +112,7 @@ def control_slopes(model, g, w, eta: float, alpha: float, beta: float, tail: str
         us = g.hinge_optimal_control(x, float(t), w, eta, alpha, beta, tail).double()
         tgt = (-sigma_memoryless(t) * adj[k + 1]).double()
         with torch.no_grad():
-            um = (2.0 * (model.velocity(x, t) - g.velocity(x, t)) / sigma_memoryless(t)).double()
+            um = control(model.velocity(x, t), g.velocity(x, t), t).double()
         den = float((us * us).sum())
         wden = float((pw[:, None] * us * us).sum())
         kl_star += 0.5 * float((us ** 2).sum(1).mean()) * h

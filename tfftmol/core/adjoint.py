@@ -44,7 +44,8 @@ from .settings import AMConfig
 from .validate import model_dtype
 from .value import ValueTrainer, freeze_transform, noised_pairs, reward_has_grad, sample_controlled
 
-__all__ = ["AMConfig", "AdjointMatching", "ResidualFlow", "lean_adjoint", "StepStats", "estimate_kl", "sample_importance",
+__all__ = ["AMConfig", "AdjointMatching", "ResidualFlow", "lean_adjoint", "path_log_weights",
+           "StepStats", "estimate_kl", "sample_importance",
            "TerminalTransform", "IdentityTransform"]
 
 
@@ -135,6 +136,15 @@ def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor, ex
         a = adjoint_step(a, vjp, t, h, exponential)
         out[k] = a
     return out
+
+
+def path_log_weights(ct, lam: float, g_values: torch.Tensor) -> torch.Tensor:
+    """``log dP*/dP_u`` of each controlled trajectory up to a constant: ``lam g(r) - sum_k (u_k . dW_k + 0.5 |u_k|^2 h)``.
+
+    The reward tilt of the target over the base less the controlled process's own log-likelihood ratio to
+    the base (Girsanov; ``ct`` from :func:`~tfftmol.core.value.sample_controlled`, sharing the prior at ``t_1``).
+    """
+    return lam * g_values.to(ct.cost.dtype) - (ct.cost + ct.noise).sum(0)
 
 
 @dataclass
@@ -321,8 +331,7 @@ class AdjointMatching:
         ``1, 1/2, 1/4, ...`` whose effective sample size is at least ``path_weights`` of the batch.
         """
         with torch.no_grad():
-            g = freeze_transform(self.transform, r).value(r).to(ct.cost.dtype)
-            logw = self.lam * g - (ct.cost + ct.noise).sum(0)
+            logw = path_log_weights(ct, self.lam, freeze_transform(self.transform, r).value(r))
             logw = torch.where(torch.isfinite(logw), logw, torch.full_like(logw, -torch.inf))
             n = logw.shape[0]
             gamma = 1.0

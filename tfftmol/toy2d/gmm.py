@@ -30,6 +30,7 @@ import torch
 from scipy import special, stats
 
 from ..core.flow import gaussian_prior
+from ..core.sde import sigma_memoryless
 
 __all__ = ["GaussianMixtureFlow", "circle_gmm", "population_threshold", "hinge_target_stats", "random_gmm"]
 
@@ -113,7 +114,7 @@ class GaussianMixtureFlow:
         logp, diff, c = self._posterior(x, tt)
         wv = torch.as_tensor(np.asarray(w, dtype=np.float64))
         s2 = (self.stds.double() ** 2)[None]
-        mean_r = self.means.double() @ wv + ((tt * s2 / c)[..., None] * diff.double()).matmul(wv)  # (B, K)
+        mean_r = self.means.double() @ wv + ((tt * s2 / c)[..., None] * diff).matmul(wv)  # (B, K)
         sd_r = torch.sqrt(s2 * (1 - tt) ** 2 / c * float(wv @ wv))                               # (B, K)
         right = tail == "right"
         k = 1.0 / (alpha * (1.0 - beta)) if right else 1.0 / (alpha * beta)
@@ -123,7 +124,7 @@ class GaussianMixtureFlow:
             log_e = torch.logaddexp(torch.special.log_ndtr(z), tilt + torch.special.log_ndtr(k * sd_r - z))
         else:       # P(r > eta) + E[exp(k (r - eta)) 1(r < eta)]
             log_e = torch.logaddexp(torch.special.log_ndtr(-z), tilt + torch.special.log_ndtr(z - k * sd_r))
-        return torch.logsumexp(torch.log_softmax(logp.double(), 1) + log_e, 1)
+        return torch.logsumexp(torch.log_softmax(logp, 1) + log_e, 1)
 
     def hinge_optimal_control(self, x: torch.Tensor, t: float, w, eta: float, alpha: float, beta: float,
                               tail: str) -> torch.Tensor:
@@ -138,7 +139,7 @@ class GaussianMixtureFlow:
         xx = x.detach().double().requires_grad_(True)
         with torch.enable_grad():
             g, = torch.autograd.grad(self.hinge_log_value(xx, t, w, eta, alpha, beta, tail).sum(), xx)
-        return (math.sqrt(2.0 * (1.0 - float(t)) / float(t)) * g).to(x.dtype)
+        return (float(sigma_memoryless(torch.tensor(float(t)))) * g).to(x.dtype)
 
     # -- data-side helpers ---------------------------------------------------------
     def sample_data(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
