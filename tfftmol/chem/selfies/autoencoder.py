@@ -93,22 +93,21 @@ class SelfiesVAE(nn.Module):
         tok_gates = self.emb.weight @ w_ih[:, :E].T                 # (V, 3H)
         z_gates = z @ w_ih[:, E:].T + b_ih                          # (B, 3H)
         w_hh_t = w_hh.T.contiguous()
+        H2 = 2 * self.config.dec_hidden
+        w_out_t = self.out.weight.T.contiguous()
+        out_bias = self.out.bias.detach().clone()
+        out_bias[PAD] = out_bias[BOS] = float("-inf")               # never emitted
         h = torch.tanh(self.z_to_h(z))
         out = torch.full((B, L), PAD, dtype=torch.long, device=z.device)
         prev = torch.full((B,), BOS, dtype=torch.long, device=z.device)
         rows = torch.arange(B, device=z.device)                     # the unfinished rows, in order
-        mask_bias = torch.zeros(self.config.vocab_size, device=z.device)
-        mask_bias[PAD] = mask_bias[BOS] = float("-inf")
         for i in range(L):
             gi = tok_gates[prev] + z_gates
             gh = torch.addmm(b_hh, h, w_hh_t)
-            i_r, i_z, i_n = gi.chunk(3, 1)
-            h_r, h_z, h_n = gh.chunk(3, 1)
-            r = torch.sigmoid(i_r + h_r)
-            u = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
-            h = n + u * (h - n)
-            logits = self.out(h) + mask_bias
+            ru = torch.sigmoid(gi[:, :H2] + gh[:, :H2])             # reset and update gates together
+            n = torch.tanh(torch.addcmul(gi[:, H2:], ru[:, :H2 // 2], gh[:, H2:]))
+            h = torch.lerp(n, h, ru[:, H2 // 2:])                   # n + u (h - n)
+            logits = torch.addmm(out_bias, h, w_out_t)
             if i == L - 1:
                 nxt = torch.full((len(rows),), EOS, dtype=torch.long, device=z.device)
             elif temperature > 0:
