@@ -19,7 +19,7 @@ or the mean for the constrained case), ``exact_risk`` (the exact population targ
 (exact - pre)``, ``constraint_value`` / ``constraint_target`` (constrained case), per-level CVaRs of the
 model and the target, KL, the stage-1 thresholds and the population ones, wall time.
 
-    python benchmarks/spectral.py [--quick] [--case two_sided] [--steps 1000] [--offline 20000] [--out benchmarks/results]
+    python benchmarks/spectral.py [--quick] [--case two_sided] [--steps 2000] [--offline 20000] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="stage 1 and exact targets only, small batch (tests)")
     p.add_argument("--no-finetune", action="store_true")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--offline", type=int, default=20000)
     p.add_argument("--eval-samples", type=int, default=20000)
     p.add_argument("--batch", type=int, default=256)
