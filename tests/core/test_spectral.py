@@ -280,3 +280,99 @@ def test_run_tfft_takes_the_spectral_transform():
     with pytest.raises(ValueError, match="transform"):
         run_tfft(base, linear_reward((1.0, 0.5)), TFFTConfig(method="expected", alpha=2.0), progress=False,
                  log=lines.append, transform=g)
+
+
+# ---------------------------------------------------------------------------
+# the objective in the config: TFFTConfig(levels=...) / TFFTConfig(constraint=...)
+# ---------------------------------------------------------------------------
+
+def _small_am(steps):
+    from tfftmol.core.adjoint import AMConfig
+    return AMConfig(steps=steps, batch_size=128, hidden=64, time_steps=20, loss_time_steps=10, lr=2e-3,
+                    grad_clip=0.0, seed=0)
+
+
+def _eval_rewards(model, n=20000, seed=7):
+    from tfftmol.core.samplers import sample_sde
+    x = sample_sde(model, n, 20, generator=torch.Generator().manual_seed(seed))
+    return (x.double() @ torch.as_tensor(W)).numpy()
+
+
+def test_config_levels_solve_stage1_on_the_offline_batch_and_lift_both_tails():
+    """``levels`` in the config: stage 1 is ``solve_spectral`` on the run's own offline batch (same
+    thresholds to 1e-12), and 300 steps lift both tails of a two-sided objective, as the exact target
+    says they should (right 2.33 -> 2.81, left -2.33 -> 1.52 at alpha 2)."""
+    from tfftmol.core.spectral import SpectralResult
+    from tfftmol.core.tfft import TFFTConfig, run_tfft
+    from tfftmol.toy2d.flows import linear_reward
+
+    base = circle_gmm()
+    levels = [{"tail": "right", "beta": 0.9, "weight": 1.0}, {"tail": "left", "beta": 0.1}]
+    cfg = TFFTConfig(alpha=2.0, levels=levels, offline_samples=4000, offline_steps=20, seed=0, am=_small_am(300))
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TfftWarning)  # 1.3% of 4,000 samples above the right threshold
+        res = run_tfft(base, linear_reward((1.0, 0.5)), cfg, progress=False, log=lines.append)
+    assert isinstance(res.stage1, SpectralResult) and res.threshold is None and res.tracking is None
+    direct = solve_spectral(res.offline_rewards, [("right", 0.9, 1.0), ("left", 0.1, 1.0)], 2.0, warn=False)
+    assert np.allclose(res.stage1.etas, direct.etas, rtol=0, atol=1e-12)
+    assert any("TFFT spectral threshold" in s for s in lines)
+    r_pre, r_ft = _eval_rewards(base), _eval_rewards(res.model)
+    # measured: right 2.32 -> 2.57, left -2.31 -> 0.97
+    assert cvar(r_ft, 0.9, "right") > cvar(r_pre, 0.9, "right") + 0.1
+    assert cvar(r_ft, 0.1, "left") > cvar(r_pre, 0.1, "left") + 1.0
+
+
+def test_config_constraint_finds_the_multiplier_and_lifts_the_constrained_tail():
+    """``constraint`` in the config: stage 1 is ``solve_constrained`` (an active multiplier here) and the
+    fine-tune raises the constrained left tail from the pre-trained -2.33 toward the floor -0.2."""
+    from tfftmol.core.spectral import ConstrainedResult
+    from tfftmol.core.tfft import TFFTConfig, run_tfft
+    from tfftmol.toy2d.flows import linear_reward
+
+    base = circle_gmm()
+    cfg = TFFTConfig(alpha=1.0, constraint={"tail": "left", "beta": 0.1, "floor": -0.2}, offline_samples=4000,
+                     offline_steps=20, seed=0, am=_small_am(300))
+    res = run_tfft(base, linear_reward((1.0, 0.5)), cfg, progress=False, log=lambda s: None)
+    assert isinstance(res.stage1, ConstrainedResult) and res.stage1.active and res.stage1.multiplier > 0
+    direct = solve_constrained(res.offline_rewards, "left", 0.1, -0.2, 1.0, warn=False)
+    assert abs(res.stage1.multiplier - direct.multiplier) <= 1e-9 * max(1.0, direct.multiplier)
+    r_pre, r_ft = _eval_rewards(base), _eval_rewards(res.model)
+    # measured: left -2.31 -> -0.40 (floor -0.2), mean 0.01 -> 1.65 (exact optimum 1.78)
+    assert cvar(r_ft, 0.1, "left") > cvar(r_pre, 0.1, "left") + 1.0
+    assert r_ft.mean() > r_pre.mean() + 0.5
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"levels": []}, "levels=\\[\\] must be a non-empty list"),
+    ({"levels": [{"tail": "up", "beta": 0.9}]}, "levels\\[0\\].tail='up'"),
+    ({"levels": [{"tail": "right", "beta": 1.2}]}, "levels\\[0\\].beta=1.2 must be in \\(0, 1\\)"),
+    ({"levels": [{"tail": "right", "beta": 0.9, "weight": -1}]}, "levels\\[0\\].weight=-1 must be >= 0"),
+    ({"levels": [{"tail": "right", "beta": 0.9, "w": 1}]}, "levels\\[0\\]=.* must be a mapping with keys"),
+    ({"mean_weight": 1.0}, "mean_weight=1.0 needs levels"),
+    ({"constraint": {"tail": "left", "beta": 0.1}}, "exactly the keys tail, beta and floor"),
+    ({"constraint": {"tail": "left", "beta": 0.1, "floor": float("nan")}}, "constraint.floor=nan"),
+    ({"levels": [{"tail": "right", "beta": 0.9}], "constraint": {"tail": "left", "beta": 0.1, "floor": 0}},
+     "cannot both be set"),
+])
+def test_config_objective_errors_name_the_bad_value(kwargs, match):
+    from tfftmol.core.config import ConfigError, from_dict
+    from tfftmol.core.tfft import TFFTConfig
+
+    with pytest.raises(ConfigError, match=match):
+        from_dict(TFFTConfig, kwargs)
+
+
+def test_config_objective_round_trips_and_refuses_a_second_target():
+    from tfftmol.core.config import from_dict, to_dict
+    from tfftmol.core.tfft import TFFTConfig, run_tfft
+    from tfftmol.toy2d.flows import linear_reward
+
+    cfg = from_dict(TFFTConfig, {"levels": [{"tail": "right", "beta": 0.9}], "mean_weight": "0.5"})
+    assert cfg.objective == "spectral" and cfg.levels == [{"tail": "right", "beta": 0.9, "weight": 1.0}]
+    assert from_dict(TFFTConfig, to_dict(cfg)) == cfg
+    assert TFFTConfig().objective == "tail"
+    assert from_dict(TFFTConfig, {"constraint": {"tail": "left", "beta": 0.1, "floor": 0}}).objective == "constrained"
+    g = SpectralPseudoReward([("right", 0.9, 1.0)], [2.5])
+    with pytest.raises(ValueError, match="both set the target"):
+        run_tfft(circle_gmm(), linear_reward((1.0, 0.5)), cfg, progress=False, log=lambda s: None, transform=g)

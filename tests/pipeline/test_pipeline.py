@@ -221,3 +221,58 @@ def test_ctrl_c_during_the_offline_batch_says_so_and_resume_completes(tmp_path, 
     monkeypatch.setattr(tfft_mod, "offline_batch", real)
     assert main(["run", "--config", str(path), "--quiet", "--resume"]) == 0
     assert (tmp_path / "out" / "tiny" / "metrics.csv").exists()
+
+
+@pytest.mark.filterwarnings("ignore::tfftmol.core.threshold.TfftWarning")  # 1.8% of 1,000 samples above eta
+def test_spectral_and_constrained_objectives_run_from_a_config(tmp_path):
+    """``tfft.levels`` / ``tfft.constraint`` in a run config: stage 1 solves that objective, the metrics carry
+    every level's CVaR and the objective's own column, the report prints the stage-1 thresholds."""
+    from tfftmol.core.risk import cvar
+    from tfftmol.core.spectral import solve_constrained, solve_spectral
+
+    levels = [{"tail": "right", "beta": 0.9, "weight": 1.0}, {"tail": "left", "beta": 0.2, "weight": 0.5}]
+    d = _cfg(tmp_path, name="spec")
+    d["tfft"].update(levels=levels, mean_weight=0.25, alpha=2.0)
+    res = run(d, progress=False, log=lambda s: None)
+    m = res.metrics
+    for col in ("reward_cvar_right_0.9", "reward_cvar_left_0.2", "reward_spectral", "etas_stage1"):
+        assert col in m.columns, col
+    ev = res.evaluations["pretrained"].values
+    want = 0.25 * ev.mean() + cvar(ev, 0.9, "right") + 0.5 * cvar(ev, 0.2, "left")
+    assert abs(m["reward_spectral"].iloc[0] - want) < 1e-9
+    direct = solve_spectral(res.tfft.offline_rewards, [("right", 0.9, 1.0), ("left", 0.2, 0.5)], 2.0, 0.25, warn=False)
+    assert abs(m["cvar_predicted"].iloc[1] - direct.predicted_risk) < 1e-9
+    assert m["etas_stage1"].iloc[1] == ";".join(f"{e:.6g}" for e in direct.etas)
+    report = (res.run_dir / "report.md").read_text()
+    assert "TFFT spectral threshold" in report and "`reward_spectral`" in report
+
+    d = _cfg(tmp_path, name="con")
+    d["tfft"].update(constraint={"tail": "left", "beta": 0.1, "floor": -0.5}, alpha=1.0)
+    res = run(d, progress=False, log=lambda s: None)
+    m = res.metrics
+    direct = solve_constrained(res.tfft.offline_rewards, "left", 0.1, -0.5, 1.0, warn=False)
+    assert m["multiplier"].iloc[1] == pytest.approx(direct.multiplier, rel=1e-9)
+    assert m["cvar_predicted"].iloc[1] == pytest.approx(direct.predicted_mean, rel=1e-12)
+    assert (m["constraint_floor"] == -0.5).all()
+    assert m["constraint_value"].iloc[0] == pytest.approx(m["reward_cvar_left_0.1"].iloc[0])
+    assert "TFFT constrained threshold" in (res.run_dir / "report.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore::tfftmol.core.threshold.TfftWarning")
+def test_an_optuna_study_tunes_a_spectral_objective_under_a_constraint(tmp_path):
+    """A study over alpha of a two-sided objective: its objective is the run's ``reward_spectral``
+    column, its constraint any metrics column (here the left level's CVaR), on real SQLite storage."""
+    from tfftmol.tuning import run_study
+
+    base = _cfg(tmp_path / "unused", name="spec")
+    base["tfft"].update(levels=[{"tail": "right", "beta": 0.9}, {"tail": "left", "beta": 0.1}])
+    study = {"kind": "run", "base": base, "space": {"alpha": [0.5, 4.0]},
+             "objectives": [{"metric": "reward_spectral", "direction": "maximize"}],
+             "constraints": [{"metric": "reward_cvar_left_0.1", "min": -10.0}], "pruner": "none",
+             "heartbeat_interval": 1, "grace_period": 3}
+    res = run_study(study, "spec", n_trials=2, out_dir=tmp_path / "study", plots=False, log=lambda s: None)
+    done = [t for t in res.study.trials if t.value is not None]
+    assert len(done) == 2 and done[0].params["alpha"] != done[1].params["alpha"]
+    for t in done:
+        row = pd.read_csv(tmp_path / "study" / "spec" / "trials" / f"trial-{t.number:04d}" / "metrics.csv").iloc[-1]
+        assert t.value == pytest.approx(row["reward_spectral"], rel=1e-9)

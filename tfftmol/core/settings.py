@@ -9,7 +9,9 @@ computed from another.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 from .config import ConfigError, check_choice, check_int, check_number, from_dict
 from .value import ValueConfig
@@ -111,6 +113,21 @@ class AMConfig:
             self.value = from_dict(ValueConfig, self.value, "am.value")
 
 
+def _checked_level(lv: dict, where: str) -> dict:
+    """``{tail, beta[, weight]}`` with the tail a known one, ``0 < beta < 1`` and a finite weight ``>= 0``."""
+    tail, beta, weight = lv.get("tail"), lv.get("beta"), lv.get("weight", 1.0)
+    if tail not in ("right", "left"):
+        raise ConfigError(f"{where}.tail={tail!r} must be 'right' or 'left'")
+    for name, v in (("beta", beta), ("weight", weight)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{where}.{name}={v!r} must be a finite number")
+    if not 0 < beta < 1:
+        raise ConfigError(f"{where}.beta={beta!r} must be in (0, 1)")
+    if weight < 0:
+        raise ConfigError(f"{where}.weight={weight!r} must be >= 0")
+    return {"tail": tail, "beta": float(beta), "weight": float(weight)}
+
+
 def _warn_tail_mixup(tail: str, beta: float) -> None:
     """Warn when ``beta`` looks meant for the other tail (a left tail of 90%, a right tail of 90%)."""
     if (tail == "left" and beta >= 0.5) or (tail == "right" and beta <= 0.5):
@@ -191,6 +208,17 @@ class TFFTConfig:
         guard_kl_factor: allowed multiple of the KL stage 1 predicts for the on-policy CVaR.
         seed: seeds the offline batch.
         am: :class:`AMConfig`.
+        levels: several tails at once (docs/design.md §10): a list of ``{tail, beta, weight}``
+            (weights ``>= 0``, any mix of right and left levels); TFFT then maximises
+            ``mean_weight E[r] + sum_k weight_k CVaR_k - alpha KL``.  Stage 1 is
+            :func:`tfftmol.core.spectral.solve_spectral` on the offline batch and stage 2 fine-tunes
+            toward its pseudo-reward; ``tail``/``beta`` and the one-tail machinery (continuation,
+            refinement, tracking) are not used.  ``None`` (default): the one tail of ``tail``/``beta``.
+        mean_weight: weight ``>= 0`` of ``E[r]`` in the spectral objective (with ``levels``).
+        constraint: ``{tail, beta, floor}``: maximise ``E[r] - alpha KL`` subject to
+            ``CVaR^{tail}_{beta} >= floor`` (:func:`tfftmol.core.spectral.solve_constrained`: the
+            Lagrange multiplier is found in stage 1; it says when ``floor`` cannot be met at this
+            alpha and what can).  Excludes ``levels``.
     """
 
     method: str = "tfft"
@@ -218,9 +246,13 @@ class TFFTConfig:
     guard_kl_factor: float = 3.0
     seed: int = 0
     am: AMConfig = field(default_factory=AMConfig)
+    levels: Optional[list] = None
+    mean_weight: float = 0.0
+    constraint: Optional[dict] = None
 
     def __post_init__(self):
         check_choice(self, "method", ("tfft", "expected"))
+        self._check_objective()
         check_choice(self, "tail", ("right", "left"))
         check_number(self, "beta", 0, 1, low_open=True, high_open=True)
         check_number(self, "alpha", 0, None, low_open=True)
@@ -252,6 +284,41 @@ class TFFTConfig:
             self.am = from_dict(AMConfig, self.am, "am")
         elif not isinstance(self.am, AMConfig):
             raise ConfigError(f"am={self.am!r} must be a mapping of Adjoint Matching settings")
+
+    def _check_objective(self) -> None:
+        """``levels`` / ``mean_weight`` / ``constraint``: shapes and ranges, with the bad value named."""
+        check_number(self, "mean_weight", 0, None)
+        if self.levels is not None and self.constraint is not None:
+            raise ConfigError("levels and constraint cannot both be set: a spectral objective or a constrained "
+                              "mean, not both")
+        if self.levels is not None:
+            if not isinstance(self.levels, (list, tuple)) or not self.levels:
+                raise ConfigError(f"levels={self.levels!r} must be a non-empty list of {{tail, beta, weight}}")
+            out = []
+            for i, lv in enumerate(self.levels):
+                if not isinstance(lv, dict) or set(lv) - {"tail", "beta", "weight"} or not {"tail", "beta"} <= set(lv):
+                    raise ConfigError(f"levels[{i}]={lv!r} must be a mapping with keys tail, beta and optionally "
+                                      "weight (e.g. {tail: right, beta: 0.9, weight: 1.0})")
+                out.append(_checked_level(lv, f"levels[{i}]"))
+            self.levels = out
+        elif self.mean_weight != 0:
+            raise ConfigError(f"mean_weight={self.mean_weight!r} needs levels (it weights E[r] in a spectral "
+                              "objective); without levels set it to 0")
+        if self.constraint is not None:
+            c = self.constraint
+            if not isinstance(c, dict) or set(c) != {"tail", "beta", "floor"}:
+                raise ConfigError(f"constraint={c!r} must be a mapping with exactly the keys tail, beta and floor "
+                                  "(e.g. {tail: left, beta: 0.1, floor: 0.3})")
+            lv = _checked_level({"tail": c["tail"], "beta": c["beta"]}, "constraint")
+            floor = c["floor"]
+            if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor):
+                raise ConfigError(f"constraint.floor={floor!r} must be a finite number")
+            self.constraint = {"tail": lv["tail"], "beta": lv["beta"], "floor": float(floor)}
+
+    @property
+    def objective(self) -> str:
+        """``"tail"`` (one CVaR level), ``"spectral"`` (``levels``) or ``"constrained"`` (``constraint``)."""
+        return "spectral" if self.levels is not None else "constrained" if self.constraint is not None else "tail"
 
     @property
     def tail_mass(self) -> float:

@@ -531,6 +531,18 @@ class ConstrainedResult:
     def pseudo_reward(self, smoothing: float = 0.0) -> SpectralPseudoReward:
         return self.spectral.pseudo_reward(smoothing)
 
+    def summary(self) -> str:
+        head = (f"TFFT constrained threshold: max E[r] - alpha KL s.t. CVaR_{self.tail}({self.beta:g}) >= "
+                f"{self.target:g}, alpha={self.alpha:g}")
+        rows = [f"  multiplier                    {self.multiplier:.6g}   ({'active' if self.active else 'inactive'}, "
+                f"{'feasible' if self.feasible else 'infeasible'})",
+                f"  predicted constraint value    {self.constraint_value:.6g}   (best reachable {self.best_reachable:.6g})",
+                f"  predicted mean / KL (nats)    {self.predicted_mean:.6g} / {self.predicted_kl:.4g}"]
+        return "\n".join([head, *rows, *([f"  {self.message}"] if self.message else []), self.spectral.summary()])
+
+    def __str__(self) -> str:
+        return self.summary()
+
 
 def _fixed_eta_left(rs, eta, beta, c, alpha, tol, max_multiplier):
     """``max_p E[r] - alpha KL`` s.t. ``eta + E_p[h_eta] >= c``, ``h_eta = -(eta - r)_+ / beta``, for a fixed ``eta``.

@@ -69,7 +69,9 @@ class TFFTResult:
         timings: seconds per phase.
         trainer: the :class:`AdjointMatching` object.
         stage1: the stage-1 result at the requested ``(alpha, beta)``, as solved on the
-            offline batch (``None`` for ``expected``).
+            offline batch (``None`` for ``expected``); for a config with ``levels`` or
+            ``constraint``, the :class:`~tfftmol.core.spectral.SpectralResult` or
+            :class:`~tfftmol.core.spectral.ConstrainedResult` (``threshold`` is then ``None``).
         refined: the refined threshold if the half-way refinement ran, else ``None``.
         tracking: the on-policy threshold tracking of the final stage (``track_threshold``):
             ``eta`` (final tracked threshold), ``eta_stage1``, ``corrections``, ``flags`` (guard
@@ -83,7 +85,7 @@ class TFFTResult:
     offline_rewards: Optional[np.ndarray]
     timings: dict
     trainer: AdjointMatching
-    stage1: Optional[ThresholdResult] = None
+    stage1: Optional[Any] = None
     refined: Optional[ThresholdResult] = None
     tracking: Optional[dict] = None
 
@@ -100,6 +102,23 @@ def reward_bounds(reward: Any) -> Optional[tuple[float, float]]:
             if lo < hi:
                 return lo, hi
     return None
+
+
+def solve_objective(cfg: TFFTConfig, rewards: np.ndarray):
+    """Stage 1 of a config's spectral (``levels``) or constrained (``constraint``) objective on ``rewards``.
+
+    Returns the :class:`~tfftmol.core.spectral.SpectralResult` or
+    :class:`~tfftmol.core.spectral.ConstrainedResult` (both give ``pseudo_reward()`` and ``predicted_kl``).
+    """
+    from .spectral import solve_constrained, solve_spectral
+
+    if cfg.levels is not None:
+        return solve_spectral(rewards, cfg.levels, cfg.alpha, cfg.mean_weight,
+                              min_active_fraction=cfg.min_active_fraction)
+    if cfg.constraint is not None:
+        c = cfg.constraint
+        return solve_constrained(rewards, c["tail"], c["beta"], c["floor"], cfg.alpha)
+    raise ValueError("the config has neither levels nor a constraint: its stage 1 is solve_threshold")
 
 
 def run_key(base: FlowModel, reward: TerminalReward, config: TFFTConfig) -> str:
@@ -184,10 +203,14 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     # the reward too, on a few samples: values now, the gradient too unless it needs the offline fit first
     check_reward(reward, base, device, stage2=cfg.am.stage2, cond_sampler=cond_sampler,
                  gradient=not callable(fit_offline), log=log)
-    custom = transform is not None
-    if custom and cfg.method != "tfft":
+    objective = cfg.objective if cfg.method == "tfft" else "tail"
+    if transform is not None and cfg.method != "tfft":
         raise ValueError(f"transform= is a TFFT target; config.method is {cfg.method!r}, expected 'tfft'")
-    need_offline = (cfg.method == "tfft" and not custom) or callable(fit_offline)
+    if transform is not None and objective != "tail":
+        raise ValueError(f"transform= and the config's {objective} objective (levels/constraint) both set the "
+                         "target; give one of them")
+    custom = transform is not None or objective != "tail"  # the one-tail machinery stays off
+    need_offline = (cfg.method == "tfft" and transform is None) or callable(fit_offline)
     rewards_np = None
     stages: list[Stage]
     threshold = None
@@ -201,7 +224,13 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             f"valid {valid_off.float().mean():.1%}, mean reward {rewards_np.mean():.4g}")
     t1 = time.perf_counter()
     stage1 = refined_thr = None
-    if custom:
+    if objective != "tail":  # stage 1 of the spectral or constrained objective, on the offline batch
+        stage1 = solve_objective(cfg, rewards_np)
+        log(str(stage1))
+        log(f"offline batch sampler: {cfg.offline_sampler} ({cfg.offline_steps} steps)")
+        transform = stage1.pseudo_reward(cfg.smoothing)
+        stages = [Stage(cfg.alpha, cfg.beta, 0, cfg.am.steps, None)]
+    elif custom:
         stages = [Stage(cfg.alpha, cfg.beta, 0, cfg.am.steps, None)]
         log(f"stage 2 toward the given transform {transform!r} at alpha={cfg.alpha:g}")
     elif cfg.method == "tfft":

@@ -20,7 +20,7 @@ from ..core.checkpoint import atomic_write_text
 from ..core.config import to_dict
 from ..core.risk import var
 from ..tables import markdown_table
-from .metrics import own_tail_column
+from .metrics import own_tail_column, predicted_own
 from .task import ReportContext
 
 __all__ = ["write_report", "plot_reward_hist", "plot_training"]
@@ -93,8 +93,9 @@ def _stage1_lines(res, metrics: pd.DataFrame, own: str, kl: float) -> list[str]:
     s1 = res.stage1
     if s1 is None:
         return []
-    lines = ["## Stage 1", "", "The exact threshold on the offline batch of the pre-trained model:", "",
-             "```", s1.summary(), "```", ""]
+    what = "threshold" if hasattr(s1, "eta") else "thresholds" if hasattr(s1, "etas") else "multiplier and thresholds"
+    lines = ["## Stage 1", "", f"The exact {what} on the offline batch of the pre-trained model:", "",
+             "```", str(s1.summary() if hasattr(s1, "summary") else s1), "```", ""]
     if res.refined is not None:
         kept = res.threshold is not None and res.threshold.eta == res.refined.eta
         lines += [f"Threshold refinement on the fine-tuned model (importance-weighted): eta* "
@@ -106,7 +107,7 @@ def _stage1_lines(res, metrics: pd.DataFrame, own: str, kl: float) -> list[str]:
         rr = float(metrics["realisation"].iloc[1])
         lines += ["## Predicted against reached", "",
                   f"- `{own}`: {pre:.4g} (pre-trained) -> **{post:.4g}** (fine-tuned) at KL {kl:.3g}",
-                  f"- stage 1 predicts {s1.predicted_cvar:.4g} at KL {s1.predicted_kl:.3g} for the exact optimum "
+                  f"- stage 1 predicts {predicted_own(s1):.4g} at KL {s1.predicted_kl:.3g} for the exact optimum "
                   f"of this alpha (on the offline batch's rewards)",
                   f"- realisation ratio (reached gain / predicted gain): **{rr:.2f}**", ""]
     return lines

@@ -35,7 +35,7 @@ from ..core.sampling import sample
 from ..core.tfft import TFFTResult, run_tfft
 from ..core.validate import check_flow_model
 from .config import RunConfig, load_run_config
-from .metrics import metrics_table, own_tail_column, realisation_ratio
+from .metrics import metrics_table, own_tail_column, predicted_own, realisation_ratio
 from .registry import get_task
 from .report import write_report
 from .rundir import RunDir
@@ -216,7 +216,7 @@ def _run(config: Any, *, resume: bool = False, overwrite: bool = False, progress
     m = metrics
     line = f"{own}: {m[own].iloc[0]:.4g} (pretrained) -> {m[own].iloc[1]:.4g} ({t.method}), KL {kl:.3g}"
     if res.stage1 is not None:
-        line += (f"; stage 1 predicted {res.stage1.predicted_cvar:.4g} at KL {res.stage1.predicted_kl:.3g}; "
+        line += (f"; stage 1 predicted {predicted_own(res.stage1):.4g} at KL {res.stage1.predicted_kl:.3g}; "
                  f"realisation {m['realisation'].iloc[1]:.2f}")
     log(line)
     log(f"report: {result.files.get('report')}")
