@@ -18,6 +18,9 @@ Figures (one thread unless ``--threads``):
   surrogate fitted once on a small offline batch, no refit), and ``tfft_over_expected_qm9`` = time per
   TFFT step / time per expected step at equal steps (stage 1 and the refinement are not in it);
   ``am_first_loss_qm9`` is the first TFFT step's loss (must stay equal).
+* ``am_step_per_s_zinc``, ``am_step_per_s_zinc_expected``, ``tfft_over_expected_zinc``,
+  ``am_first_loss_zinc``: the same on ``zinc-selfies`` with the latent QED surrogate of
+  ``configs/zinc_qed_right.yaml`` (exact latent Adjoint Matching, terminal time 1; part ``am_zinc``).
 
 Every figure is measured in a fresh process per tree; the trees alternate (before, after, before, after, ...)
 so the machine's load hits both alike, and the median over ``--reps`` is kept.  The `before` tree is a
@@ -62,13 +65,19 @@ FIGURES = [
     ("am_step_per_s_qm9_expected", "steps/s", True),
     ("tfft_over_expected_qm9", "time ratio", False),
     ("am_first_loss_qm9", "loss", None),
+    ("am_step_per_s_zinc", "steps/s", True),
+    ("am_step_per_s_zinc_expected", "steps/s", True),
+    ("tfft_over_expected_zinc", "time ratio", False),
+    ("am_first_loss_zinc", "loss", None),
 ]
 
 #: sizes of one measurement; each part runs in its own process (under 2 minutes on a loaded 2-core machine)
 FULL = dict(qm9_n=300, qm9_batch=150, zinc_n=300, steps=30, fwd_batch=250, fwd_reps=6,
-            am_batch=64, am_time_steps=30, am_loss_times=10, am_steps=4, offline_n=128, surrogate_epochs=2)
+            am_batch=64, am_time_steps=30, am_loss_times=10, am_steps=4, offline_n=128, surrogate_epochs=2,
+            zinc_am_steps=12)
 QUICK = dict(qm9_n=24, qm9_batch=24, zinc_n=16, steps=4, fwd_batch=16, fwd_reps=2,
-             am_batch=8, am_time_steps=6, am_loss_times=2, am_steps=1, offline_n=32, surrogate_epochs=1)
+             am_batch=8, am_time_steps=6, am_loss_times=2, am_steps=1, offline_n=32, surrogate_epochs=1,
+             zinc_am_steps=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -138,7 +147,19 @@ def _qm9_config(p: dict, method: str) -> dict:
     }
 
 
-def measure_am(p: dict) -> dict:
+def _zinc_config(p: dict, method: str) -> dict:
+    return {
+        "task": "molecule", "name": f"speed_zinc_{method}", "seed": 0,
+        "tfft": {"method": method, "tail": "right", "beta": 0.9, "alpha": 0.1,
+                 "am": {"steps": 10, "batch_size": p["am_batch"], "time_steps": p["am_time_steps"],
+                        "loss_time_steps": p["am_loss_times"], "lr": 3e-4, "terminal_time": 1.0}},
+        "options": {"model": "zinc-selfies", "reward": {"name": "qed"}, "refit_every": 0,
+                    "surrogate": {"hidden": 256, "layers": 3, "epochs": p["surrogate_epochs"], "patience": 5,
+                                  "refit_epochs": 1}},
+    }
+
+
+def measure_am(p: dict, model: str = "qm9") -> dict:
     import numpy as np
     import torch
     from tfftmol.core.adjoint import AdjointMatching, IdentityTransform
@@ -148,7 +169,7 @@ def measure_am(p: dict) -> dict:
     from tfftmol.pipeline.registry import get_task
 
     out = {}
-    cfg = load_run_config(_qm9_config(p, "tfft"))
+    cfg = load_run_config((_qm9_config if model == "qm9" else _zinc_config)(p, "tfft"))
     task = get_task(cfg.task)
     base = task.load_base(cfg, "cpu")
     reward = task.build_reward(cfg, base, "cpu", lambda s: None)
@@ -164,17 +185,27 @@ def measure_am(p: dict) -> dict:
         trainers[method] = AdjointMatching(base, reward, tr, 1.0 / 0.1, cfg.tfft.am, device="cpu")
         first = trainers[method].step()  # warm-up; the trust-step measurement happens here
         if method == "tfft":
-            out["am_first_loss_qm9"] = first.loss
+            out[f"am_first_loss_{model}"] = first.loss
     spent = {"tfft": 0.0, "expected": 0.0}
-    for i in range(p["am_steps"]):  # the two methods' steps alternate, so the load hits both alike
+    n = p["am_steps"] if model == "qm9" else p["zinc_am_steps"]
+    for i in range(n):  # the two methods' steps alternate, so the load hits both alike
         for method in ("tfft", "expected") if i % 2 == 0 else ("expected", "tfft"):
             _, dt = _timed(trainers[method].step)
             spent[method] += dt
-    rates = {k: p["am_steps"] / v for k, v in spent.items()}
-    out["am_step_per_s_qm9"] = rates["tfft"]
-    out["am_step_per_s_qm9_expected"] = rates["expected"]
-    out["tfft_over_expected_qm9"] = rates["expected"] / rates["tfft"]
+    rates = {k: n / v for k, v in spent.items()}
+    out[f"am_step_per_s_{model}"] = rates["tfft"]
+    out[f"am_step_per_s_{model}_expected"] = rates["expected"]
+    out[f"tfft_over_expected_{model}"] = rates["expected"] / rates["tfft"]
     return out
+
+
+def measure_am_zinc(p: dict) -> dict:
+    """``measure_am`` on ``zinc-selfies``; NaN figures on a tree whose pipeline cannot run it."""
+    try:
+        return measure_am(p, "zinc")
+    except Exception as e:  # noqa: BLE001  (an older tree without the latent task)
+        print(f"am_zinc: {type(e).__name__}: {e}", file=sys.stderr)
+        return {}
 
 
 def worker(params: dict) -> dict:
@@ -183,7 +214,7 @@ def worker(params: dict) -> dict:
     torch.set_num_threads(params.get("threads", 1))
     out = {"tfftmol_path": str(Path(tfftmol.__file__).resolve().parent.parent)}
     for part in params["parts"]:
-        out.update({"sampling": measure_sampling, "am": measure_am}[part](params))
+        out.update({"sampling": measure_sampling, "am": measure_am, "am_zinc": measure_am_zinc}[part](params))
     return out
 
 
@@ -254,7 +285,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--before", default=DEFAULT_BEFORE, help="git revision to compare against")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--parts", default="sampling,am")
+    ap.add_argument("--parts", default="sampling,am,am_zinc")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, this tree only (before = NaN)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
