@@ -119,7 +119,7 @@ def run(quick: bool, finetune: bool, steps: int, offline: int, n_eval: int, seed
                  else float("nan"),
                  "constraint_value": con_value, "constraint_target": target, "alpha": alpha, "kl": kl,
                  "exact_kl": exact_kl, "etas_stage1": ";".join(f"{e:.6g}" for e in s1.etas),
-                 "etas_population": ";".join(f"{e:.6g}" for e in pop_etas), "M": offline, "wall_s": wall}
+                 "etas_population": ";".join(f"{e:.6g}" for e in pop_etas), "M": offline, "seed": seed, "wall_s": wall}
             for (tl, b), cv, ecv in zip(meas, cvars, exact_cvars):
                 d[f"cvar_{tl}_{b:g}"] = cv
                 d[f"exact_cvar_{tl}_{b:g}"] = ecv
