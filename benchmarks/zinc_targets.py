@@ -28,7 +28,7 @@ from tfftmol.core.config import load_yaml, merge  # noqa: E402
 from tfftmol.pipeline import load_run_config, run as run_pipeline  # noqa: E402
 from tfftmol.pipeline.run import own_tail_column  # noqa: E402
 
-TARGETS = ["zinc_qed_right", "zinc_mpo_right", "zinc_sa_left", "zinc_logp_window_left"]
+TARGETS = ["zinc_qed_right", "zinc_mpo_right", "zinc_sa_left", "zinc_logp_window_left", "zinc_qed_two_sided"]
 QUICK = {"eval": {"samples": 100, "steps": 10, "kl_samples": 16},
          "tfft": {"offline_samples": 200, "offline_steps": 10, "bootstrap": 0, "refine_samples": 100,
                   "am": {"steps": 4, "batch_size": 16, "time_steps": 10, "loss_time_steps": 3}},
