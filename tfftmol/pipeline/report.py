@@ -95,7 +95,7 @@ def _stage1_lines(res, metrics: pd.DataFrame, own: str, kl: float) -> list[str]:
         return []
     what = "threshold" if hasattr(s1, "eta") else "thresholds" if hasattr(s1, "etas") else "multiplier and thresholds"
     lines = ["## Stage 1", "", f"The exact {what} on the offline batch of the pre-trained model:", "",
-             "```", str(s1.summary() if hasattr(s1, "summary") else s1), "```", ""]
+             "```", s1.summary(), "```", ""]
     if res.refined is not None:
         kept = res.threshold is not None and res.threshold.eta == res.refined.eta
         lines += [f"Threshold refinement on the fine-tuned model (importance-weighted): eta* "
