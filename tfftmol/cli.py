@@ -107,7 +107,8 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
     from .core.config import ConfigError
     from .core.reward import RewardFailureError
     from .core.threshold import DegenerateTailError
-    from .core.validate import FlowModelError, RewardCheckError
+    from .core.reward_check import RewardCheckError
+    from .core.validate import FlowModelError
 
     from .pipeline.console import log_without, warnings_once
 

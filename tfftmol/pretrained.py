@@ -66,9 +66,14 @@ def _load_path(path: Path, device: str):
     if task != "molecule":
         raise ValueError(f"model={str(path)!r}: weights of a {task!r} run; loading a run directory by path supports "
                          "molecular runs (task: molecule) only")
-    from .chem.task import load_base
+    from .chem.selfies.loader import FORMAT as LATENT_FORMAT
 
-    return load_base(str(weights), device)
+    name = "zinc-selfies" if meta.get("format") == LATENT_FORMAT else "qm9-graph"
+    mod, fn = _REGISTRY[name][0].split(":")
+    model = getattr(importlib.import_module(mod), fn)(device=device, path=str(weights))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
 
 
 def load_pretrained(name: str, device: str = "cpu", **kwargs: Any):

@@ -311,7 +311,7 @@ def test_a_failing_velocity_is_reported_with_the_probe():
 def test_a_numpy_reward_fails_before_the_offline_batch_with_advice(tmp_path):
     import numpy as np
 
-    from tfftmol.core.validate import RewardCheckError
+    from tfftmol.core.reward_check import RewardCheckError
 
     calls = []
 
@@ -327,7 +327,7 @@ def test_a_numpy_reward_fails_before_the_offline_batch_with_advice(tmp_path):
 
 
 def test_a_reward_of_the_wrong_shape_is_named():
-    from tfftmol.core.validate import RewardCheckError, check_reward
+    from tfftmol.core.reward_check import RewardCheckError, check_reward
 
     base = tfftmol.load_pretrained("gmm-exact")
     with pytest.raises(RewardCheckError, match=r"evaluate\(x\).values has shape \(4, 2\).*expected \(4,\)"):
@@ -337,7 +337,7 @@ def test_a_reward_of_the_wrong_shape_is_named():
 
 
 def test_the_probe_names_the_stage2_path():
-    from tfftmol.core.validate import check_reward
+    from tfftmol.core.reward_check import check_reward
 
     base, lines = tfftmol.load_pretrained("gmm-exact"), []
     r = tfftmol.DifferentiableReward(lambda x: x[:, 0], name="x0")
@@ -367,7 +367,7 @@ def test_the_usual_tails_do_not_warn():
 
 def test_the_probe_leaves_a_few_reward_failures_to_the_batch_limit_but_not_all():
     from tfftmol.core.reward import RewardFailureError
-    from tfftmol.core.validate import check_reward
+    from tfftmol.core.reward_check import check_reward
 
     class Failing(tfftmol.DifferentiableReward):
         def __init__(self, failed):

@@ -55,6 +55,7 @@ from tfftmol.core.checkpoint import save_tensors
 from tfftmol.core.config import ConfigError, check_choice, check_int, check_number, from_dict
 from tfftmol.core.reward import RewardBatch, RewardFailureError
 from tfftmol.pipeline.task import Evaluation, ReportContext
+from tfftmol.pretrained import available_models, load_pretrained
 from tfftmol.tables import markdown_table
 
 from .rewards import Reward, RewardResult, build_reward
@@ -181,8 +182,6 @@ class MoleculeOptions:
 
 
 def _check_model(model: Any) -> None:
-    from tfftmol.pretrained import available_models
-
     if not isinstance(model, str) or not model:
         raise ConfigError(f"model={model!r} must be a model name {available_models()} or a .safetensors path")
     if model in available_models():
@@ -217,12 +216,7 @@ def is_latent(model: str) -> bool:
 def load_base(model: str, device: str | torch.device = "cpu"):
     """The pre-trained molecular flow named by a config's ``model`` field (frozen, eval mode)."""
     _check_model(model)
-    if is_latent(model):
-        from .selfies import load_zinc_selfies
-        base = load_zinc_selfies(device=device, path=None if model in LATENT_MODELS else model)
-    else:
-        from .qm9_model import load_qm9_graph
-        base = load_qm9_graph(device=device) if model == "qm9-graph" else load_qm9_graph(device=device, path=model)
+    base = load_pretrained(model, device)
     for p in base.parameters():
         p.requires_grad_(False)
     return base.eval()

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .estimators import estimate_kl, sample_importance
-from .flow import TIME_FEATURES, FlowModel, VelocityModule, time_features
+from .flow import TIME_FEATURES, FlowModel, VelocityModule, time_features, zero_output_mlp
 from .pseudo import ExpectedReward, TerminalTransform
 from .reward import TerminalReward, reward_hook
 from .sampling import Trajectory, sample, velocity_of
@@ -64,14 +64,7 @@ class ResidualFlow(VelocityModule):
         self.base = base
         self.state_shape = tuple(base.state_shape)
         d = int(torch.Size(self.state_shape).numel())
-        dims = [d + TIME_FEATURES] + [hidden] * layers
-        mods: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            mods += [nn.Linear(a, b), nn.SiLU()]
-        last = nn.Linear(dims[-1], d)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*mods, last)
+        self.net = zero_output_mlp(d + TIME_FEATURES, d, hidden, layers)
 
     def residual(self, x, t, cond=None):
         """``v_theta - v_base`` (the correction alone, without evaluating the base)."""

@@ -14,7 +14,8 @@ from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["FlowModel", "VelocityModule", "gaussian_prior", "model_device", "time_features", "sinusoidal_embedding", "TIME_FEATURES"]
+__all__ = ["FlowModel", "VelocityModule", "gaussian_prior", "model_device", "time_features", "sinusoidal_embedding", "TIME_FEATURES",
+           "zero_output_mlp"]
 
 
 @runtime_checkable
@@ -104,3 +105,19 @@ def model_device(model: Any) -> torch.device:
     """Device of a module's first parameter (CPU for closed-form models)."""
     p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     return p.device if p is not None else torch.device("cpu")
+
+
+def zero_output_mlp(d_in: int, d_out: int, hidden: int, layers: int) -> nn.Sequential:
+    """``layers`` SiLU layers of width ``hidden``, then a linear output initialised to zero.
+
+    The zero output makes a residual correction (or a value model) start as exactly nothing,
+    so a fine-tuned flow begins as the pre-trained one.
+    """
+    dims = [d_in] + [hidden] * layers
+    mods: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        mods += [nn.Linear(a, b), nn.SiLU()]
+    last = nn.Linear(dims[-1], d_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*mods, last)

@@ -48,7 +48,8 @@ from .reward import TerminalReward, reward_cache_key, reward_hook
 from .settings import AMConfig, TFFTConfig
 from .threshold import ThresholdResult
 from .tracking import ThresholdGuardError, ThresholdTracker, TrackingConfig, threshold_trust
-from .validate import check_flow_model, check_reward
+from .reward_check import check_reward
+from .validate import check_flow_model
 from .value import start_value_stage
 
 __all__ = ["TFFTConfig", "TFFTResult", "Stage", "run_tfft", "offline_batch", "plan_stages", "model_fingerprint",

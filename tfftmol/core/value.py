@@ -74,6 +74,7 @@ import torch
 from torch import nn
 
 from .config import check_choice, check_int, check_number
+from .flow import TIME_FEATURES, time_features, zero_output_mlp
 from .reward import reward_has_grad, reward_hook
 from .sampling import Trajectory, sample
 from .sde import sigma_memoryless
@@ -175,11 +176,6 @@ def freeze_transform(transform: Any, values: torch.Tensor) -> Any:
 
 
 # -- networks -------------------------------------------------------------------------------
-def _time_features(t: torch.Tensor, n: int = 8) -> torch.Tensor:
-    freqs = torch.arange(1, n + 1, device=t.device, dtype=t.dtype) * math.pi
-    return torch.cat([t[:, None], torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], 1)
-
-
 class ValueNet(nn.Module):
     """MLP on ``[flatten(x), time features(t)]`` with ``out`` outputs; SiLU, so ``grad_x`` is smooth.
 
@@ -191,17 +187,10 @@ class ValueNet(nn.Module):
         super().__init__()
         self.cond_classes = int(cond_classes)
         self.embed = nn.Embedding(self.cond_classes, 16) if self.cond_classes > 0 else None
-        dims = [dim + 17 + (16 if self.embed is not None else 0)] + [hidden] * layers
-        mods: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            mods += [nn.Linear(a, b), nn.SiLU()]
-        last = nn.Linear(dims[-1], out)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*mods, last)
+        self.net = zero_output_mlp(dim + TIME_FEATURES + (16 if self.embed is not None else 0), out, hidden, layers)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None) -> torch.Tensor:
-        h = [x.flatten(1), _time_features(t.to(x.dtype))]
+        h = [x.flatten(1), time_features(t.to(x.dtype))]
         if self.embed is not None:
             if not (isinstance(cond, torch.Tensor) and cond.dim() == 1 and not cond.is_floating_point()):
                 raise ValueError(f"value network with cond_classes={self.cond_classes} needs an integer class "

@@ -82,15 +82,10 @@ Jin et al. (2018): ``logP(Crippen) - SA - max(0, largest ring size - 6)``.
 
 Configuration
 -------------
-``build_reward(spec)`` takes a dict, a YAML string or a YAML file::
-
-    {name: qed}
-    {name: sa, transform: [{affine: {scale: -1}}], penalty: -10}
-    {name: sum, terms: [{weight: 1.0, reward: {name: qed}},
-                        {weight: 0.1, reward: {name: sa, transform: [{affine: {scale: -1}}]}}]}
-
-and ``reward.to_config()`` returns a dict that YAML round-trips to the same
-reward.  Unknown names or keys raise ``ValueError`` listing the valid ones.
+:func:`~tfftmol.chem.rewards.build.build_reward` takes a spec such as
+``{name: qed}`` (a dict, a YAML string or file, or a bare name; transforms,
+penalties and weighted sums are shown in its docstring), and
+``reward.to_config()`` gives the spec back.
 
 Speed
 -----
