@@ -32,6 +32,7 @@ from tfftmol.core.samplers import sample_sde
 from tfftmol.core.settings import AMConfig, TFFTConfig
 from tfftmol.core.threshold import TfftWarning
 from tfftmol.core.tfft import run_tfft
+from tfftmol.core.reward import reward_hook
 from tfftmol.core.value import (ValueConfig, ValuesOnly, ValueTrainer, noised_pairs, reward_has_grad,
                                 sample_controlled)
 from tfftmol.toy2d.gmm import circle_gmm, population_threshold
@@ -84,6 +85,26 @@ def test_auto_picks_the_path_from_the_reward():
     assert AdjointMatching(g, linear_reward(W), tr, 1.0, AMConfig(steps=1, stage2="value")).stage2 == "value"
     with pytest.raises(ValueError, match="has_grad=False"):
         AdjointMatching(g, ValuesOnly(linear_reward(W)), tr, 1.0, AMConfig(steps=1, stage2="gradient"))
+
+
+def test_values_only_forwards_the_cache_and_warm_start_hooks_but_never_a_gradient_hook():
+    class Full:
+        name, cache_key = "full", "full-v2"
+
+        def value_pairs(self, n, generator):
+            return "pairs"
+
+        def grad(self, x):
+            return x
+
+        def fit_offline(self, x, rb):
+            return None
+
+    w = ValuesOnly(Full())
+    assert w.cache_key == "full-v2" and w.value_pairs(3, None) == "pairs" and w.name == "full"
+    assert reward_hook(w, "grad") is None and reward_hook(w, "fit_offline") is None and not reward_has_grad(w)
+    bare = ValuesOnly(linear_reward(W))
+    assert reward_hook(bare, "value_pairs") is None and bare.cache_key == linear_reward(W).cache_key
 
 
 @pytest.mark.parametrize("kind", ["scalar", "distribution"])

@@ -145,10 +145,9 @@ class ValuesOnly:
     def __init__(self, reward: Any):
         self.reward = reward
         self.name = getattr(reward, "name", type(reward).__name__)
-        if hasattr(reward, "cache_key"):
-            self.cache_key = reward.cache_key
-        if hasattr(reward, "value_pairs"):
-            self.value_pairs = reward.value_pairs
+        for hook in ("cache_key", "value_pairs"):   # forwarded; the gradient hooks are not
+            if reward_hook(reward, hook) is not None:
+                setattr(self, hook, reward_hook(reward, hook))
 
     def evaluate(self, x: torch.Tensor):
         return self.reward.evaluate(x)
