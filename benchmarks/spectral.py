@@ -54,7 +54,7 @@ def _label(levels, mean_weight=0.0):
     return " + ".join(parts)
 
 
-def _finetune(base, transform, alpha, steps, seed, n_eval, log, batch=256):
+def _finetune(base, transform, alpha, steps, seed, n_eval, log, batch=256, adjoint_integrator="euler"):
     from tfftmol.core.adjoint import AMConfig
     from tfftmol.core.estimators import estimate_kl
     from tfftmol.core.samplers import sample_sde
@@ -63,7 +63,8 @@ def _finetune(base, transform, alpha, steps, seed, n_eval, log, batch=256):
 
     cfg = TFFTConfig(method="tfft", alpha=alpha, seed=seed, offline_samples=256,
                      am=AMConfig(steps=steps, batch_size=batch, loss_time_steps=0, hidden=128, lr=1e-3,
-                                 grad_clip=0.0, ema=0.99, seed=seed))
+                                 grad_clip=0.0, ema=0.99, seed=seed,
+                                 adjoint_integrator=adjoint_integrator))
     t0 = time.perf_counter()
     res = run_tfft(base, linear_reward(tuple(W)), cfg, progress=False, log=log, transform=transform)
     model = res.model.eval()
@@ -74,7 +75,7 @@ def _finetune(base, transform, alpha, steps, seed, n_eval, log, batch=256):
 
 
 def run(quick: bool, finetune: bool, steps: int, offline: int, n_eval: int, seed: int, log=print,
-        cases=None, batch=256) -> pd.DataFrame:
+        cases=None, batch=256, adjoint_integrator="euler") -> pd.DataFrame:
     g64 = circle_gmm(dtype=torch.float64)
     base = circle_gmm()
     x_off = g64.sample_data(offline, generator=torch.Generator().manual_seed(seed)).numpy()
@@ -131,14 +132,16 @@ def run(quick: bool, finetune: bool, steps: int, offline: int, n_eval: int, seed
         log(f"{case}: stage 1 {own1:.5g} vs exact {exact_risk:.5g} (pre {pre_risk:.5g}); thresholds "
             f"{rows[-1]['etas_stage1']} vs {rows[-1]['etas_population']}")
         if finetune:
-            r, kl, wall = _finetune(base, s1.pseudo_reward(), alpha, steps, seed, n_eval, lambda s: None, batch)
+            r, kl, wall = _finetune(base, s1.pseudo_reward(), alpha, steps, seed, n_eval, lambda s: None, batch,
+                                    adjoint_integrator)
             cvs = tuple(cvar(r, b, tl) for tl, b in meas)
             if "constraint" in spec:
                 own, con_v = float(r.mean()), cvs[0]
             else:
                 own = mw * float(r.mean()) + sum(lv[2] * cv for lv, cv in zip(levels, cvs))
                 con_v = float("nan")
-            rows.append(row("finetune", own, cvs, kl, con_v, wall, steps=steps, batch=batch, n_eval=n_eval))
+            rows.append(row("finetune", own, cvs, kl, con_v, wall, steps=steps, batch=batch, n_eval=n_eval,
+                            adjoint_integrator=adjoint_integrator))
             log(f"{case}: fine-tuned {own:.5g} (gap cut {rows[-1]['gap_cut']:.3f}, rel error "
                 f"{rows[-1]['rel_error']:.3f}), KL {kl:.3g} vs exact {exact_kl:.3g}, {wall:.0f} s")
     return pd.DataFrame(rows)
@@ -155,12 +158,15 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--case", action="append", choices=sorted(CASES),
                    help="run only this case (repeatable); its rows replace the same case's rows in the csv")
+    p.add_argument("--adjoint-integrator", default="euler", choices=["euler", "exponential"],
+                   help="AMConfig.adjoint_integrator of the fine-tunes (docs/design.md §4.7)")
     p.add_argument("--out", default=str(HERE / "results"))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.quick:
         a.offline = 4000
-    df = run(a.quick, not (a.quick or a.no_finetune), a.steps, a.offline, a.eval_samples, a.seed, cases=a.case, batch=a.batch)
+    df = run(a.quick, not (a.quick or a.no_finetune), a.steps, a.offline, a.eval_samples, a.seed, cases=a.case, batch=a.batch,
+             adjoint_integrator=a.adjoint_integrator)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.case and (out / "spectral.csv").exists():  # one case at a time: keep the other cases' rows
