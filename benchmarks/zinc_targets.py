@@ -38,7 +38,7 @@ KEEP = ["validity", "uniqueness", "novelty", "reward_mean", "kl", "cvar_predicte
 
 
 def run_one(target: str, method: str, seed: int, steps: int | None, runs: Path, progress: bool,
-            model: str | None = None, quick: bool = False) -> dict:
+            model: str | None = None, quick: bool = False, alpha: float | None = None) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -51,6 +51,9 @@ def run_one(target: str, method: str, seed: int, steps: int | None, runs: Path, 
         patch["tfft"]["am"] = {"steps": steps}
     if model:
         patch["options"] = {"model": model}
+    if alpha is not None:  # another KL weight (e.g. expected-FT at the KL TFFT reached)
+        patch["tfft"]["alpha"] = alpha
+        patch["name"] = f"{target}-{method}-a{alpha:g}-s{seed}"
     cfg = load_run_config(merge(data, patch, opaque=("reward",)))
     t0 = time.perf_counter()
     res = run_pipeline(cfg, overwrite=True, progress=progress, log=(print if progress else (lambda s: None)))
@@ -79,18 +82,20 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "zinc_targets"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--model", default=None, help="override the configs' model (name or .safetensors path)")
+    ap.add_argument("--alpha", nargs="+", type=float, default=None,
+                    help="override the configs' alpha (one run per value; default: the config's)")
     ap.add_argument("--quick", action="store_true", help="smoke budget (its numbers mean nothing)")
     ap.add_argument("--progress", action="store_true")
     a = ap.parse_args(argv)
-    rows = [run_one(t, m, s, a.steps, Path(a.runs), a.progress, a.model, a.quick)
-            for t in a.targets for s in a.seeds for m in a.methods]
+    rows = [run_one(t, m, s, a.steps, Path(a.runs), a.progress, a.model, a.quick, al)
+            for t in a.targets for s in a.seeds for m in a.methods for al in (a.alpha or [None])]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     path = out / "zinc_targets.csv"
     if path.exists():  # keep the rows of other (target, method, seed) triples
         old = pd.read_csv(path)
-        key = ["target", "method", "seed"]
+        key = ["target", "method", "seed", "alpha"]
         old = old[~old.set_index(key).index.isin(df.set_index(key).index)]
         df = pd.concat([old, df], ignore_index=True)
     df.to_csv(path, index=False)

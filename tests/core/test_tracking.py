@@ -96,6 +96,35 @@ def test_guard_stops_a_run_that_cannot_be_corrected_and_names_the_quantities():
     assert "on-policy mass above" in logs[0] and "band" in logs[0]
 
 
+def test_a_lagging_left_tail_keeps_its_threshold_and_says_so_but_an_over_tilted_one_is_corrected():
+    """Left tail: a model still on its way from the pre-trained mass below eta (above beta) to beta sits above
+    the band; snapping eta to its beta-quantile would lower eta and weaken the tilt, so the lag is reported
+    once and eta kept.  Below the band (over-tilted) the guard corrects as before."""
+    g, w = _case(4)
+    s1 = _stage1(g, w, 1.0, 0.1, "left")
+    gen = torch.Generator().manual_seed(0)
+
+    def batch(mass_below):  # 256 rewards, a fraction `mass_below` of them below eta
+        k = int(round(mass_below * 256))
+        return torch.cat([s1.eta - 0.5 - torch.rand(k, generator=gen), s1.eta + 0.5 + torch.rand(256 - k, generator=gen)])
+
+    logs = []
+    lag = ThresholdTracker(s1, TrackingConfig(mode="off", warmup=0.1, patience=20), total_steps=200, log=logs.append)
+    for step in range(200):
+        lag.grad(batch(0.3))
+        lag.update(step, kl=0.1)
+    assert lag.eta == s1.eta and lag.corrections == 0 and not lag.tracking
+    assert len(logs) == 1 and logs[0].startswith("lag:") and "is 0.30" in logs[0] and "beta = 0.1" in logs[0]
+    assert lag.flags == logs
+
+    over = ThresholdTracker(s1, TrackingConfig(mode="off", warmup=0.1, patience=500), total_steps=200,
+                            log=lambda s: None)
+    for step in range(40):
+        over.grad(batch(0.01))
+        over.update(step, kl=0.1)
+    assert over.corrections == 1 and over.tracking and over.eta > s1.eta  # the 0.1-quantile lies above eta
+
+
 @pytest.fixture(scope="module")
 def starved_run():
     g, w = _case(4)
