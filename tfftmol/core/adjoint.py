@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -42,7 +42,7 @@ from .sampling import Trajectory, sample, velocity_of
 from .sde import adjoint_step, control, sigma_memoryless
 from .settings import AMConfig
 from .validate import model_dtype
-from .value import ValueTrainer, freeze_transform, noised_pairs, reward_has_grad, sample_controlled
+from .value import ValueTrainer, freeze_transform, reward_has_grad, sample_controlled
 
 __all__ = ["AMConfig", "AdjointMatching", "ResidualFlow", "lean_adjoint", "path_log_weights",
            "StepStats", "estimate_kl", "sample_importance",

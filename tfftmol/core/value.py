@@ -77,7 +77,6 @@ from .config import check_choice, check_int, check_number
 from .flow import TIME_FEATURES, time_features, zero_output_mlp
 from .reward import reward_has_grad, reward_hook
 from .sampling import Trajectory, sample
-from .sde import sigma_memoryless
 
 __all__ = ["ValueConfig", "ValueNet", "ValueModel", "ValueTrainer", "ControlledTrajectory", "sample_controlled",
            "noised_pairs", "reward_has_grad", "ValuesOnly", "freeze_transform", "start_value_stage"]
