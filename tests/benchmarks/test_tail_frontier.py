@@ -46,6 +46,7 @@ def test_matched_kl_interpolates_along_expected_frontier(tf):
                                                           np.std([-0.01, 0.01], ddof=1)))
 
 
+@pytest.mark.slow  # about 11 s: four smoke-budget fine-tunes
 def test_quick_mode_writes_csv_md_png_and_appends(tf, tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
     tf.main(["--quick", "--quiet", "--out", str(out), "--runs", str(runs)])

@@ -60,6 +60,7 @@ def values_only_run():
     return res, logs, x0, x, xt
 
 
+@pytest.mark.slow  # about 17 s: a 2D values-only fine-tune (fixture shared with the next test)
 def test_values_only_reaches_the_exact_target_as_closely_as_the_gradient_path(values_only_run):
     res, logs, x0, x, xt = values_only_run
     err = abs(cvar(x, 0.9, "right") - cvar(xt, 0.9, "right"))
@@ -68,6 +69,7 @@ def test_values_only_reaches_the_exact_target_as_closely_as_the_gradient_path(va
     assert abs(cvar(x, 0.1, "left") - cvar(x0, 0.1, "left")) < 0.25  # the left tail stays put
 
 
+@pytest.mark.slow  # shares the 17 s values-only run above
 def test_the_run_says_which_stage2_path_ran(values_only_run):
     res, logs, *_ = values_only_run
     assert res.trainer.stage2 == "value"
@@ -214,6 +216,7 @@ def test_class_conditional_flows_need_cond_classes_and_then_step():
     assert st.stage2 == "value" and st.value_loss == st.value_loss
 
 
+@pytest.mark.slow  # about 16 s: a values-only fine-tune
 def test_a_reward_with_no_useful_gradient_moves_its_tail_on_the_value_path():
     """r = floor(4 x_1) / 4: its gradient is zero almost everywhere, so the gradient path cannot move.
 
