@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     path = out / "zinc_targets.csv"
-    if path.exists():  # keep the rows of other (target, method, seed) triples
+    if path.exists():  # keep the rows of other (target, method, seed, alpha) runs
         old = pd.read_csv(path)
         key = ["target", "method", "seed", "alpha"]
         old = old[~old.set_index(key).index.isin(df.set_index(key).index)]

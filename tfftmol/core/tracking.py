@@ -284,14 +284,8 @@ class ThresholdTracker(TerminalTransform):
     def _breach(self) -> Optional[str]:
         lo, hi = self.cfg.band
         msgs = []
-        if self._lagging():
-            if not any(f.startswith("lag:") for f in self.flags):
-                note = (f"lag: on-policy mass below eta={self.eta:.5g} is {self.mass_avg:.3f} against beta = "
-                        f"{self.target_mass:g} after {self.steps_seen} steps: the model has not reached the TFFT "
-                        f"target (the threshold is kept; more steps or a more accurate reward model move it further)")
-                self.flags.append(note)
-                self.log(note)
-        elif self.mass_avg is not None and not (lo * self.target_mass <= self.mass_avg <= hi * self.target_mass):
+        if self.mass_avg is not None and not self._lagging() and \
+                not (lo * self.target_mass <= self.mass_avg <= hi * self.target_mass):
             side = "above" if self.tail == "right" else "below"
             msgs.append(f"on-policy mass {side} eta={self.eta:.5g} is {self.mass_avg:.3f}, outside the band "
                         f"[{lo * self.target_mass:.3g}, {hi * self.target_mass:.3g}] around "
@@ -303,7 +297,17 @@ class ThresholdTracker(TerminalTransform):
                         f"{self.stage1.predicted_kl:.3g} and {self.cfg.kl_floor:g})")
         return "; ".join(msgs) if msgs else None
 
+    def _note_lag(self) -> None:
+        """Report a lagging left tail once (the flags are saved with the tracker, so once per run)."""
+        if self._lagging() and not any(f.startswith("lag:") for f in self.flags):
+            note = (f"lag: on-policy mass below eta={self.eta:.5g} is {self.mass_avg:.3f} against beta = "
+                    f"{self.target_mass:g} after {self.steps_seen} steps: the model has not reached the TFFT "
+                    f"target (the threshold is kept; more steps or a more accurate reward model move it further)")
+            self.flags.append(note)
+            self.log(note)
+
     def _guard(self, step: int) -> None:
+        self._note_lag()
         msg = self._breach()
         if msg is None:
             self.breach_since = None
