@@ -220,3 +220,7 @@ def test_quick_benchmark_runs(tmp_path):
     ex = out["extra"]
     assert ex["recon_originals_fcd"] < ex["recon_fcd"] < rows.loc["random-selfies", "fcd"], ex
     assert (tmp_path / "zinc_model_quick.md").read_text().startswith("# zinc-selfies benchmark")
+    sm = pd.DataFrame(ex["decoder_smoothness"])
+    assert sorted(set(sm["latents"])) == ["encoded test molecules", "model samples"]
+    for _, d in sm.groupby("latents"):  # a larger move keeps fewer molecules
+        assert d.sort_values("scale")["same"].is_monotonic_decreasing, d

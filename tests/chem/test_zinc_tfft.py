@@ -263,3 +263,55 @@ def test_short_qed_right_cvar_run_on_zinc_selfies_moves_the_tail(tmp_path):
     assert m["validity"].iloc[1] >= 0.95 * m["validity"].iloc[0]
     assert m["uniqueness"].iloc[1] >= 0.95 * m["uniqueness"].iloc[0]
     assert isinstance(load_zinc_selfies(), ZincSelfiesFlow)
+
+
+# -- decoder smoothness -------------------------------------------------------------------------
+class _Decoded:
+    def __init__(self, smiles):
+        self.smiles = smiles
+
+
+class _SignDecoder:
+    """Decodes the sign of the first coordinate: one molecule on each side (a smooth decoder)."""
+
+    def decode(self, x):
+        return [_Decoded("CCO" if float(v) > 0 else "c1ccccc1") for v in x[:, 0]]
+
+
+class _HashDecoder:
+    """A different molecule for every latent at 1e-6 resolution (a chaotic decoder)."""
+
+    def decode(self, x):
+        return [_Decoded("C" * (1 + int(abs(float(v)) * 1e6) % 7)) for v in x[:, 0]]
+
+
+def test_decoder_smoothness_of_a_smooth_and_a_chaotic_decoder():
+    from tfftmol.chem.latent_reward import decoder_smoothness
+
+    x = torch.cat([torch.full((50, 2), 3.0), torch.full((50, 2), -3.0)])  # 3 units from the boundary
+    qed = build_reward({"name": "qed"})
+    smooth = decoder_smoothness(_SignDecoder(), x, qed, scales=(0.01, 0.1), seed=0)
+    assert list(smooth.columns) == ["scale", "same", "reward_corr", "n"]
+    assert smooth["same"].tolist() == [1.0, 1.0] and np.allclose(smooth["reward_corr"], 1.0)
+    chaotic = decoder_smoothness(_HashDecoder(), torch.randn(200, 2), None, scales=(0.01,), seed=0)
+    assert chaotic["same"].iloc[0] < 0.3 and np.isnan(chaotic["reward_corr"].iloc[0])
+    # at a scale of the boundary's distance, the sign decoder flips about P(|N(0, 3^2)| > 3) / 2 = 16% of rows
+    far = decoder_smoothness(_SignDecoder(), x, None, scales=(3.0,), seed=0)
+    assert 0.72 < far["same"].iloc[0] < 0.95
+    with pytest.raises(ValueError, match="scales"):
+        decoder_smoothness(_SignDecoder(), x, None, scales=(0.0,))
+    with pytest.raises(ValueError, match="shape"):
+        decoder_smoothness(_SignDecoder(), x[:1], None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(WEIGHTS_PATH).is_file(), reason="shipped zinc-selfies weights absent")
+def test_the_shipped_decoder_keeps_molecules_under_tiny_moves_and_loses_them_under_larger_ones():
+    from tfftmol.chem.latent_reward import decoder_smoothness
+
+    model = load_zinc_selfies()
+    x = model.sample_latents(200, steps=10, sampler="sde", seed=0)
+    df = decoder_smoothness(model, x, build_reward({"name": "qed"}), scales=(0.001, 0.05, 0.3), seed=0)
+    same = df["same"].tolist()
+    assert same[0] > 0.9 and same[0] > same[1] > same[2] and same[2] < 0.1
+    assert df["reward_corr"].iloc[0] > 0.9
