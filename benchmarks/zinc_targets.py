@@ -9,7 +9,8 @@ CVaR and KL, the realisation ratio, the KL estimate, validity, uniqueness,
 novelty and wall times, to ``<out>/zinc_targets.csv``.
 
     python benchmarks/zinc_targets.py [--targets zinc_qed_right ...] [--seeds 0 1 2] [--steps N]
-        [--methods tfft expected] [--runs runs/zinc_targets] [--out benchmarks/results]
+        [--methods tfft expected] [--alpha A ...] [--decode-beam K] [--runs runs/zinc_targets]
+        [--out benchmarks/results]
     python benchmarks/zinc_targets.py --quick --model tiny.safetensors --runs /tmp/r --out /tmp/o   # smoke
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ KEEP = ["validity", "uniqueness", "novelty", "reward_mean", "kl", "cvar_predicte
 
 
 def run_one(target: str, method: str, seed: int, steps: int | None, runs: Path, progress: bool,
-            model: str | None = None, quick: bool = False, alpha: float | None = None) -> dict:
+            model: str | None = None, quick: bool = False, alpha: float | None = None,
+            decode_beam: int | None = None) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -51,9 +53,12 @@ def run_one(target: str, method: str, seed: int, steps: int | None, runs: Path, 
         patch["tfft"]["am"] = {"steps": steps}
     if model:
         patch["options"] = {"model": model}
+    if decode_beam is not None:  # another decoder (1 = greedy); runs and caches apart from the config's
+        patch.setdefault("options", {})["decode_beam"] = decode_beam
+        patch["name"] += f"-b{decode_beam}"
     if alpha is not None:  # another KL weight (e.g. expected-FT at the KL TFFT reached)
         patch["tfft"]["alpha"] = alpha
-        patch["name"] = f"{target}-{method}-a{alpha:g}-s{seed}"
+        patch["name"] = f"{target}-{method}-a{alpha:g}-s{seed}" + (f"-b{decode_beam}" if decode_beam is not None else "")
     cfg = load_run_config(merge(data, patch, opaque=("reward",)))
     t0 = time.perf_counter()
     res = run_pipeline(cfg, overwrite=True, progress=progress, log=(print if progress else (lambda s: None)))
@@ -61,7 +66,7 @@ def run_one(target: str, method: str, seed: int, steps: int | None, runs: Path, 
     m = res.metrics
     own = own_tail_column(cfg)
     row = {"target": target, "method": method, "seed": seed, "tail": own, "steps": cfg.tfft.am.steps,
-           "alpha": cfg.tfft.alpha, "cvar_pre": float(m[own].iloc[0]), "cvar_post": float(m[own].iloc[1]),
+           "alpha": cfg.tfft.alpha, "decode_beam": int(getattr(res.model, "decode_beam", 1)), "cvar_pre": float(m[own].iloc[0]), "cvar_post": float(m[own].iloc[1]),
            "validity_pre": float(m["validity"].iloc[0]), "uniqueness_pre": float(m["uniqueness"].iloc[0])}
     row.update({k: float(m[k].iloc[1]) for k in KEEP if k in m.columns})
     row["wall_seconds"] = wall
@@ -84,10 +89,12 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="override the configs' model (name or .safetensors path)")
     ap.add_argument("--alpha", nargs="+", type=float, default=None,
                     help="override the configs' alpha (one run per value; default: the config's)")
+    ap.add_argument("--decode-beam", type=int, default=None,
+                    help="override the configs' SELFIES decoder beams (1 = greedy; default: the config's)")
     ap.add_argument("--quick", action="store_true", help="smoke budget (its numbers mean nothing)")
     ap.add_argument("--progress", action="store_true")
     a = ap.parse_args(argv)
-    rows = [run_one(t, m, s, a.steps, Path(a.runs), a.progress, a.model, a.quick, al)
+    rows = [run_one(t, m, s, a.steps, Path(a.runs), a.progress, a.model, a.quick, al, a.decode_beam)
             for t in a.targets for s in a.seeds for m in a.methods for al in (a.alpha or [None])]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +102,9 @@ def main(argv=None) -> int:
     path = out / "zinc_targets.csv"
     if path.exists():  # keep the rows of other (target, method, seed, alpha) runs
         old = pd.read_csv(path)
-        key = ["target", "method", "seed", "alpha"]
+        key = ["target", "method", "seed", "alpha", "decode_beam"]
+        if "decode_beam" not in old.columns:  # rows written before the decoder had a choice: greedy
+            old["decode_beam"] = 1
         old = old[~old.set_index(key).index.isin(df.set_index(key).index)]
         df = pd.concat([old, df], ignore_index=True)
     df.to_csv(path, index=False)

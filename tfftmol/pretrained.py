@@ -48,8 +48,11 @@ def _check(name: str) -> None:
                          "holding model.safetensors, or a .safetensors file")
 
 
-def _load_path(path: Path, device: str):
-    """A fine-tuned (or exported) molecular flow from a run directory or a ``.safetensors`` file."""
+def _load_path(path: Path, device: str, **kwargs: Any):
+    """A fine-tuned (or exported) molecular flow from a run directory or a ``.safetensors`` file.
+
+    ``kwargs``: loader options of a latent (SELFIES) flow (``decode_beam``); none for graph flows.
+    """
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
         raise ValueError(f"model={str(path)!r}: a run directory must hold model.safetensors (a finished run); "
@@ -69,8 +72,12 @@ def _load_path(path: Path, device: str):
     from .chem.selfies.loader import FORMAT as LATENT_FORMAT
 
     name = "zinc-selfies" if meta.get("format") == LATENT_FORMAT else "qm9-graph"
+    allowed = {"decode_beam"} if name == "zinc-selfies" else set()
+    if set(kwargs) - allowed:
+        raise ValueError(f"load_pretrained({str(path)!r}): options {sorted(set(kwargs) - allowed)} do not apply to "
+                         f"a {name} weights file (it accepts {sorted(allowed) or 'none'})")
     mod, fn = _REGISTRY[name][0].split(":")
-    model = getattr(importlib.import_module(mod), fn)(device=device, path=str(weights))
+    model = getattr(importlib.import_module(mod), fn)(device=device, path=str(weights), **kwargs)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
@@ -94,10 +101,7 @@ def load_pretrained(name: str, device: str = "cpu", **kwargs: Any):
     if name not in _REGISTRY and isinstance(name, (str, Path)):
         p = Path(name)
         if p.is_dir() or str(name).endswith(".safetensors"):
-            if kwargs:
-                raise ValueError(f"load_pretrained({str(name)!r}): options {sorted(kwargs)} apply to shipped "
-                                 "models only")
-            return _load_path(p, device)
+            return _load_path(p, device, **kwargs)
     _check(name)
     target = _REGISTRY[name][0]
     mod, fn = target.split(":")

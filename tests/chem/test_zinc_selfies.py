@@ -115,6 +115,68 @@ def test_greedy_generate_matches_nn_gru_reference(model):
     assert torch.equal(fast, ref)
 
 
+def _seq_logprob(vae, z, seq):
+    """Sum of token log-probabilities of ``seq`` (ending with <eos>) given ``z``, <pad>/<bos> excluded."""
+    from tfftmol.chem.selfies.codec import BOS, PAD
+    with torch.no_grad():
+        lp = vae.decode_logits(z.unsqueeze(0), torch.tensor([seq]))[0]
+        lp[:, PAD] = lp[:, BOS] = -float("inf")
+        lp = torch.log_softmax(lp, -1)
+    return float(sum(lp[i, t] for i, t in enumerate(seq)))
+
+
+def test_beam_search_is_exact_when_the_beam_holds_every_string_and_greedy_at_one_beam():
+    """A tiny random decoder (2 symbols + <eos>, at most 2 symbols): brute force over all 7 strings
+    gives the most likely one; a beam of 9 >= 7 must find it, and a beam of 1 is greedy decoding."""
+    import itertools
+    from tfftmol.chem.selfies.autoencoder import SelfiesVAE, VAEConfig
+    from tfftmol.chem.selfies.codec import EOS, PAD
+    torch.manual_seed(0)
+    vae = SelfiesVAE(VAEConfig(vocab_size=5, max_len=2, emb_dim=4, enc_hidden=4, dec_hidden=8, latent_dim=3)).eval()
+    with torch.no_grad():
+        vae.out.weight.mul_(8.0)                     # peaked token distributions: greedy is often not exact
+    z = torch.randn(40, 3, generator=torch.Generator().manual_seed(1)) * 2
+    strings = [list(s) + [EOS] for n in range(3) for s in itertools.product((3, 4), repeat=n)]
+    assert len(strings) == 7
+    beam = vae.generate(z, beam=9)
+    greedy = vae.generate(z)
+    assert torch.equal(vae.beam_search(z, 1), greedy)
+    n_better = 0
+    for b in range(40):
+        scores = [_seq_logprob(vae, z[b], s) for s in strings]
+        best = strings[int(np.argmax(scores))]
+        got = [int(t) for t in beam[b] if int(t) != PAD]
+        assert got == best, (b, got, best, scores)
+        g = [int(t) for t in greedy[b] if int(t) != PAD]
+        n_better += _seq_logprob(vae, z[b], got) > _seq_logprob(vae, z[b], g) + 1e-6
+    assert n_better > 0                              # the beam finds strings greedy decoding misses
+    with pytest.raises(ValueError, match="beam"):
+        vae.generate(z, beam=0)
+    with pytest.raises(ValueError, match="temperature"):
+        vae.generate(z, beam=2, temperature=1.0)
+
+
+def test_decode_beam_is_part_of_the_model_identity_and_its_weights_file(model, tmp_path):
+    from tfftmol.chem.selfies import save_zinc_selfies
+    from tfftmol.core.offline import model_fingerprint
+    import tfftmol
+    assert model.decode_beam == 1 and model.fingerprint_extra is None
+    beam4 = load_zinc_selfies(decode_beam=4)
+    assert model_fingerprint(beam4) != model_fingerprint(model)
+    assert model_fingerprint(load_zinc_selfies()) == model_fingerprint(model)
+    x = model.sample_latents(64, steps=10, sampler="sde", seed=0)
+    d1, d4 = model.decode(x), beam4.decode(x)
+    assert all(d.reason == "ok" for d in d4)
+    assert sum(a.smiles != b.smiles for a, b in zip(d1, d4)) > 0   # the beam changes some molecules
+    path = save_zinc_selfies(beam4, tmp_path / "beam4.safetensors")
+    assert load_zinc_selfies(path=path).decode_beam == 4          # the file records its decoding
+    assert load_zinc_selfies(path=path, decode_beam=1).decode_beam == 1
+    assert tfftmol.load_pretrained(str(path)).decode_beam == 4
+    assert tfftmol.load_pretrained("zinc-selfies", decode_beam=2).decode_beam == 2
+    with pytest.raises(ValueError, match="decode_beam"):
+        load_zinc_selfies(decode_beam=0)
+
+
 def test_decoding_never_raises_on_nan_inf_or_huge_latents(model):
     d = model.state_shape[0]
     x = torch.randn(6, d)

@@ -205,6 +205,20 @@ def test_warm_start_option_defaults_and_errors(tiny_path, tmp_path):
         load_run_config(tiny_config(tiny_path, tmp_path, options={"warm_labels": "smiles"}))
 
 
+def test_decode_beam_option_reaches_the_model_the_report_and_the_saved_weights(tiny_path, tmp_path):
+    with pytest.raises(ConfigError, match="decode_beam"):
+        load_run_config({"task": "molecule", "options": {"model": "qm9-graph", "decode_beam": 4}})
+    with pytest.raises(ConfigError, match="decode_beam"):
+        load_run_config(tiny_config(tiny_path, tmp_path, options={"decode_beam": 0}))
+    torch.set_num_threads(1)
+    cfg = tiny_config(tiny_path, tmp_path, name="tiny_beam", options={"decode_beam": 2, "warm_start": 0},
+                      tfft={"am": {"steps": 2}}, eval={"samples": 50, "kl_samples": 8})
+    res = run(cfg, progress=False, log=lambda s: None)
+    assert res.model.decode_beam == 2
+    assert "decoder: beam search, 2 beams" in (res.run_dir / "report.md").read_text()
+    assert load_base(str(res.run_dir / "model.safetensors")).decode_beam == 2
+
+
 # -- a latent TFFT run through the pipeline ----------------------------------------------------------
 def test_latent_tfft_run_through_pipeline_moves_right_cvar(tiny_path, tmp_path):
     """Exact latent Adjoint Matching with the warm-started latent surrogate lifts the right tail of molecular

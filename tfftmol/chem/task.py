@@ -9,6 +9,8 @@ Options (``RunConfig.options``)::
     warm_start: null               # latent models: ZINC250k training molecules the surrogate starts from
                                    # (null = 30000 for a latent model, 0 = off; graph models: 0 only)
     warm_labels: decoded           # warm-start labels: reward of the decoded latent, or of the data molecule
+    decode_beam: null              # latent models: beams of the SELFIES decoder (1 = greedy; null = the weights
+                                   # file's own setting, greedy for the shipped file); docs/design.md §8.6
     value_molecules: null          # graph models, values-only stage 2 (tfft.am.stage2: value): QM9 training
                                    # molecules labelled with the true reward whose noised copies warm-start
                                    # the value model (MolecularReward.value_pairs; null = 20000, 0 = off:
@@ -127,6 +129,7 @@ class MoleculeOptions:
     filters: Any = None
     warm_start: Optional[int] = None
     warm_labels: str = "decoded"
+    decode_beam: Optional[int] = None
     value_molecules: Optional[int] = None
     max_reward_failure_fraction: float = 0.2
 
@@ -159,6 +162,11 @@ class MoleculeOptions:
                                   f"model={self.model!r} is a graph model (use warm_start: 0)")
         from .latent_reward import WARM_LABELS
         check_choice(self, "warm_labels", WARM_LABELS)
+        if self.decode_beam is not None:
+            check_int(self, "decode_beam", low=1, note=" (1 = greedy decoding, null = the weights file's setting)")
+            if not is_latent(self.model):
+                raise ConfigError(f"decode_beam={self.decode_beam} needs a latent model {list(LATENT_MODELS)}; "
+                                  f"model={self.model!r} is a graph model (use decode_beam: null)")
         if self.value_molecules is not None:
             check_int(self, "value_molecules", low=0, note=" (0 = off, null = the default for the model)")
             if self.value_molecules and is_latent(self.model):
@@ -213,10 +221,13 @@ def is_latent(model: str) -> bool:
     return False
 
 
-def load_base(model: str, device: str | torch.device = "cpu"):
-    """The pre-trained molecular flow named by a config's ``model`` field (frozen, eval mode)."""
+def load_base(model: str, device: str | torch.device = "cpu", decode_beam: Optional[int] = None):
+    """The pre-trained molecular flow named by a config's ``model`` field (frozen, eval mode).
+
+    ``decode_beam`` (latent models only): beams of the SELFIES decoder; ``None`` = the file's setting.
+    """
     _check_model(model)
-    base = load_pretrained(model, device)
+    base = load_pretrained(model, device, **({} if decode_beam is None else {"decode_beam": int(decode_beam)}))
     for p in base.parameters():
         p.requires_grad_(False)
     return base.eval()
@@ -532,7 +543,10 @@ class MoleculeTask:
         pass
 
     def describe(self, cfg) -> str:
-        out = f"model `{cfg.options.model}`; reward `{json.dumps(cfg.options.reward)}`"
+        out = f"model `{cfg.options.model}`"
+        if cfg.options.decode_beam is not None:
+            out += f" (decoder: {'greedy' if cfg.options.decode_beam == 1 else f'beam search, {cfg.options.decode_beam} beams'})"
+        out += f"; reward `{json.dumps(cfg.options.reward)}`"
         if cfg.options.filters is not None:
             from .filters import MedChemFilters
             f = MedChemFilters(cfg.options.filters)
@@ -540,7 +554,7 @@ class MoleculeTask:
         return out
 
     def load_base(self, cfg, device):
-        return load_base(cfg.options.model, device)
+        return load_base(cfg.options.model, device, decode_beam=cfg.options.decode_beam)
 
     def build_reward(self, cfg, base, device, log):
         from tfftmol.core.config import config_search_dirs

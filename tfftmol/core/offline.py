@@ -34,7 +34,8 @@ __all__ = ["offline_batch", "model_fingerprint", "load_offline_cache", "offline_
 
 
 def model_fingerprint(model: Any) -> str:
-    """A short hash identifying a model's weights (or its tensors, for closed-form models)."""
+    """A short hash identifying a model's weights (or its tensors, for closed-form models), and its
+    ``fingerprint_extra`` when the model declares one (e.g. the SELFIES flow's beam decoding)."""
     key = getattr(model, "cache_key", None)  # a flow model may declare its own cache key
     if key is not None:
         return str(key)
@@ -48,6 +49,9 @@ def model_fingerprint(model: Any) -> str:
             if isinstance(v, torch.Tensor):
                 h.update(k.encode())
                 h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    extra = getattr(model, "fingerprint_extra", None)  # e.g. a decoding setting that changes what samples mean
+    if extra is not None:
+        h.update(str(extra).encode())
     return h.hexdigest()[:16]
 
 

@@ -3,7 +3,11 @@
 Every string the decoder emits is a SELFIES, so every decoded latent is a
 molecule (docs/design.md §8).  Decoding is greedy (argmax) by default, so a latent
 maps to one molecule: a deterministic ``decode`` is what a reward on the final
-latent of a flow needs.
+latent of a flow needs.  Beam search (``beam > 1``, :meth:`SelfiesVAE.beam_search`)
+is deterministic too and returns the most likely string among its beams: greedy
+decoding flips at every near-tie of a token's probabilities, so the decoded molecule
+is a rough function of the latent; the beam's sequence-level choice flips less often
+(docs/design.md §8.6).
 
 Shapes: tokens ``(B, L)`` long (symbols, ``<eos>``, ``<pad>``; see
 :mod:`.codec`), latents ``(B, latent_dim)``.
@@ -36,7 +40,7 @@ class VAEConfig:
 
 class SelfiesVAE(nn.Module):
     """``encode(tokens) -> (mu, logvar)``; ``forward(tokens) -> (logits, mu, logvar)`` (teacher forcing);
-    ``generate(z) -> tokens`` (greedy, or sampled with ``temperature > 0``)."""
+    ``generate(z) -> tokens`` (greedy, sampled with ``temperature > 0``, or beam search with ``beam > 1``)."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
@@ -76,8 +80,10 @@ class SelfiesVAE(nn.Module):
     # -- decoder (generation) ------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, z: torch.Tensor, max_len: int | None = None, temperature: float = 0.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, beam: int = 1) -> torch.Tensor:
         """Tokens ``(B, max_len + 1)`` decoded from ``z`` (finite), stopping at ``<eos>``.
+
+        ``beam > 1`` runs :meth:`beam_search` (deterministic; ``temperature`` must be 0).
 
         The GRU recurrence is written out with the embedding and latent parts of
         the input projection precomputed (same maths as ``nn.GRU``), and a row leaves
@@ -85,6 +91,12 @@ class SelfiesVAE(nn.Module):
         still being written, about half of the steps on ZINC250k-length strings):
         that is what makes decoding fast on a CPU.  ``<pad>`` and ``<bos>`` are never emitted.
         """
+        if int(beam) != beam or beam < 1:
+            raise ValueError(f"beam={beam!r} must be an integer >= 1 (1 = greedy)")
+        if beam > 1:
+            if temperature > 0:
+                raise ValueError(f"beam={beam} is deterministic; temperature={temperature} must be 0 with it")
+            return self.beam_search(z, int(beam), max_len)
         L = (self.config.max_len if max_len is None else int(max_len)) + 1
         B = z.shape[0]
         E = self.config.emb_dim
@@ -122,7 +134,50 @@ class SelfiesVAE(nn.Module):
                 rows, h, z_gates, nxt = rows[going], h[going], z_gates[going], nxt[going]
             prev = nxt
         return out
-        return out
+
+    @torch.no_grad()
+    def beam_search(self, z: torch.Tensor, beam: int, max_len: int | None = None) -> torch.Tensor:
+        """Tokens ``(B, max_len + 1)``: per row, the most likely string among ``beam`` beams.
+
+        Scores are summed token log-probabilities (over the emittable tokens); a beam that has emitted ``<eos>`` keeps its
+        score and is padded.  A beam still open at the last position ends with ``<eos>`` there
+        (as in greedy decoding).  ``beam=1`` equals greedy decoding.  Ties between candidates are
+        broken by ``torch.topk`` (deterministic on one device).
+        """
+        K = int(beam)
+        L = (self.config.max_len if max_len is None else int(max_len)) + 1
+        B, V = z.shape[0], self.config.vocab_size
+        dev = z.device
+        zz = z.repeat_interleave(K, 0)                              # (B K, latent)
+        h = torch.tanh(self.z_to_h(zz)).unsqueeze(0)
+        score = torch.full((B, K), float("-inf"), device=dev)
+        score[:, 0] = 0.0                                           # one live beam per row at the start
+        seqs = torch.full((B * K, L), PAD, dtype=torch.long, device=dev)
+        prev = torch.full((B * K,), BOS, dtype=torch.long, device=dev)
+        done = torch.zeros(B * K, dtype=torch.bool, device=dev)
+        base = (torch.arange(B, device=dev) * K).unsqueeze(1)
+        for i in range(L):
+            y, h = self.dec(torch.cat([self.emb(prev), zz], -1).unsqueeze(1), h)
+            logits = self.out(y[:, 0])
+            logits[:, PAD] = logits[:, BOS] = float("-inf")         # never emitted: renormalised without them
+            lp = F.log_softmax(logits, -1)
+            if i == L - 1:                                          # the last position ends every open beam
+                keep = lp[:, EOS].clone()
+                lp.fill_(float("-inf"))
+                lp[:, EOS] = keep
+            lp[done] = float("-inf")
+            lp[done, PAD] = 0.0                                     # a finished beam only pads, at no cost
+            cand = (score.reshape(-1, 1) + lp).reshape(B, K * V)
+            score, idx = cand.topk(K, dim=-1)
+            src = (base + torch.div(idx, V, rounding_mode="floor")).reshape(-1)
+            tok = (idx % V).reshape(-1)
+            seqs, h, done = seqs[src], h[:, src], done[src]
+            seqs[:, i] = tok
+            done = done | (tok == EOS)
+            prev = torch.where(tok == PAD, torch.full_like(tok, EOS), tok)
+            if bool(done.all()):
+                break
+        return seqs.reshape(B, K, L)[:, 0]
 
 
 def vae_loss(model: SelfiesVAE, tokens: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:

@@ -77,11 +77,19 @@ class ZincSelfiesFlow(VelocityModule):
     ``velocity(x, t)``: ``x`` (B, latent_dim), ``t`` (B,) -> (B, latent_dim);
     ``decode(x)`` -> list of :class:`~tfftmol.chem.graph.DecodeResult`
     (``mol``, ``smiles``, ``reason``); ``sample(n, ...)`` -> a ``SampleResult``.
+
+    ``decode_beam``: 1 decodes greedily, ``k > 1`` by beam search over ``k`` beams (a smoother map
+    from latent to molecule, docs/design.md §8.6).  It is part of the model's identity: the
+    offline-batch and warm-start caches key on it (:attr:`fingerprint_extra`), and a fine-tuned
+    model's weights file records it.
     """
 
     def __init__(self, vae: SelfiesVAE, net: LatentVelocityMLP, vocab: SelfiesVocab,
-                 z_mean: torch.Tensor, z_std: torch.Tensor):
+                 z_mean: torch.Tensor, z_std: torch.Tensor, decode_beam: int = 1):
         super().__init__()
+        if isinstance(decode_beam, bool) or int(decode_beam) != decode_beam or decode_beam < 1:
+            raise ValueError(f"decode_beam={decode_beam!r} must be an integer >= 1 (1 = greedy)")
+        self.decode_beam = int(decode_beam)
         self.vae = vae
         self.net = net
         self.vocab = vocab
@@ -107,9 +115,15 @@ class ZincSelfiesFlow(VelocityModule):
             z = mu + eps * torch.exp(0.5 * logvar)
         return (z - self.z_mean) / self.z_std
 
+    @property
+    def fingerprint_extra(self) -> Optional[str]:
+        """What besides the weights defines the model (``None`` for greedy decoding: the weights alone)."""
+        return None if self.decode_beam == 1 else f"decode_beam={self.decode_beam}"
+
     @torch.no_grad()
     def decode_selfies_strings(self, x: torch.Tensor, batch_size: int = 2000) -> list[Optional[str]]:
-        """Greedy SELFIES of each normalised latent row; ``None`` for a non-finite row."""
+        """SELFIES of each normalised latent row (greedy, or beam search with ``decode_beam > 1``);
+        ``None`` for a non-finite row."""
         x = x.detach().reshape(x.shape[0], -1).float()
         finite = torch.isfinite(x).all(1)
         out: list[Optional[str]] = [None] * x.shape[0]
@@ -121,7 +135,7 @@ class ZincSelfiesFlow(VelocityModule):
                 ii = idx[s:s + batch_size]
                 xb = x[ii].to(self.z_mean.device).clamp(-LATENT_CLAMP, LATENT_CLAMP)
                 z = xb * self.z_std + self.z_mean
-                for k, st in zip(ii.tolist(), self.vocab.to_selfies(self.vae.generate(z))):
+                for k, st in zip(ii.tolist(), self.vocab.to_selfies(self.vae.generate(z, beam=self.decode_beam))):
                     out[k] = st
         finally:
             self.vae.train(was)

@@ -37,19 +37,23 @@ def save_zinc_selfies(model: ZincSelfiesFlow, path: Union[str, Path] = WEIGHTS_P
 
     path = Path(path)
     meta = {"format": FORMAT, "vae_config": json.dumps(model.vae.config.to_dict()),
-            "flow_config": json.dumps(model.net.config.to_dict()), "vocab": json.dumps(model.vocab.to_dict())}
+            "flow_config": json.dumps(model.net.config.to_dict()), "vocab": json.dumps(model.vocab.to_dict()),
+            "decode_beam": str(model.decode_beam)}
     meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
     save_tensors(path, {k: v.float() for k, v in model.state_dict().items()}, metadata=meta)
     return path
 
 
 def load_zinc_selfies(device: Union[str, torch.device] = "cpu",
-                      path: Union[str, Path, None] = None) -> ZincSelfiesFlow:
+                      path: Union[str, Path, None] = None, decode_beam: Optional[int] = None) -> ZincSelfiesFlow:
     """Load the shipped drug-like latent flow (``load_pretrained("zinc-selfies")``).
+
+    ``decode_beam``: beams of the decoder (1 = greedy); ``None`` = the file's own setting
+    (a fine-tuned model's file records the beam it was trained with; the shipped file: greedy).
 
     Raises:
         FileNotFoundError: if the weights file does not exist.
-        ValueError: if the file is not a zinc-selfies weights file.
+        ValueError: if the file is not a zinc-selfies weights file, or ``decode_beam`` is not an integer >= 1.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -65,7 +69,8 @@ def load_zinc_selfies(device: Union[str, torch.device] = "cpu",
     vae = SelfiesVAE(VAEConfig(**json.loads(meta["vae_config"])))
     net = LatentVelocityMLP(FlowConfig(**json.loads(meta["flow_config"])))
     d = net.config.dim
-    model = ZincSelfiesFlow(vae, net, vocab, torch.zeros(d), torch.ones(d))
+    beam = int(meta.get("decode_beam", 1)) if decode_beam is None else decode_beam
+    model = ZincSelfiesFlow(vae, net, vocab, torch.zeros(d), torch.ones(d), decode_beam=beam)
     model.load_state_dict(load_file(str(path), device="cpu"))
     model.vae.requires_grad_(False)
     return model.to(device).eval()
