@@ -10,7 +10,7 @@ Options (``RunConfig.options``)::
                                    # (null = 30000 for a latent model, 0 = off; graph models: 0 only)
     warm_labels: decoded           # warm-start labels: reward of the decoded latent, or of the data molecule
     decode_beam: null              # latent models: beams of the SELFIES decoder (1 = greedy; null = the weights
-                                   # file's own setting, greedy for the shipped file); docs/design.md §8.6
+                                   # file's own setting, greedy for the shipped file); docs/design.md §8.1
     value_molecules: null          # graph models, values-only stage 2 (tfft.am.stage2: value): QM9 training
                                    # molecules labelled with the true reward whose noised copies warm-start
                                    # the value model (MolecularReward.value_pairs; null = 20000, 0 = off:

@@ -7,7 +7,7 @@ latent of a flow needs.  Beam search (``beam > 1``, :meth:`SelfiesVAE.beam_searc
 is deterministic too and returns the most likely string among its beams: greedy
 decoding flips at every near-tie of a token's probabilities, so the decoded molecule
 is a rough function of the latent; the beam's sequence-level choice flips less often
-(docs/design.md §8.6).
+(docs/design.md §8.1).
 
 Shapes: tokens ``(B, L)`` long (symbols, ``<eos>``, ``<pad>``; see
 :mod:`.codec`), latents ``(B, latent_dim)``.

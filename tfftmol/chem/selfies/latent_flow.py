@@ -79,7 +79,7 @@ class ZincSelfiesFlow(VelocityModule):
     (``mol``, ``smiles``, ``reason``); ``sample(n, ...)`` -> a ``SampleResult``.
 
     ``decode_beam``: 1 decodes greedily, ``k > 1`` by beam search over ``k`` beams (a smoother map
-    from latent to molecule, docs/design.md §8.6).  It is part of the model's identity: the
+    from latent to molecule, docs/design.md §8.1).  It is part of the model's identity: the
     offline-batch and warm-start caches key on it (:attr:`fingerprint_extra`), and a fine-tuned
     model's weights file records it.
     """
