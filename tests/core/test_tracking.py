@@ -79,6 +79,31 @@ def test_hold_only_lets_eta_rise_early_and_the_batch_floor_keeps_the_hinge_alive
     assert tr.eta < s1.eta  # after the hold it moves freely
 
 
+def test_catch_up_jumps_a_right_tail_eta_to_the_batch_quantile_when_the_batch_runs_past_it():
+    """Half of the batch beyond eta (band high end: 2 x 0.1): eta jumps to the batch's 0.9-quantile at once;
+    without catch-up it climbs by the bounded Robbins-Monro step only; a batch inside the band never jumps."""
+    g, w = _case(4)
+    s1 = _stage1(g, w, 0.5, 0.9, "right")
+    r = s1.eta + torch.randn(256, generator=torch.Generator().manual_seed(0)).double()  # about 50% beyond eta
+    q = float(torch.quantile(r, 0.9))
+    for catch_up in (True, False):
+        tr = ThresholdTracker(s1, TrackingConfig(catch_up=catch_up), total_steps=100, log=lambda s: None)
+        tr.grad(r)
+        tr.update(0)
+        if catch_up:
+            assert tr.eta == pytest.approx(q, abs=1e-9) and tr.catch_ups == 1
+        else:
+            mass = float((r > s1.eta).double().mean())
+            z = np.log(mass / (1 - mass)) - np.log(0.1 / 0.9)
+            assert tr.eta == pytest.approx(s1.eta + 0.2 * 0.5 * 0.1 * z) and tr.eta < q and tr.catch_ups == 0
+    inside = s1.eta + 0.5 + torch.rand(256, generator=torch.Generator().manual_seed(1)).double()
+    inside[:230] = s1.eta - 1.0  # 26 of 256 beyond eta: 10%, inside the band
+    tr = ThresholdTracker(s1, TrackingConfig(), total_steps=100, log=lambda s: None)
+    tr.grad(inside)
+    tr.update(0)
+    assert tr.catch_ups == 0 and tr.eta < s1.eta + 0.01
+
+
 def test_guard_stops_a_run_that_cannot_be_corrected_and_names_the_quantities():
     """A batch that stays in the tail whatever eta is: the guard corrects, then stops."""
     g, w = _case(4)
@@ -193,3 +218,6 @@ def test_config_defaults_and_validation():
         from_dict(TFFTConfig, {"track_threshold": "sometimes"})
     with pytest.raises(ConfigError, match="guard_band_high"):
         from_dict(TFFTConfig, {"guard_band_high": 0.5})
+    assert cfg.track_catch_up is True and from_dict(TFFTConfig, {"track_catch_up": False}).track_catch_up is False
+    with pytest.raises(ConfigError, match="track_catch_up"):
+        from_dict(TFFTConfig, {"track_catch_up": "yes"})

@@ -203,6 +203,9 @@ class TFFTConfig:
         track_gain: gain of the tracking step (0 = the rule's default: 0.2 for ``"mass"``, 0.05
             for ``"quantile"``).
         track_hold: fraction of the final stage during which the threshold only moves up.
+        track_catch_up: right tail, tracking on: a batch whose mass beyond the threshold exceeds
+            ``guard_band_high`` times ``1 - beta`` moves the threshold to the batch's beta-quantile at
+            once (docs/design.md §5.5; ``False``: the bounded tracking step only).
         guard_band_low, guard_band_high: allowed ratio of the on-policy tail mass to ``1 - beta``
             (right) or ``beta`` (left).
         guard_kl_factor: allowed multiple of the KL stage 1 predicts for the on-policy CVaR.
@@ -241,6 +244,7 @@ class TFFTConfig:
     track_threshold: str = "auto"
     track_gain: float = 0.0
     track_hold: float = 0.3
+    track_catch_up: bool = True
     guard_band_low: float = 0.5
     guard_band_high: float = 2.0
     guard_kl_factor: float = 3.0
@@ -276,6 +280,8 @@ class TFFTConfig:
         check_choice(self, "track_threshold", ("auto", "mass", "quantile", "guard", "none"))
         check_number(self, "track_gain", 0, 1)
         check_number(self, "track_hold", 0, 1)
+        if not isinstance(self.track_catch_up, bool):
+            raise ConfigError(f"track_catch_up={self.track_catch_up!r} must be true or false")
         check_number(self, "guard_band_low", 0, 1, low_open=True, high_open=True)
         check_number(self, "guard_band_high", 1, None, low_open=True)
         check_number(self, "guard_kl_factor", 1, None, low_open=True)

@@ -265,7 +265,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         gain = cfg.track_gain or (0.05 if mode == "quantile" else 0.2)
         tcfg = TrackingConfig(mode=mode, gain=gain,
                               hold=cfg.track_hold, band=(cfg.guard_band_low, cfg.guard_band_high),
-                              kl_factor=cfg.guard_kl_factor,
+                              kl_factor=cfg.guard_kl_factor, catch_up=cfg.track_catch_up,
                               a_min=cfg.adaptive_active_fraction if cfg.continuation in ("auto", "adaptive") else None)
         tracker = ThresholdTracker(fin.threshold, tcfg, total_steps=fin.stop - fin.start, smoothing=cfg.smoothing, log=log)
 
@@ -399,10 +399,10 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     tracking = None
     if tracker is not None:
         tracking = {"eta": tracker.eta, "eta_stage1": tracker.eta0, "corrections": tracker.corrections,
-                    "tracked": tracker.tracking,
+                    "catch_ups": tracker.catch_ups, "tracked": tracker.tracking,
                     "flags": list(tracker.flags), "trace": tracker.trace, "trust": trust.message if trust else None,
                     "sampler": cfg.offline_sampler}
         log(f"threshold tracking: eta {tracker.eta0:.5g} (stage 1) -> {tracker.eta:.5g} (self-consistent, on-policy); "
-            f"{tracker.corrections} guard correction(s)")
+            f"{tracker.corrections} guard correction(s), {tracker.catch_ups} catch-up jump(s)")
     return TFFTResult(trainer.final_model(), threshold, stages, trainer.history, rewards_np, timings, trainer,
                       stage1=stage1, refined=refined_thr, tracking=tracking)

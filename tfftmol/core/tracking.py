@@ -31,6 +31,14 @@ both tails; following it would over-tilt the right tail (the runaway again) and 
 left one.  So for the first ``hold`` fraction of the steps ``eta`` may only move *up* from the
 stage-1 value (the direction of the stage-1 bias); afterwards it moves freely.
 
+**Catch-up** (right tail, ``TrackingConfig.catch_up``).  The mass rule climbs by a bounded step; at
+small ``alpha (1 - beta)`` the model can outrun it: with most of the batch beyond ``eta`` the hinge
+is a linear tilt of most of the batch, the whole distribution moves (a runaway), ``eta`` then climbs
+past it, the hinge goes flat and the model collapses back to ``p_pre``, where the gradient spikes of
+the swing leave Adam's second moments inflated and the model frozen (docs/design.md §5.5).  So when
+a batch's mass beyond ``eta`` exceeds the band's upper end, ``eta`` jumps to the batch's
+beta-quantile at once; the fixed point is unchanged.
+
 The dead-hinge continuation is kept: the hinge actually used on a batch is
 ``min(eta, Q_batch(1 - a_min))`` (right) / ``max(eta, Q_batch(a_min))`` (left), as in
 :class:`~tfftmol.core.tfft.AdaptiveHinge`; with ``a_min`` below the target tail mass it
@@ -96,6 +104,8 @@ class TrackingConfig:
         smooth: decay of the exponential averages of the mass and the KL used by the guards.
         warmup: fraction of the steps before the guards are checked.
         patience: consecutive steps a breach may persist (after its correction) before the run stops.
+        catch_up: right tail, tracking on: when a batch's mass beyond ``eta`` exceeds the band's upper
+            end, ``eta`` jumps to the batch's beta-quantile at once (module docstring, "Catch-up").
     """
 
     mode: str = "mass"
@@ -108,6 +118,7 @@ class TrackingConfig:
     smooth: float = 0.9
     warmup: float = 0.5
     patience: int = 60
+    catch_up: bool = True
 
     def __post_init__(self):
         if self.mode not in ("mass", "quantile", "off"):
@@ -190,6 +201,7 @@ class ThresholdTracker(TerminalTransform):
         self.q_avg: Optional[float] = None
         self.steps_seen = 0
         self.corrections = 0
+        self.catch_ups = 0
         self.breach_since: Optional[int] = None
         self.last_correction_step: Optional[int] = None
         self.flags: list[str] = []
@@ -258,6 +270,11 @@ class ThresholdTracker(TerminalTransform):
                 new = self.eta + (step_ if self.tail == "right" else -step_)
             if step < c.hold * self.total:  # early: only away from the over-tilt (up, both tails)
                 new = max(new, self.eta)
+            if c.catch_up and self.tail == "right" and mass > c.band[1] * self.target_mass:
+                # a runaway in the making: the batch is far beyond eta, so the hinge is a linear tilt of
+                # most of the batch; jump to the batch's quantile instead of climbing at the bounded step
+                new = max(new, q)
+                self.catch_ups += 1
             self.eta = float(new)
         rec = {"step": int(step), "eta": self.eta, "eta_used": self.last_eta, "batch_quantile": q,
                "mass_beyond": mass, "mass_avg": self.mass_avg, "kl_avg": self.kl_avg, "kl_limit": self.kl_limit}
@@ -342,7 +359,8 @@ class ThresholdTracker(TerminalTransform):
     def state_dict(self) -> dict:
         return {"eta": self.eta, "tracking": self.tracking, "mass_avg": self.mass_avg, "kl_avg": self.kl_avg,
                 "cvar_avg": self.cvar_avg, "kl_limit": self.kl_limit,
-                "q_avg": self.q_avg, "corrections": self.corrections, "last_correction_step": self.last_correction_step,
+                "q_avg": self.q_avg, "corrections": self.corrections, "catch_ups": self.catch_ups,
+                "last_correction_step": self.last_correction_step,
                 "breach_since": self.breach_since, "flags": list(self.flags), "steps_seen": self.steps_seen}
 
     def load_state_dict(self, d: dict) -> None:
