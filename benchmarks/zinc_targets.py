@@ -100,9 +100,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     path = out / "zinc_targets.csv"
-    if path.exists():  # keep the rows of other (target, method, seed, alpha) runs
+    if path.exists():  # keep the rows of other (target, method, seed, alpha, decoder, steps) runs
         old = pd.read_csv(path)
-        key = ["target", "method", "seed", "alpha", "decode_beam"]
+        key = ["target", "method", "seed", "alpha", "decode_beam", "steps"]
         if "decode_beam" not in old.columns:  # rows written before the decoder had a choice: greedy
             old["decode_beam"] = 1
         old = old[~old.set_index(key).index.isin(df.set_index(key).index)]
