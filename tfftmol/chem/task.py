@@ -544,8 +544,9 @@ class MoleculeTask:
 
     def describe(self, cfg) -> str:
         out = f"model `{cfg.options.model}`"
-        if cfg.options.decode_beam is not None:
-            out += f" (decoder: {'greedy' if cfg.options.decode_beam == 1 else f'beam search, {cfg.options.decode_beam} beams'})"
+        k = cfg.options.decode_beam
+        if k is not None:
+            out += f" (decoder: {'greedy' if k == 1 else f'beam search, {k} beams'})"
         out += f"; reward `{json.dumps(cfg.options.reward)}`"
         if cfg.options.filters is not None:
             from .filters import MedChemFilters

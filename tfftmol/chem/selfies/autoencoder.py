@@ -139,9 +139,9 @@ class SelfiesVAE(nn.Module):
     def beam_search(self, z: torch.Tensor, beam: int, max_len: int | None = None) -> torch.Tensor:
         """Tokens ``(B, max_len + 1)``: per row, the most likely string among ``beam`` beams.
 
-        Scores are summed token log-probabilities (over the emittable tokens); a beam that has emitted ``<eos>`` keeps its
-        score and is padded.  A beam still open at the last position ends with ``<eos>`` there
-        (as in greedy decoding).  ``beam=1`` equals greedy decoding.  Ties between candidates are
+        Scores are summed token log-probabilities (over the emittable tokens); a beam that has
+        emitted ``<eos>`` keeps its score and is padded.  A beam still open at the last position
+        ends with ``<eos>`` there (as in greedy decoding).  ``beam=1`` equals greedy decoding.  Ties between candidates are
         broken by ``torch.topk`` (deterministic on one device).
         """
         K = int(beam)
