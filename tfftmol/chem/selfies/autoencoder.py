@@ -141,8 +141,8 @@ class SelfiesVAE(nn.Module):
 
         Scores are summed token log-probabilities (over the emittable tokens); a beam that has
         emitted ``<eos>`` keeps its score and is padded.  A beam still open at the last position
-        ends with ``<eos>`` there (as in greedy decoding).  ``beam=1`` equals greedy decoding.  Ties between candidates are
-        broken by ``torch.topk`` (deterministic on one device).
+        ends with ``<eos>`` there (as in greedy decoding).  ``beam=1`` equals greedy decoding.  Ties
+        between candidates are broken by ``torch.topk`` (deterministic on one device).
         """
         K = int(beam)
         L = (self.config.max_len if max_len is None else int(max_len)) + 1
