@@ -223,13 +223,19 @@ def test_a_reward_with_no_useful_gradient_moves_its_tail_on_the_value_path():
     Measured at the fast budget (seed 0): eta* 2.336; right-CVaR_0.9 2.072 before, 2.072 after the
     gradient path (KL 0.000), 2.736 after the value path (KL 0.36); the exact target, by importance
     weights on 400k draws of p_pre, 2.946: the value path realises 76% of the gain.
+
+    The threshold's catch-up is off here: this test is about the value path.  With it on (the
+    default) the same run reaches 2.39: on this stair reward the batch's mass beyond eta crosses
+    twice the target on noise (21-23% of 256 while its average sits at 12-14%), eta jumps onto a
+    stair level and tracking then swings (docs/design.md §5.5, a known limit of the catch-up).
     """
     from tfftmol.core.reward import DifferentiableReward
 
     fn = lambda x: torch.floor(4 * x[:, 0]) / 4
     g = circle_gmm()
     rw = ValuesOnly(DifferentiableReward(fn, "stair"))
-    cfg = TFFTConfig(tail="right", beta=0.9, alpha=1.0, offline_samples=20000, bootstrap=0, am=AMConfig(**FAST_AM))
+    cfg = TFFTConfig(tail="right", beta=0.9, alpha=1.0, offline_samples=20000, bootstrap=0, am=AMConfig(**FAST_AM),
+                     track_catch_up=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TfftWarning)
         res = run_tfft(g, rw, cfg, progress=False, log=lambda s: None)
