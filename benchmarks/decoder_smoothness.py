@@ -33,14 +33,7 @@ from tfftmol.chem import moses_metrics as mm  # noqa: E402
 from tfftmol.chem.latent_reward import decoder_smoothness  # noqa: E402
 from tfftmol.chem.rewards import build_reward  # noqa: E402
 from tfftmol.chem.selfies import load_zinc250k, load_zinc_selfies  # noqa: E402
-
-
-def markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r) + " |")
-    return "\n".join(lines)
+from tfftmol.tables import markdown_table  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -92,9 +85,9 @@ def main(argv=None) -> dict:
     samp.to_csv(a.out / f"{stem}_samples.csv", index=False)
     md = [f"# Decoder smoothness of zinc-selfies ({a.n} SDE samples, {a.steps} steps, seed {a.seed})", "",
           "`same`: the decoded molecule is unchanged after the latent moves by scale x N(0, I) (normalised latent); "
-          "`reward_corr`: Pearson correlation of QED before and after.", "", markdown(smooth), "",
+          "`reward_corr`: Pearson correlation of QED before and after.", "", markdown_table(smooth), "",
           f"Samples ({a.n_fcd} SDE samples, one thread; FCD against as many scaffold-split test molecules):", "",
-          markdown(samp), ""]
+          markdown_table(samp), ""]
     (a.out / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(md))
     return {"smoothness": smooth, "samples": samp}
