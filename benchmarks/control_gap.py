@@ -37,7 +37,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from exact_family import case_config, make_case, to_markdown  # noqa: E402
+from exact_family import case_config, make_case  # noqa: E402
+from tfftmol.tables import markdown_table  # noqa: E402
 from tfftmol.core.adjoint import lean_adjoint, path_log_weights  # noqa: E402
 from tfftmol.core.pseudo import PseudoReward  # noqa: E402
 from tfftmol.core.risk import cvar  # noqa: E402
@@ -201,9 +202,9 @@ def main(argv=None):
           f"{a.batch} trajectories per step, {a.time_steps} SDE steps, Adam {a.lr:g}; projections on "
           f"{a.trajectories} on-policy trajectories.  slope = <f, u*> / <u*, u*> (1 = the optimum).", "",
           "## The target under the exact optimal policy (the discrete fixed point's bias)", "",
-          to_markdown(bias) if len(bias) else "(not measured)", "",
-          "## Per run", "", to_markdown(sm), "", "## Per time (mean over runs)", "",
-          to_markdown(df.groupby(["steps", "t"])[["slope_model", "slope_target", "slope_weighted"]].mean().reset_index())]
+          markdown_table(bias) if len(bias) else "(not measured)", "",
+          "## Per run", "", markdown_table(sm), "", "## Per time (mean over runs)", "",
+          markdown_table(df.groupby(["steps", "t"])[["slope_model", "slope_target", "slope_weighted"]].mean().reset_index())]
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     print(f"wrote {out / (stem + '.csv')} and .md")
     return df, sm

@@ -48,6 +48,7 @@ from tfftmol.core.threshold import TfftWarning, solve_threshold  # noqa: E402
 from tfftmol.core.tracking import ThresholdGuardError  # noqa: E402
 from tfftmol.toy2d.gmm import hinge_target_stats, population_threshold, random_gmm  # noqa: E402
 from tfftmol.toy2d.flows import linear_reward  # noqa: E402
+from tfftmol.tables import markdown_table  # noqa: E402
 
 COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft", "cvar_exact", "rel_error",
            "gap_error", "gap_cut", "mass_beyond", "mass_target", "kl_ft", "kl_exact", "kl_ratio", "eta_stage1", "eta_final",
@@ -170,21 +171,6 @@ def per_setting(df: pd.DataFrame) -> pd.DataFrame:
                  flagged=("flagged", "sum")).reset_index()
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        cells = []
-        for c in cols:
-            v = r[c]
-            if isinstance(v, (float, np.floating)):
-                cells.append(f"{v:.4g}" if np.isfinite(v) else "")
-            else:
-                cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=20)
@@ -283,11 +269,11 @@ def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
           "gap_error = (cvar_ft - cvar_exact) / |cvar_exact - cvar_pre| does not.  flagged: a guard fired "
           "(corrected, or stopped the run) or stage 1 reported a near-tie of two thresholds (near_tie, left tail: "
           "the samples cannot tell which is the population optimum); tracked: the threshold was tracked on-policy.\n",
-          "## Targets\n", to_markdown(summary(df)), "\n## Per setting\n", to_markdown(per_setting(df)), "\n"]
+          "## Targets\n", markdown_table(summary(df)), "\n## Per setting\n", markdown_table(per_setting(df)), "\n"]
     if getattr(a, "compare", None):
         base = pd.read_csv(a.compare)
         md += [f"## Against {Path(a.compare).name} (same cases, alphas and tails)\n",
-               to_markdown(compare(base, df)), "\n"]
+               markdown_table(compare(base, df)), "\n"]
     (out / "exact_family.md").write_text("\n".join(md))
 
 

@@ -34,6 +34,7 @@ from tfftmol.core.adjoint import AMConfig  # noqa: E402
 from tfftmol.core.tfft import TFFTConfig  # noqa: E402
 from tfftmol.toy2d.experiment import Toy2DConfig, run_toy2d  # noqa: E402
 from tfftmol.toy2d.gmm import circle_gmm, population_threshold  # noqa: E402
+from tfftmol.tables import markdown_table  # noqa: E402
 
 
 def _weights_tv(x, gmm, target):
@@ -113,18 +114,6 @@ def run_threshold_speed(quick):
     return pd.DataFrame(res["rows"])
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        cells = []
-        for c in cols:
-            v = r[c]
-            cells.append(f"{v:.4g}" if isinstance(v, (float, np.floating)) and np.isfinite(v) else ("" if isinstance(v, float) else str(v)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=2000)
@@ -154,18 +143,18 @@ def main(argv=None):
                         "pretrained_mass_beyond_eta_population", "target_mean", "target_cvar_right_0.9",
                         "target_cvar_left_0.1", "exact_target_own_cvar", "own_cvar_rel_error", "gap_cut_vs_exact",
                         "mean_error", "weight_tv", "stages"] if c in main_t.columns]
-    md.append(to_markdown(main_t[keep]))
+    md.append(markdown_table(main_t[keep]))
     print(main_t[keep].to_string(index=False))
     if not a.skip_continuation:
         ct = run_continuation(a.steps, a.offline, a.eval_samples, a.seed, a.quiet, a.refine)
         ct.to_csv(out / "toy2d_continuation.csv", index=False)
         md.append("\n## Dead-hinge continuation (right tail, beta=0.9, alpha=0.5)\n")
-        md.append(to_markdown(ct))
+        md.append(markdown_table(ct))
         print(ct.to_string(index=False))
     ts = run_threshold_speed(a.quick)
     ts.to_csv(out / "toy2d_threshold_speed.csv", index=False)
     md.append("\n## Threshold solve: exact sort-based solver vs scipy bounded search\n")
-    md.append(to_markdown(ts))
+    md.append(markdown_table(ts))
     print(ts.to_string(index=False))
     md.append(f"\nTotal benchmark time {time.perf_counter() - t0:.0f} s.\n")
     (out / "toy2d.md").write_text("\n".join(md))

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from tfftmol.core.config import load_yaml, merge  # noqa: E402
 from tfftmol.tuning import load_tune_config, run_study  # noqa: E402
+from tfftmol.tables import markdown_table  # noqa: E402
 
 COLUMNS = ["part", "study", "workers", "trials", "objective", "constraint", "default_beta", "default_alpha",
            "default_value", "best_trial", "best_beta", "best_alpha", "best_value", "gain", "best_constraint_metric",
@@ -167,20 +168,6 @@ def worker_speedup(cfg_data: dict, n_trials: int, out: Path, log, repeats: int =
     return rows
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    def fmt(v):
-        if v is None or (isinstance(v, float) and v != v):
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny budgets (the tests run this)")
@@ -236,12 +223,12 @@ def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
     sp = workers["speedup"].dropna()
     md = ["# Tuning with Optuna (`benchmarks/tuning.py" + (" --quick" if q else "") + "`)", "",
           "Best feasible trial against the default config (trial 0 of each study), on the study's objective; "
-          "wall times on a 2-core CPU shared with other jobs.", "", _markdown(studies), "",
+          "wall times on a 2-core CPU shared with other jobs.", "", markdown_table(studies), "",
           "One worker against two `tfftmol tune` processes sharing one SQLite study "
           "(`speedup`: trial throughput between the first trial's start and the last trial's end; `wall_speedup`: "
           "from launch to the last worker's exit, process start-up included; the settings alternate so that both "
           "see the same drift in the machine's load):", "",
-          _markdown(workers), "",
+          markdown_table(workers), "",
           f"Mean speed-up from 2 workers: {sp.mean():.2f} (throughput), "
           f"{workers['wall_speedup'].dropna().mean():.2f} (wall time). `cpu_share` is a trial's CPU time over its "
           "wall time in its worker (1 = a core of its own); `load_avg_1min` is the machine's load when the "

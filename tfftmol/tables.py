@@ -8,10 +8,12 @@ __all__ = ["markdown_table"]
 
 
 def markdown_table(df: Any, floatfmt: str = "{:.4g}") -> str:
-    """A pandas DataFrame as a GitHub markdown table; NaN prints as an empty cell."""
+    """A pandas DataFrame as a GitHub markdown table; NaN and None print as an empty cell."""
     import numpy as np
 
     def fmt(v):
+        if v is None:
+            return ""
         if isinstance(v, (float, np.floating)):
             return "" if math.isnan(v) else floatfmt.format(v)
         return str(v)
