@@ -10,8 +10,8 @@ pre-trained model's gap to the target closed):
 
 * right, beta=0.9, alpha=1: right-CVaR_0.9 2.19 -> 2.68 (target 2.94; gap cut 0.65), mass
   above eta* 0.009 -> 0.066 (target 0.10), left-CVaR_0.1 moved by 0.03;
-* left, beta=0.1, alpha=1: left-CVaR_0.1 -2.18 -> 0.84 (target 0.88; gap cut 0.98), mass
-  below eta* 0.098 (target 0.10);
+* left, beta=0.1, alpha=1, 600 steps: left-CVaR_0.1 -2.18 -> 0.83 (target 0.88; gap cut 0.98-0.99
+  over seeds 0-3), mass below eta* 0.099-0.106 (target 0.10);
 * starved right, alpha=0.5: mass above eta* 0.0003 -> 0.024 (80x).
 
 The assertions use those figures with head-room; tight absolute figures come from
@@ -40,9 +40,10 @@ FAST_AM = dict(steps=300, batch_size=256, time_steps=30, loss_time_steps=10, hid
                ema=0.95)
 
 
-def _run(tail, beta, alpha, logs=None, **kw):
+def _run(tail, beta, alpha, logs=None, steps=None, **kw):
     g = circle_gmm()
-    cfg = TFFTConfig(tail=tail, beta=beta, alpha=alpha, offline_samples=20000, bootstrap=0, am=AMConfig(**FAST_AM), **kw)
+    am = AMConfig(**dict(FAST_AM, **({"steps": steps} if steps else {})))
+    cfg = TFFTConfig(tail=tail, beta=beta, alpha=alpha, offline_samples=20000, bootstrap=0, am=am, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TfftWarning)
         res = run_tfft(g, linear_reward(W), cfg, progress=False, log=(logs.append if logs is not None else lambda s: None))
@@ -69,7 +70,9 @@ def right_run():
 
 @pytest.fixture(scope="module")
 def left_run():
-    return _run("left", 0.1, 1.0)
+    # 600 steps: at 300 the left tail is still in an overshoot transient (seeds 0-5: mass below eta*
+    # 0.056-0.078, mean gap cut 1.01-1.05); at 600 seeds 0-3 give mass 0.099-0.106 and gap cut 0.98-0.99
+    return _run("left", 0.1, 1.0, steps=600)
 
 
 @pytest.mark.slow  # the 300-step right_run fixture: 75 s
@@ -92,7 +95,7 @@ def test_right_tail_leaves_the_left_tail_alone(right_run):
     assert abs(d_left) < 0.25 * d_right
 
 
-@pytest.mark.slow  # the 300-step left_run fixture: 74 s
+@pytest.mark.slow  # the 600-step left_run fixture: 30 s
 def test_left_tail_moves_to_the_exact_target(left_run):
     g, res, x0, x, xt, eta = left_run
     assert res.threshold.eta == pytest.approx(eta, abs=0.05)
@@ -101,7 +104,7 @@ def test_left_tail_moves_to_the_exact_target(left_run):
     assert 0.07 < _mass(x, eta, "left") < 0.13  # target 0.10
 
 
-@pytest.mark.slow  # the 300-step left_run fixture: 74 s
+@pytest.mark.slow  # the 600-step left_run fixture: 30 s
 def test_left_tail_does_not_inflate_the_right_tail(left_run):
     g, res, x0, x, xt, eta = left_run
     d_right = cvar(x, 0.9, "right") - cvar(x0, 0.9, "right")
