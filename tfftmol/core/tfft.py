@@ -18,8 +18,8 @@ resumes.  :class:`TFFTResult` keeps the stage-1 threshold and the refined one
 
 ``track_threshold`` (default ``"auto"``): in the final stage the threshold follows the
 on-policy self-consistency condition ``P_model(r > eta) = 1 - beta`` whose root is the
-exact ``eta*`` (:mod:`tfftmol.core.tracking`), when stage 1 is not trustworthy on the
-right tail; guards on the on-policy tail mass and the KL run in every mode and stop a
+exact ``eta*`` (:mod:`tfftmol.core.tracking`) on the right tail, whose stage-1 estimate is
+biased low; guards on the on-policy tail mass and the KL run in every mode and stop a
 run they cannot correct (:class:`~tfftmol.core.tracking.ThresholdGuardError`).
 """
 from __future__ import annotations
@@ -259,7 +259,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         log(trust.message)
         fin = stages[-1]
         mode = {"mass": "mass", "quantile": "quantile", "guard": "off",
-                "auto": "mass" if (cfg.tail == "right" and not trust.trusted) else "off"}[cfg.track_threshold]
+                "auto": "mass" if cfg.tail == "right" else "off"}[cfg.track_threshold]
         log(f"threshold tracking: {'on-policy (mass rule)' if mode == 'mass' else mode if mode == 'quantile' else 'off, guards on'}"
             f" (track_threshold={cfg.track_threshold!r})")
         gain = cfg.track_gain or (0.05 if mode == "quantile" else 0.2)
