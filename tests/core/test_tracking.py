@@ -181,6 +181,33 @@ def test_starved_right_tail_with_a_low_stage1_eta_ends_in_the_band(starved_run):
     assert any("threshold tracking" in s for s in logs)
 
 
+def test_auto_tracks_a_right_tail_whose_trusted_stage1_is_biased_low():
+    """Case 4 at alpha 1: the bootstrap calls stage 1 trustworthy, yet its eta* is low enough to over-tilt.
+
+    Measured (400 steps, exponential adjoint): with the threshold kept (``"guard"``) the run ends with mass
+    0.142 beyond the population eta* and 1.8x the exact KL; ``"auto"`` tracks and ends at 0.103 and 1.05x.
+    """
+    g, w = _case(4)
+    alpha, beta = 1.0, 0.9
+    cfg = TFFTConfig(tail="right", beta=beta, alpha=alpha, offline_samples=10000, offline_steps=20, bootstrap=50, seed=4,
+                     am=AMConfig(steps=400, batch_size=256, time_steps=20, loss_time_steps=10, lr=2e-3, grad_clip=0.0,
+                                 ema=0.95, seed=4, adjoint_integrator="exponential"))
+    logs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TfftWarning)
+        res = run_tfft(g, linear_reward([float(v) for v in w]), cfg, progress=False, log=logs.append)
+    eta_pop, _ = population_threshold(g, w, alpha, beta, "right")
+    exact = hinge_target_stats(g, w, eta_pop, alpha, beta, "right")
+    eta1 = res.tracking["eta_stage1"]
+    assert any("trustworthy" in s and "too wide" not in s for s in logs)  # the construction: stage 1 is trusted ...
+    assert hinge_target_stats(g, w, eta1, alpha, beta, "right")["mass_beyond"] > 0.13  # ... and its target over-tilts
+    assert any("on-policy (mass rule) (track_threshold='auto')" in s for s in logs)
+    x = sample_sde(res.model, 20000, 20, generator=torch.Generator().manual_seed(1)).double().numpy()
+    mass = float((x @ w > eta_pop).mean())
+    assert 0.07 <= mass <= 0.13, mass
+    assert estimate_kl(res.model, g, 2000, 20, seed=2) <= 1.5 * exact["kl"]
+
+
 def test_guards_fire_on_a_run_built_to_run_away():
     """Tracking off ('guard'), stage 1 biased low at alpha 0.25: the model runs into the tail and a guard fires."""
     g, w = _case(2)
