@@ -22,7 +22,7 @@ fine-tuned model on SDE samples:
 Writes ``benchmarks/results/exact_family.csv`` and ``.md``.  ``--track none`` runs the same
 family without tracking (the behaviour before issue 15), for comparison.
 
-    python benchmarks/exact_family.py [--cases 20] [--steps 300] [--quick] [--out benchmarks/results]
+    python benchmarks/exact_family.py [--cases 20] [--steps 1600] [--quick] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -177,10 +177,10 @@ def main(argv=None):
     p.add_argument("--first-case", type=int, default=0)
     p.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     p.add_argument("--tails", nargs="+", default=["right", "left"])
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--time-steps", type=int, default=30)
+    p.add_argument("--time-steps", type=int, default=20)
     p.add_argument("--offline", type=int, default=10000)
     p.add_argument("--eval-samples", type=int, default=20000)
     p.add_argument("--kl-samples", type=int, default=2000)
@@ -188,7 +188,7 @@ def main(argv=None):
     p.add_argument("--track", nargs="+", default=["auto"], choices=["auto", "mass", "quantile", "guard", "none"])
     p.add_argument("--path-weights", type=float, default=0.0,
                    help="AMConfig.path_weights (ESS floor of the path-weighted regression; 0 = off)")
-    p.add_argument("--adjoint-integrator", default="euler", choices=["euler", "exponential"],
+    p.add_argument("--adjoint-integrator", default="exponential", choices=["euler", "exponential"],
                    help="AMConfig.adjoint_integrator (docs/design.md §4.7)")
     p.add_argument("--quick", action="store_true", help="one case, alpha 1, 10 steps (used by the tests)")
     p.add_argument("--append", action="store_true", help="add rows to an existing CSV (runs split in chunks)")
