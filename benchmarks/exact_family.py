@@ -149,6 +149,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
             "median |rel_error|": float(a.median()), "worst |rel_error|": float(a.max()),
             "median |gap_error|": float(d["gap_error"].abs().median()),
             "cases with |cvar_exact| < 0.1": int((d["cvar_exact"].abs() < 0.1).sum()),
+            "worst |rel_error| where |cvar_exact| >= 0.1": float(a[d["cvar_exact"].abs() >= 0.1].max()),
+            "worst |gap_error|": float(d["gap_error"].abs().max()),
             "mass in [0.07, 0.13]": float(band.mean()),
             "max kl_ft / kl_exact": float(d["kl_ratio"].max()),
             "runs with kl_ft > 1.5 kl_exact": int((d["kl_ratio"] > 1.5).sum()),
