@@ -27,7 +27,6 @@ family without tracking (the behaviour before issue 15), for comparison.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path

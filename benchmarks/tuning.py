@@ -42,7 +42,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from tfftmol.core.config import load_yaml, merge  # noqa: E402
-from tfftmol.tuning import load_tune_config, run_study  # noqa: E402
+from tfftmol.tuning import run_study  # noqa: E402
 from tfftmol.tables import markdown_table  # noqa: E402
 
 COLUMNS = ["part", "study", "workers", "trials", "objective", "constraint", "default_beta", "default_alpha",
