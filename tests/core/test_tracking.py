@@ -150,18 +150,24 @@ def test_a_lagging_left_tail_keeps_its_threshold_and_says_so_but_an_over_tilted_
     assert over.corrections == 1 and over.tracking and over.eta > s1.eta  # the 0.1-quantile lies above eta
 
 
-@pytest.fixture(scope="module")
-def starved_run():
-    g, w = _case(4)
-    alpha, beta = 0.5, 0.9
-    cfg = TFFTConfig(tail="right", beta=beta, alpha=alpha, offline_samples=10000, offline_steps=20, bootstrap=50, seed=4,
-                     am=AMConfig(steps=300, batch_size=256, time_steps=20, loss_time_steps=10, lr=2e-3, grad_clip=0.0,
-                                 ema=0.95, seed=4))
+def _right_run(case, alpha, steps, bootstrap=50, track="auto", **am):
+    """TFFT right-CVaR_0.9 on exact-family case ``case`` at the test budget; returns (mixture, w, result, log)."""
+    g, w = _case(case)
+    cfg = TFFTConfig(tail="right", beta=0.9, alpha=alpha, offline_samples=10000, offline_steps=20, bootstrap=bootstrap,
+                     seed=case, track_threshold=track,
+                     am=AMConfig(steps=steps, batch_size=256, time_steps=20, loss_time_steps=10, lr=2e-3, grad_clip=0.0,
+                                 ema=0.95, seed=case, **am))
     logs = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TfftWarning)
         res = run_tfft(g, linear_reward([float(v) for v in w]), cfg, progress=False, log=logs.append)
-    return g, w, alpha, beta, res, logs
+    return g, w, res, logs
+
+
+@pytest.fixture(scope="module")
+def starved_run():
+    g, w, res, logs = _right_run(4, 0.5, 300)
+    return g, w, 0.5, 0.9, res, logs
 
 
 def test_starved_right_tail_with_a_low_stage1_eta_ends_in_the_band(starved_run):
@@ -187,15 +193,8 @@ def test_auto_tracks_a_right_tail_whose_trusted_stage1_is_biased_low():
     Measured (400 steps, exponential adjoint): with the threshold kept (``"guard"``) the run ends with mass
     0.142 beyond the population eta* and 1.8x the exact KL; ``"auto"`` tracks and ends at 0.103 and 1.05x.
     """
-    g, w = _case(4)
     alpha, beta = 1.0, 0.9
-    cfg = TFFTConfig(tail="right", beta=beta, alpha=alpha, offline_samples=10000, offline_steps=20, bootstrap=50, seed=4,
-                     am=AMConfig(steps=400, batch_size=256, time_steps=20, loss_time_steps=10, lr=2e-3, grad_clip=0.0,
-                                 ema=0.95, seed=4, adjoint_integrator="exponential"))
-    logs = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TfftWarning)
-        res = run_tfft(g, linear_reward([float(v) for v in w]), cfg, progress=False, log=logs.append)
+    g, w, res, logs = _right_run(4, alpha, 400, adjoint_integrator="exponential")
     eta_pop, _ = population_threshold(g, w, alpha, beta, "right")
     exact = hinge_target_stats(g, w, eta_pop, alpha, beta, "right")
     eta1 = res.tracking["eta_stage1"]
@@ -210,20 +209,11 @@ def test_auto_tracks_a_right_tail_whose_trusted_stage1_is_biased_low():
 
 def test_guards_fire_on_a_run_built_to_run_away():
     """Tracking off ('guard'), stage 1 biased low at alpha 0.25: the model runs into the tail and a guard fires."""
-    g, w = _case(2)
-    cfg = TFFTConfig(tail="right", beta=0.9, alpha=0.25, offline_samples=10000, offline_steps=20, bootstrap=0, seed=2,
-                     track_threshold="guard",
-                     am=AMConfig(steps=200, batch_size=256, time_steps=20, loss_time_steps=10, lr=2e-3, grad_clip=0.0,
-                                 ema=0.95, seed=2))
-    logs = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TfftWarning)
-        try:
-            res = run_tfft(g, linear_reward([float(v) for v in w]), cfg, progress=False, log=logs.append)
-            flags = res.tracking["flags"]
-        except ThresholdGuardError as err:
-            flags = [str(err)]
-            assert err.trainer is not None
+    try:
+        flags = _right_run(2, 0.25, 200, bootstrap=0, track="guard")[2].tracking["flags"]
+    except ThresholdGuardError as err:
+        flags = [str(err)]
+        assert err.trainer is not None
     assert flags and any("guard" in f or "stopped" in f for f in flags)
     assert any(("on-policy mass above" in f) or ("KL estimate" in f) for f in flags)
 
