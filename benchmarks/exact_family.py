@@ -30,6 +30,7 @@ import argparse
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -51,8 +52,8 @@ from tfftmol.tables import markdown_table  # noqa: E402
 
 COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft", "cvar_exact", "rel_error",
            "gap_error", "gap_cut", "mass_beyond", "mass_target", "kl_ft", "kl_exact", "kl_ratio", "eta_stage1", "eta_final",
-           "eta_exact", "stage1_runaway_mass", "tracked", "corrections", "flagged", "near_tie", "stopped", "sampler", "track",
-           "steps", "path_weights", "adjoint_integrator", "wall_s"]
+           "eta_exact", "stage1_runaway_mass", "tracked", "corrections", "flagged", "near_tie", "stopped", "sampler",
+           "offline_steps", "offline_n", "track", "steps", "path_weights", "adjoint_integrator", "wall_s"]
 
 
 def make_case(case: int, w_norm: float = 0.25):
@@ -64,10 +65,10 @@ def make_case(case: int, w_norm: float = 0.25):
 
 def case_config(case: int, alpha: float, tail: str, steps: int, offline: int, time_steps: int, track: str,
                 batch: int = 256, lr: float = 2e-3, path_weights: float = 0.0,
-                adjoint_integrator: str = "euler") -> TFFTConfig:
-    """The TFFT settings of one run of the family."""
+                adjoint_integrator: str = "euler", offline_steps: Optional[int] = None) -> TFFTConfig:
+    """The TFFT settings of one run of the family (``offline_steps`` None: the SDE's ``time_steps``)."""
     return TFFTConfig(tail=tail, beta=0.9 if tail == "right" else 0.1, alpha=alpha, offline_samples=offline,
-                      offline_steps=time_steps, bootstrap=50, seed=case, track_threshold=track,
+                      offline_steps=offline_steps or time_steps, bootstrap=50, seed=case, track_threshold=track,
                       am=AMConfig(steps=steps, batch_size=batch, time_steps=time_steps, loss_time_steps=10,
                                   path_weights=path_weights, adjoint_integrator=adjoint_integrator,
                                   lr=lr, grad_clip=0.0, ema=0.95, seed=case))
@@ -90,11 +91,12 @@ def stage1_near_tie(case: int, cfg: TFFTConfig, w_norm: float) -> bool:
 
 def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_samples: int, kl_samples: int,
             time_steps: int, track: str, w_norm: float, batch: int = 256, lr: float = 2e-3, log=None,
-            path_weights: float = 0.0, adjoint_integrator: str = "euler") -> dict:
+            path_weights: float = 0.0, adjoint_integrator: str = "euler", offline_steps: Optional[int] = None) -> dict:
     beta = 0.9 if tail == "right" else 0.1
     g, w = make_case(case, w_norm)
     reward = linear_reward([float(v) for v in w])
-    cfg = case_config(case, alpha, tail, steps, offline, time_steps, track, batch, lr, path_weights, adjoint_integrator)
+    cfg = case_config(case, alpha, tail, steps, offline, time_steps, track, batch, lr, path_weights, adjoint_integrator,
+                      offline_steps)
     t0 = time.perf_counter()
     stopped = False
     with warnings.catch_warnings():
@@ -102,8 +104,9 @@ def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_s
         try:
             res = run_tfft(g, reward, cfg, progress=False, log=log or (lambda s: None))
             model, tracking, stage1 = res.model, res.tracking, res.stage1
+            n_off = int(res.offline_rewards.size)
         except ThresholdGuardError as err:  # stopped by a guard: evaluate the model where it stopped
-            stopped = True
+            stopped, n_off = True, None
             model, stage1 = err.trainer.final_model(), None
             tracking = {"eta": err.quantities["eta"], "eta_stage1": err.quantities["eta_stage1"],
                         "corrections": err.quantities["corrections"], "flags": [str(err)]}
@@ -131,7 +134,8 @@ def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_s
         "eta_stage1": eta1, "eta_final": tracking["eta"] if tracking else eta1, "eta_exact": eta,
         "stage1_runaway_mass": runaway, "tracked": bool(tracking and tracking.get("tracked", True)),
         "corrections": corrections, "flagged": bool(corrections or stopped or near_tie), "near_tie": near_tie,
-        "stopped": stopped, "sampler": cfg.offline_sampler, "track": track, "steps": steps,
+        "stopped": stopped, "sampler": cfg.offline_sampler, "offline_steps": cfg.offline_steps,
+        "offline_n": n_off, "track": track, "steps": steps,
         "path_weights": path_weights, "adjoint_integrator": adjoint_integrator, "wall_s": wall,
     }
 
@@ -183,6 +187,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--time-steps", type=int, default=20)
     p.add_argument("--offline", type=int, default=10000)
+    p.add_argument("--offline-steps", type=int, default=50,
+                   help="SDE steps of the offline batch (TFFTConfig.offline_steps; default the library's 50)")
     p.add_argument("--eval-samples", type=int, default=20000)
     p.add_argument("--kl-samples", type=int, default=2000)
     p.add_argument("--w-norm", type=float, default=0.25)
@@ -209,9 +215,10 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         df = pd.concat([pd.read_csv(f) for f in a.report_only], ignore_index=True)
         if a.refresh_flags:
-            ties = [stage1_near_tie(int(r.case), case_config(int(r.case), float(r.alpha), r.tail, int(r.steps),
-                                                             a.offline, a.time_steps, r.track), a.w_norm)
-                    for r in df.itertuples()]
+            ties = [stage1_near_tie(int(r.case), case_config(
+                int(r.case), float(r.alpha), r.tail, int(r.steps), a.offline, a.time_steps, r.track,
+                offline_steps=int(r.offline_steps) if pd.notna(getattr(r, "offline_steps", None)) else None),
+                a.w_norm) for r in df.itertuples()]
             df["near_tie"] = ties
             df["flagged"] = df["flagged"].astype(bool) | df["near_tie"]
             df = df[[c for c in COLUMNS if c in df.columns]]
@@ -231,7 +238,7 @@ def main(argv=None):
                 for tail in a.tails:
                     row = run_one(case, alpha, tail, a.steps, a.offline, a.eval_samples, a.kl_samples, a.time_steps,
                                   track, a.w_norm, a.batch, a.lr, path_weights=a.path_weights,
-                                  adjoint_integrator=a.adjoint_integrator)
+                                  adjoint_integrator=a.adjoint_integrator, offline_steps=a.offline_steps)
                     rows.append(row)
                     if not a.quiet:
                         print(f"[{time.perf_counter() - t0:6.0f}s] case {case} alpha {alpha:g} {tail:5s} {track}: "
@@ -254,12 +261,21 @@ def main(argv=None):
     return df
 
 
+def _offline_steps(df: pd.DataFrame, a) -> str:
+    """The offline batch's SDE steps as the rows record them (older rows: the SDE's ``time_steps``)."""
+    if "offline_steps" not in df:
+        return str(a.time_steps)
+    vals = sorted({int(v) if pd.notna(v) else a.time_steps for v in df["offline_steps"]})
+    return "/".join(str(v) for v in vals)
+
+
 def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
     md = [f"# Exact-family benchmark (issue 15)\n",
           f"{df['case'].nunique()} random 2D Gaussian mixtures (2-6 components), r = w·x with |w| = {a.w_norm:g}, "
           f"alpha in {sorted(df['alpha'].unique().tolist())}, right tail beta 0.9 and left tail beta 0.1; "
           f"{a.steps} Adjoint Matching steps (batch {a.batch}, {a.time_steps} SDE steps, 10 loss times, Adam {a.lr:g}, "
-          f"EMA 0.95), offline batch M = {a.offline} ({df['sampler'].iloc[0]}), evaluation on {a.eval_samples} SDE "
+          f"EMA 0.95), offline batch M = {a.offline} ({df['sampler'].iloc[0]}, {_offline_steps(df, a)} steps; doubled up to "
+          f"4x while stage 1 sees a near-tie, TFFTConfig.near_tie_samples), evaluation on {a.eval_samples} SDE "
           f"samples, KL on {a.kl_samples}. Exact values at the population eta*."
           + (f" Path-weighted regression (AMConfig.path_weights = {a.path_weights:g}, docs/design.md §4.6)."
              if a.path_weights > 0 else "")

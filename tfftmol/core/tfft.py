@@ -29,6 +29,7 @@ import hashlib
 import json
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -46,7 +47,7 @@ from .offline import model_fingerprint, offline_batch
 from .pseudo import AdaptiveHinge, PseudoReward, TerminalTransform
 from .reward import TerminalReward, reward_cache_key, reward_hook
 from .settings import AMConfig, TFFTConfig
-from .threshold import ThresholdResult
+from .threshold import ThresholdResult, TfftWarning, solve_threshold
 from .tracking import ThresholdGuardError, ThresholdTracker, TrackingConfig, threshold_trust
 from .reward_check import check_reward
 from .validate import check_flow_model
@@ -159,6 +160,41 @@ def _threshold_from_json(template: ThresholdResult, d: dict) -> ThresholdResult:
     return dataclasses.replace(template, **kw)
 
 
+def _resolve_near_tie(base: FlowModel, reward: TerminalReward, cfg: TFFTConfig, x_off, v_off, valid_off, *,
+                      cache_dir, device, cond_sampler, progress: bool, log: Callable[[str], None]):
+    """Left tail: grow the offline batch while stage 1 sees a near-tie, up to ``cfg.near_tie_samples`` times.
+
+    ``G`` can have two local maxima whose values differ by less than their sampling error (a bimodal
+    reward); the sampled argmax then picks either by chance, and stage 2 follows the one picked
+    (docs/design.md §2.9).  Each round adds as many fresh samples as the batch holds (new seeds, so
+    the cache keys differ) and solves again; the returned batch is the largest drawn.
+    """
+    n0 = cfg.offline_samples
+    k = 1
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TfftWarning)
+            res = solve_threshold(v_off.numpy().astype(np.float64), cfg.beta, cfg.alpha, cfg.tail,
+                                  min_active_fraction=0.0)
+        if res.near_tie is None:
+            if k > 1:
+                log(f"stage 1 near-tie resolved on {k * n0} samples: eta*={res.eta:.6g}")
+            return x_off, v_off, valid_off
+        if k >= cfg.near_tie_samples:
+            if k > 1:
+                log(f"stage 1 near-tie still within sampling error on {k * n0} samples "
+                    f"(near_tie_samples={cfg.near_tie_samples}): eta*={res.eta:.6g}, rival eta={res.near_tie:.6g}")
+            return x_off, v_off, valid_off
+        add = min(k, cfg.near_tie_samples - k) * n0
+        seed = cfg.seed + 7919 * k
+        log(f"stage 1 near-tie on {k * n0} samples: eta*={res.eta:.6g} and eta={res.near_tie:.6g}; "
+            f"drawing {add} more offline samples (seed {seed}) to tell them apart")
+        x2, v2, ok2, _ = offline_batch(base, reward, add, cfg.offline_steps, cfg.offline_sampler, seed, cache_dir,
+                                       device=device, cond_sampler=cond_sampler, progress=progress, log=log)
+        x_off, v_off, valid_off = torch.cat([x_off, x2]), torch.cat([v_off, v2]), torch.cat([valid_off, ok2])
+        k += add // n0
+
+
 def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cache_dir: str | Path | None = None,
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100, resume: bool = True,
              device: str | torch.device = "cpu", progress: bool = True, cond_sampler=None,
@@ -220,9 +256,14 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             base, reward, cfg.offline_samples, cfg.offline_steps, cfg.offline_sampler, cfg.seed, cache_dir,
             device=device, cond_sampler=cond_sampler, progress=progress, log=log)
         rewards_np = v_off.numpy().astype(np.float64)
-        timings["offline"] = time.perf_counter() - t0
         log(f"offline batch: {len(rewards_np)} samples ({'cached' if cached else 'sampled'}), "
             f"valid {valid_off.float().mean():.1%}, mean reward {rewards_np.mean():.4g}")
+        if cfg.method == "tfft" and objective == "tail" and not custom and cfg.tail == "left":
+            x_off, v_off, valid_off = _resolve_near_tie(
+                base, reward, cfg, x_off, v_off, valid_off, cache_dir=cache_dir, device=device,
+                cond_sampler=cond_sampler, progress=progress, log=log)
+            rewards_np = v_off.numpy().astype(np.float64)
+        timings["offline"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     stage1 = refined_thr = None
     if objective != "tail":  # stage 1 of the spectral or constrained objective, on the offline batch
