@@ -80,14 +80,16 @@ def test_hold_only_lets_eta_rise_early_and_the_batch_floor_keeps_the_hinge_alive
 
 
 def test_catch_up_jumps_a_right_tail_eta_to_the_batch_quantile_when_the_batch_runs_past_it():
-    """Half of the batch beyond eta (band high end: 2 x 0.1): eta jumps to the batch's 0.9-quantile at once;
-    without catch-up it climbs by the bounded Robbins-Monro step only; a batch inside the band never jumps."""
+    """Half of the batch beyond eta (band high end: 2 x 0.1): with ``catch_up_batches=1`` eta jumps to the
+    batch's 0.9-quantile at once; without catch-up it climbs by the bounded Robbins-Monro step only; a batch
+    inside the band never jumps."""
     g, w = _case(4)
     s1 = _stage1(g, w, 0.5, 0.9, "right")
     r = s1.eta + torch.randn(256, generator=torch.Generator().manual_seed(0)).double()  # about 50% beyond eta
     q = float(torch.quantile(r, 0.9))
     for catch_up in (True, False):
-        tr = ThresholdTracker(s1, TrackingConfig(catch_up=catch_up), total_steps=100, log=lambda s: None)
+        tr = ThresholdTracker(s1, TrackingConfig(catch_up=catch_up, catch_up_batches=1), total_steps=100,
+                              log=lambda s: None)
         tr.grad(r)
         tr.update(0)
         if catch_up:
@@ -102,6 +104,39 @@ def test_catch_up_jumps_a_right_tail_eta_to_the_batch_quantile_when_the_batch_ru
     tr.grad(inside)
     tr.update(0)
     assert tr.catch_ups == 0 and tr.eta < s1.eta + 0.01
+
+
+def test_catch_up_waits_for_consecutive_batches_beyond_the_band():
+    """Default ``catch_up_batches=2``: one batch past the band only takes the bounded step; a second one in a
+    row jumps to its quantile; a batch inside the band in between starts the count again."""
+    g, w = _case(4)
+    s1 = _stage1(g, w, 0.5, 0.9, "right")
+
+    def high(eta, seed):  # about half of the batch beyond the current eta
+        return eta + torch.randn(256, generator=torch.Generator().manual_seed(seed)).double()
+
+    def inside(eta):      # 26 of 256 beyond eta: inside the band
+        r = torch.full((256,), eta - 1.0, dtype=torch.float64)
+        r[:26] = eta + 0.5
+        return r
+
+    tr = ThresholdTracker(s1, TrackingConfig(), total_steps=100, log=lambda s: None)
+    tr.grad(high(tr.eta, 0))
+    tr.update(0)
+    assert tr.catch_ups == 0 and tr.high_run == 1
+    r2 = high(tr.eta, 1)
+    tr.grad(r2)
+    tr.update(1)
+    assert tr.catch_ups == 1 and tr.eta == pytest.approx(float(torch.quantile(r2, 0.9)), abs=1e-9)
+
+    tr = ThresholdTracker(s1, TrackingConfig(), total_steps=100, log=lambda s: None)
+    for step, r in enumerate((high(tr.eta, 0), inside(tr.eta), high(tr.eta, 2))):
+        tr.grad(r)
+        tr.update(step)
+    assert tr.catch_ups == 0 and tr.high_run == 1
+    assert tr.state_dict()["high_run"] == 1
+    with pytest.raises(ValueError, match="catch_up_batches=0"):
+        TrackingConfig(catch_up_batches=0)
 
 
 def test_guard_stops_a_run_that_cannot_be_corrected_and_names_the_quantities():
@@ -236,5 +271,8 @@ def test_config_defaults_and_validation():
     with pytest.raises(ConfigError, match="guard_band_high"):
         from_dict(TFFTConfig, {"guard_band_high": 0.5})
     assert cfg.track_catch_up is True and from_dict(TFFTConfig, {"track_catch_up": False}).track_catch_up is False
+    assert cfg.track_catch_up_batches == 2
+    with pytest.raises(ConfigError, match="track_catch_up_batches=0 must be an integer >= 1"):
+        from_dict(TFFTConfig, {"track_catch_up_batches": 0})
     with pytest.raises(ConfigError, match="track_catch_up"):
         from_dict(TFFTConfig, {"track_catch_up": "yes"})

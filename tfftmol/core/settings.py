@@ -213,6 +213,9 @@ class TFFTConfig:
         track_catch_up: right tail, tracking on: a batch whose mass beyond the threshold exceeds
             ``guard_band_high`` times ``1 - beta`` moves the threshold to the batch's beta-quantile at
             once (docs/design.md §5.5; ``False``: the bounded tracking step only).
+        track_catch_up_batches: consecutive batches that must exceed that mass before the jump (1 = any
+            single batch, the earlier rule; default 2: a runaway persists, a batch of 64 crossing on noise
+            does not).
         guard_band_low, guard_band_high: allowed ratio of the on-policy tail mass to ``1 - beta``
             (right) or ``beta`` (left).
         guard_kl_factor: allowed multiple of the KL stage 1 predicts for the on-policy CVaR.
@@ -253,6 +256,7 @@ class TFFTConfig:
     track_gain: float = 0.0
     track_hold: float = 0.3
     track_catch_up: bool = True
+    track_catch_up_batches: int = 2
     guard_band_low: float = 0.5
     guard_band_high: float = 2.0
     guard_kl_factor: float = 3.0
@@ -291,6 +295,7 @@ class TFFTConfig:
         check_number(self, "track_hold", 0, 1)
         if not isinstance(self.track_catch_up, bool):
             raise ConfigError(f"track_catch_up={self.track_catch_up!r} must be true or false")
+        check_int(self, "track_catch_up_batches", low=1)
         check_number(self, "guard_band_low", 0, 1, low_open=True, high_open=True)
         check_number(self, "guard_band_high", 1, None, low_open=True)
         check_number(self, "guard_kl_factor", 1, None, low_open=True)

@@ -307,6 +307,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         tcfg = TrackingConfig(mode=mode, gain=gain,
                               hold=cfg.track_hold, band=(cfg.guard_band_low, cfg.guard_band_high),
                               kl_factor=cfg.guard_kl_factor, catch_up=cfg.track_catch_up,
+                              catch_up_batches=cfg.track_catch_up_batches,
                               a_min=cfg.adaptive_active_fraction if cfg.continuation in ("auto", "adaptive") else None)
         tracker = ThresholdTracker(fin.threshold, tcfg, total_steps=fin.stop - fin.start, smoothing=cfg.smoothing, log=log)
 
