@@ -65,10 +65,12 @@ def make_case(case: int, w_norm: float = 0.25):
 
 def case_config(case: int, alpha: float, tail: str, steps: int, offline: int, time_steps: int, track: str,
                 batch: int = 256, lr: float = 2e-3, path_weights: float = 0.0,
-                adjoint_integrator: str = "euler", offline_steps: Optional[int] = None) -> TFFTConfig:
+                adjoint_integrator: str = "euler", offline_steps: Optional[int] = None,
+                catch_up_batches: int = 2) -> TFFTConfig:
     """The TFFT settings of one run of the family (``offline_steps`` None: the SDE's ``time_steps``)."""
     return TFFTConfig(tail=tail, beta=0.9 if tail == "right" else 0.1, alpha=alpha, offline_samples=offline,
                       offline_steps=offline_steps or time_steps, bootstrap=50, seed=case, track_threshold=track,
+                      track_catch_up_batches=catch_up_batches,
                       am=AMConfig(steps=steps, batch_size=batch, time_steps=time_steps, loss_time_steps=10,
                                   path_weights=path_weights, adjoint_integrator=adjoint_integrator,
                                   lr=lr, grad_clip=0.0, ema=0.95, seed=case))
@@ -91,12 +93,13 @@ def stage1_near_tie(case: int, cfg: TFFTConfig, w_norm: float) -> bool:
 
 def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_samples: int, kl_samples: int,
             time_steps: int, track: str, w_norm: float, batch: int = 256, lr: float = 2e-3, log=None,
-            path_weights: float = 0.0, adjoint_integrator: str = "euler", offline_steps: Optional[int] = None) -> dict:
+            path_weights: float = 0.0, adjoint_integrator: str = "euler", offline_steps: Optional[int] = None,
+            catch_up_batches: int = 2) -> dict:
     beta = 0.9 if tail == "right" else 0.1
     g, w = make_case(case, w_norm)
     reward = linear_reward([float(v) for v in w])
     cfg = case_config(case, alpha, tail, steps, offline, time_steps, track, batch, lr, path_weights, adjoint_integrator,
-                      offline_steps)
+                      offline_steps, catch_up_batches)
     t0 = time.perf_counter()
     stopped = False
     with warnings.catch_warnings():
@@ -197,6 +200,8 @@ def main(argv=None):
                    help="AMConfig.path_weights (ESS floor of the path-weighted regression; 0 = off)")
     p.add_argument("--adjoint-integrator", default="exponential", choices=["euler", "exponential"],
                    help="AMConfig.adjoint_integrator (docs/design.md §4.7)")
+    p.add_argument("--catch-up-batches", type=int, default=2,
+                   help="TFFTConfig.track_catch_up_batches (1 = the earlier one-batch catch-up)")
     p.add_argument("--quick", action="store_true", help="one case, alpha 1, 10 steps (used by the tests)")
     p.add_argument("--append", action="store_true", help="add rows to an existing CSV (runs split in chunks)")
     p.add_argument("--out", default=str(HERE / "results"))
@@ -238,7 +243,8 @@ def main(argv=None):
                 for tail in a.tails:
                     row = run_one(case, alpha, tail, a.steps, a.offline, a.eval_samples, a.kl_samples, a.time_steps,
                                   track, a.w_norm, a.batch, a.lr, path_weights=a.path_weights,
-                                  adjoint_integrator=a.adjoint_integrator, offline_steps=a.offline_steps)
+                                  adjoint_integrator=a.adjoint_integrator, offline_steps=a.offline_steps,
+                                  catch_up_batches=a.catch_up_batches)
                     rows.append(row)
                     if not a.quiet:
                         print(f"[{time.perf_counter() - t0:6.0f}s] case {case} alpha {alpha:g} {tail:5s} {track}: "

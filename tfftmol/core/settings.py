@@ -165,8 +165,8 @@ class TFFTConfig:
             within sampling error (a bimodal reward; :func:`tfftmol.core.threshold.solve_threshold`'s
             ``near_tie``), the offline batch is doubled, with fresh seeds, until the tie resolves or the
             batch reaches this many times ``offline_samples`` (1 = off).  Measured on the exact family
-            (case 11, alpha 1): on 10,000 samples the argmax picks either basin by chance (eta -0.82
-            or the population's 0.18); on 40,000 it picks the population's in 3 of 3 seeds.
+            (case 11, alpha 1, 50 SDE steps): on 10,000 samples the argmax picks either basin by chance
+            (eta -0.82 or the population's 0.18); on 40,000 it picks the population's in 3 of 3 seeds.
         bootstrap: bootstrap resamples for the interval on ``eta*`` (0 = off).
         smoothing: softplus temperature of the hinge (0 = exact hinge, the default).
         continuation: ``"auto"``, ``"alpha"``, ``"beta"`` or ``"none"``.
