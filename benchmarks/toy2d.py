@@ -29,7 +29,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from tfftmol.core.adjoint import AMConfig  # noqa: E402
+from tfftmol.core.estimators import estimate_kl  # noqa: E402
+from tfftmol.core.risk import cvar  # noqa: E402
+from tfftmol.core.samplers import sample_sde  # noqa: E402
 from tfftmol.core.tfft import TFFTConfig  # noqa: E402
+from tfftmol.core.tracking import ThresholdGuardError  # noqa: E402
 from tfftmol.toy2d.experiment import Toy2DConfig, run_toy2d  # noqa: E402
 from tfftmol.toy2d.gmm import circle_gmm, population_threshold  # noqa: E402
 from tfftmol.tables import markdown_table  # noqa: E402
@@ -97,12 +101,24 @@ def run_continuation(steps, offline, eval_samples, seed, quiet, refine=20000):
                           tfft=TFFTConfig(offline_samples=offline, continuation=cont, refine_threshold=rmode, bootstrap=0, refine_samples=refine,
                                           am=AMConfig(steps=steps, batch_size=256, loss_time_steps=0, hidden=128,
                                                       lr=1e-3, grad_clip=0.0, ema=0.99)))
-        table, extras = run_toy2d(cfg, out_dir=None, progress=not quiet, log=(lambda s: None) if quiet else print)
+        t0 = time.perf_counter()
+        try:
+            table, extras = run_toy2d(cfg, out_dir=None, progress=not quiet, log=(lambda s: None) if quiet else print)
+        except ThresholdGuardError as err:  # stopped by a guard: evaluate the model where it stopped
+            model = err.trainer.final_model().eval()
+            x = sample_sde(model, eval_samples, 100, generator=torch.Generator().manual_seed(seed + 12345))  # run_toy2d's
+            r1 = x[:, 0].double().numpy()
+            rows.append({"continuation": cont, "refine_threshold": rmode, "eta_used": err.quantities["eta"],
+                         "eta_population": eta_pop, "cvar_right_0.9": cvar(r1, 0.9, "right"),
+                         "mass_beyond_eta_population": float((r1 > eta_pop).mean()),
+                         "kl": estimate_kl(model, g, min(2000, eval_samples), 100, seed=seed),
+                         "wall_s": time.perf_counter() - t0, "stages": None, "stopped": True})
+            continue
         r = table[table.method == "tfft-right"].iloc[0]
         r1 = extras["rewards"]["tfft-right"]
         rows.append({"continuation": cont, "refine_threshold": rmode, "eta_used": r["eta"], "eta_population": eta_pop,
                      "cvar_right_0.9": r["cvar_right_0.9"], "mass_beyond_eta_population": float((r1 > eta_pop).mean()),
-                     "kl": r["kl"], "wall_s": r["wall_s"], "stages": r["stages"]})
+                     "kl": r["kl"], "wall_s": r["wall_s"], "stages": r["stages"], "stopped": False})
     return pd.DataFrame(rows)
 
 
@@ -121,6 +137,8 @@ def main(argv=None):
     p.add_argument("--refine", type=int, default=20000, help="samples for the threshold refinement")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip-continuation", action="store_true")
+    p.add_argument("--only-continuation", action="store_true",
+                   help="only the dead-hinge continuation ablation (writes toy2d_continuation.csv)")
     p.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.5])
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--quiet", action="store_true")
@@ -131,6 +149,11 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if a.only_continuation:
+        ct = run_continuation(a.steps, a.offline, a.eval_samples, a.seed, a.quiet, a.refine)
+        ct.to_csv(out / "toy2d_continuation.csv", index=False)
+        print(ct.to_string(index=False))
+        return ct
     main_t = run_main(a.steps, a.offline, a.eval_samples, a.alphas, a.seed, out, a.quiet, a.refine)
     main_t.to_csv(out / "toy2d.csv", index=False)
     md = [f"# toy2d benchmark\n\nExact 6-component circle GMM flow, r(x) = x_1, {a.steps} Adjoint Matching steps "
