@@ -106,7 +106,8 @@ def run_continuation(steps, offline, eval_samples, seed, quiet, refine=20000):
             table, extras = run_toy2d(cfg, out_dir=None, progress=not quiet, log=(lambda s: None) if quiet else print)
         except ThresholdGuardError as err:  # stopped by a guard: evaluate the model where it stopped
             model = err.trainer.final_model().eval()
-            x = sample_sde(model, eval_samples, 100, generator=torch.Generator().manual_seed(seed + 12345))  # run_toy2d's
+            # the evaluation noise run_toy2d draws for every method (its generator is seeded with seed + 12345)
+            x = sample_sde(model, eval_samples, 100, generator=torch.Generator().manual_seed(seed + 12345))
             r1 = x[:, 0].double().numpy()
             rows.append({"continuation": cont, "refine_threshold": rmode, "eta_used": err.quantities["eta"],
                          "eta_population": eta_pop, "cvar_right_0.9": cvar(r1, 0.9, "right"),
