@@ -50,7 +50,7 @@ from tfftmol.chem.selfies.loader import CARD_PATH, WEIGHTS_PATH, save_zinc_selfi
 
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["ae", "flow", "export"])
+    ap.add_argument("stage", choices=["prepare", "ae", "flow", "export"])
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "zinc")
     ap.add_argument("--out", type=Path, default=WEIGHTS_PATH)
     ap.add_argument("--card", type=Path, default=CARD_PATH)
@@ -73,6 +73,13 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--beta", type=float, default=0.2, help="KL weight (on the summed token cross-entropy)")
     ap.add_argument("--beta-warmup", type=float, default=0.25, help="fraction of the run to ramp beta from 0")
     ap.add_argument("--eval-n", type=int, default=400)
+    ap.add_argument("--data", choices=["zinc250k", "moses"], default="zinc250k",
+                    help="training data: the processed ZINC250k copy as it ships, or its MOSES view (neutral forms, "
+                         "MOSES filters passed; tfftmol.chem.selfies.data.moses_view), built by the prepare stage")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="ae: start the VAE from the one in this zinc-selfies safetensors file (a fresh optimizer "
+                         "and schedule); ignored when a checkpoint is resumed")
+    ap.add_argument("--processes", type=int, default=2, help="prepare: worker processes of the filter scan")
     # flow
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--depth", type=int, default=3)
@@ -107,11 +114,44 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
 
 
-def tokens_for(run_dir: Path, vocab: SelfiesVocab, split: str) -> torch.Tensor:
+def prepare(args) -> None:
+    """Build ``<run-dir>/moses.csv.gz``, the MOSES view of every split (once; about 12 minutes on 2 processes)."""
+    from tfftmol.chem.selfies.data import moses_view
+
+    path = args.run_dir / "moses.csv.gz"
+    if path.exists():
+        print(f"{path} exists")
+        return
+    t0 = time.time()
+    raw = load_zinc250k()
+    view = moses_view(raw, processes=args.processes)
+    tmp = path.with_name(path.name + ".tmp")
+    view.to_csv(tmp, index=False, compression="gzip")
+    os.replace(tmp, path)
+    sizes = view["split"].value_counts().to_dict()
+    log(args.run_dir, "prepare", f"MOSES view: {len(view)} of {len(raw)} molecules kept ({len(view) / len(raw):.3f}); "
+        f"splits {sizes}; {time.time() - t0:.0f} s")
+
+
+def frame_for(run_dir: Path, split: str, data: str):
+    """The training frame of one split: the shipped copy, or the MOSES view built by ``prepare``."""
+    if data == "zinc250k":
+        return load_zinc250k(split)
+    import pandas as pd
+
+    path = run_dir / "moses.csv.gz"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run the prepare stage first (scripts/pretrain_zinc.py prepare "
+                         f"--run-dir {run_dir})")
+    df = pd.read_csv(path, dtype={"smiles": str, "selfies": str, "split": str}, keep_default_na=False)
+    return df[df["split"] == split].reset_index(drop=True)
+
+
+def tokens_for(run_dir: Path, vocab: SelfiesVocab, split: str, data: str = "zinc250k") -> torch.Tensor:
     path = run_dir / f"tokens_{split}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    tok = vocab.encode(load_zinc250k(split)["selfies"].tolist()).to(torch.uint8 if len(vocab) < 256 else torch.long)
+    tok = vocab.encode(frame_for(run_dir, split, data)["selfies"].tolist()).to(torch.uint8 if len(vocab) < 256 else torch.long)
     save_atomic(tok, path)
     return tok
 
@@ -152,8 +192,8 @@ def train_ae(args) -> None:
     vocab = SelfiesVocab.load()
     cfg = VAEConfig(vocab_size=len(vocab), max_len=vocab.max_len, emb_dim=args.emb_dim, enc_hidden=args.enc_hidden,
                     dec_hidden=args.dec_hidden, latent_dim=args.latent_dim)
-    tok = tokens_for(run, vocab, "train")
-    valid = load_zinc250k("valid")
+    tok = tokens_for(run, vocab, "train", args.data)
+    valid = frame_for(run, "valid", args.data)
     g_eval = np.random.default_rng(0).choice(len(valid), size=min(args.eval_n, len(valid)), replace=False)
     vtok = vocab.encode(valid["selfies"].iloc[g_eval].tolist())
     vsmi = valid["smiles"].iloc[g_eval].tolist()
@@ -176,8 +216,19 @@ def train_ae(args) -> None:
         torch.set_rng_state(ck["rng"])
         log(run, "ae", f"resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
     else:
+        if args.init_from is not None:
+            from tfftmol.chem.selfies.loader import load_zinc_selfies
+
+            start = load_zinc_selfies(path=args.init_from).vae
+            if start.config.to_dict() != cfg.to_dict():
+                raise SystemExit(f"--init-from {args.init_from}: VAE config {start.config.to_dict()} differs "
+                                 f"from {cfg.to_dict()}")
+            model.load_state_dict(start.state_dict())
+            ema.load_state_dict(start.state_dict())
+            log(run, "ae", f"VAE initialised from {args.init_from}")
         n_par = sum(p.numel() for p in model.parameters())
-        log(run, "ae", f"VAE {cfg.to_dict()} parameters={n_par} train={len(tok)} batch={bs} lr={lr} beta={args.beta}")
+        log(run, "ae", f"VAE {cfg.to_dict()} parameters={n_par} data={args.data} train={len(tok)} batch={bs} "
+            f"lr={lr} beta={args.beta}")
     perm = torch.randperm(len(tok), generator=torch.Generator().manual_seed(args.seed + state["epoch"]))
     budget = args.budget_minutes * 60
     t_start = time.time() - state["elapsed"]
@@ -238,12 +289,13 @@ def train_ae(args) -> None:
 
 
 @torch.no_grad()
-def encode_train(run: Path, vae: SelfiesVAE, vocab: SelfiesVocab, n_encode: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_train(run: Path, vae: SelfiesVAE, vocab: SelfiesVocab, n_encode: int = 0,
+                 data: str = "zinc250k") -> tuple[torch.Tensor, torch.Tensor]:
     path = run / "latents_train.pt"
     if path.exists():
         d = torch.load(path, weights_only=True)
         return d["mu"], d["logvar"]
-    tok = tokens_for(run, vocab, "train")
+    tok = tokens_for(run, vocab, "train", data)
     if n_encode and n_encode < len(tok):
         tok = tok[torch.randperm(len(tok), generator=torch.Generator().manual_seed(0))[:n_encode]]
     mus, lvs = [], []
@@ -268,7 +320,7 @@ def train_flow(args) -> None:
     run = args.run_dir
     vae, vocab, ae_state = load_vae(run)
     t_enc = time.time()
-    mu, logvar = encode_train(run, vae, vocab, args.n_encode)
+    mu, logvar = encode_train(run, vae, vocab, args.n_encode, args.data)
     sig = torch.exp(0.5 * logvar)
     if args.x1 == "mean":  # the flow learns the posterior means only (decoded latents sit on the data's codes)
         sig = torch.zeros_like(sig)
@@ -300,7 +352,7 @@ def train_flow(args) -> None:
     budget = args.budget_minutes * 60
     t_start = time.time() - state["elapsed"]
     last_ckpt = time.time()
-    train_smiles = set(load_zinc250k("train")["smiles"])
+    train_smiles = set(frame_for(run, "train", args.data)["smiles"])
 
     def progress() -> float:
         p = []
@@ -410,7 +462,7 @@ def main(argv=None) -> None:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     from rdkit import RDLogger
     RDLogger.DisableLog("rdApp.*")
-    {"ae": train_ae, "flow": train_flow, "export": export}[args.stage](args)
+    {"prepare": prepare, "ae": train_ae, "flow": train_flow, "export": export}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,27 @@ def test_selfies_round_trip_on_processed_data():
     assert [d.smiles for d in dec] == df["smiles"].tolist()
 
 
+def test_moses_view_neutralises_filters_and_keeps_the_split():
+    """Known answers: protonated amines and carboxylates come back neutral, nitro keeps its charges
+    (and so fails the charge rule), an aldehyde fails MCF, an 8-ring fails the ring rule; what is kept
+    re-encodes to a SELFIES that decodes to the neutral SMILES."""
+    from tfftmol.chem.selfies.data import moses_view, neutralise
+
+    assert neutralise("CC[NH+](C)C") == "CCN(C)C"
+    assert neutralise("O=C([O-])c1ccccc1") == "O=C(O)c1ccccc1"
+    assert neutralise("C[N+](=O)[O-]") == "C[N+](=O)[O-]"
+    assert neutralise("not a smiles") is None
+    import pandas as pd
+    df = pd.DataFrame({"smiles": ["CC[NH+](C)C", "O=C([O-])c1ccccc1", "O=[N+]([O-])c1ccccc1", "CC=O",
+                                  "C1CCCCCCC1", "CC(=O)Nc1ccc(O)cc1"],
+                       "selfies": [""] * 6, "split": ["train", "train", "train", "valid", "test", "test"]})
+    view = moses_view(df)
+    assert view["smiles"].tolist() == ["CCN(C)C", "O=C(O)c1ccccc1", "CC(=O)Nc1ccc(O)cc1"]
+    assert view["split"].tolist() == ["train", "train", "test"]
+    assert [decode_selfies(s).smiles for s in view["selfies"]] == view["smiles"].tolist()
+    assert all(mm.passes_filters(s) for s in view["smiles"])
+
+
 def test_vocab_errors_name_the_bad_value():
     vocab = SelfiesVocab.load()
     with pytest.raises(ValueError, match=r"\[Xx\]"):
