@@ -307,3 +307,18 @@ def test_quick_benchmark_runs(tmp_path):
     assert sorted(set(sm["latents"])) == ["encoded test molecules", "model samples"]
     for _, d in sm.groupby("latents"):  # a larger move keeps fewer molecules
         assert d.sort_values("scale")["same"].is_monotonic_decreasing, d
+
+
+def test_quick_benchmark_against_the_moses_view(tmp_path):
+    """``--reference moses``: the data row is the MOSES view of the training split, so it passes every
+    filter and is not novel against the neutral training forms; the random row is far from both."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.zinc_model import main
+    main(["--quick", "--reference", "moses", "--no-fcd", "--out-dir", str(tmp_path), "--threads", "1",
+          "--cache-dir", str(tmp_path / "cache")])
+    import pandas as pd
+    rows = pd.read_csv(tmp_path / "zinc_model_quick.csv").set_index("model")
+    assert rows.loc["data (train)", "filters"] == 1.0 and rows.loc["data (train)", "novelty"] == 0.0
+    assert rows.loc["random-selfies", "novelty"] == 1.0
+    assert rows.loc["data (train)", "snn"] > rows.loc["random-selfies", "snn"]
+    assert "MOSES view" in (tmp_path / "zinc_model_quick.md").read_text()
