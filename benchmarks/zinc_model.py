@@ -54,7 +54,9 @@ from tfftmol.chem.selfies.loader import CARD_PATH, load_zinc_selfies  # noqa: E4
 from tfftmol.tables import markdown_table  # noqa: E402
 
 RDLogger.DisableLog("rdApp.*")
-DEFAULT_STEPS = 30
+# 10 Euler steps of the latent ODE: the step sweep (--sweep, zinc_model.sweep.csv) finds the same validity,
+# uniqueness, novelty, FCD (11.57 vs 11.53 at 30 steps on 2,000 samples) and filter rate, at a third of the flow's cost
+DEFAULT_STEPS = 10
 DEFAULT_SAMPLER = "ode"
 TARGETS = {"validity": (">=", 0.995), "unique@10k": (">=", 0.99), "novelty": (">=", 0.90), "fcd": ("<=", 2.0),
            "filters": (">=", 0.95), "mol_per_s_parallel": (">=", 2000.0)}
