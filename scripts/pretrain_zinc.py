@@ -4,6 +4,15 @@
     python scripts/pretrain_zinc.py flow --run-dir runs/zinc --budget-minutes 12
     python scripts/pretrain_zinc.py export --run-dir runs/zinc     # (flow does this at its end too)
 
+On the MOSES view of the data (neutral forms, MOSES filters passed; what MOSES
+itself trains on), continuing from the shipped VAE:
+
+    python scripts/pretrain_zinc.py prepare --run-dir runs/zinc-moses            # ~10 min on 2 processes
+    python scripts/pretrain_zinc.py ae --run-dir runs/zinc-moses --data moses \
+        --init-from tfftmol/chem/weights/zinc-selfies.safetensors --beta-warmup 0 --budget-minutes 105
+    python scripts/pretrain_zinc.py flow --run-dir runs/zinc-moses --data moses --budget-minutes 10 \
+        --out runs/zinc-moses/zinc-selfies.safetensors --card runs/zinc-moses/zinc-selfies.card.json
+
 ``ae``: the VAE of :mod:`tfftmol.chem.selfies.autoencoder` on the training split
 of the processed ZINC250k copy (teacher forcing, summed token cross-entropy +
 ``beta * KL``, beta warmed up linearly over the first ``--beta-warmup`` of the
@@ -419,6 +428,11 @@ def export(args) -> None:
     path = save_zinc_selfies(model, args.out)
     card = json.loads(args.card.read_text()) if args.card.exists() else {}
     ae_args = ae_ck.get("args", {})
+    data = ae_args.get("data", "zinc250k")
+    n_train = len(tokens_for(run, vocab, "train", data))
+    data_note = ({"training_data": "the MOSES view of the training split (tfftmol.chem.selfies.data.moses_view: "
+                                   "RDKit Uncharger neutral forms, MOSES filters passed; built by the prepare stage)",
+                  "n_train": n_train} if data == "moses" else {"training_data": "the training split", "n_train": n_train})
     card.update({
         "name": "zinc-selfies",
         "description": "Drug-like molecular flow: a SELFIES VAE (bi-GRU encoder, GRU decoder, greedy decoding) "
@@ -429,7 +443,7 @@ def export(args) -> None:
                  **{k: v for k, v in json.loads((ROOT / "tfftmol/chem/data/zinc250k_alphabet.json").read_text()).items()
                     if k != "alphabet"},
                  "vocab_size": len(vocab), "split": "deepchem ScaffoldSplitter 80/10/10",
-                 "smiles": "canonical, non-isomeric (stereochemistry removed)"},
+                 "smiles": "canonical, non-isomeric (stereochemistry removed)", **data_note},
         "model": {"vae": vae.config.to_dict(), "flow": net.config.to_dict(),
                   "parameters_vae": sum(p.numel() for p in vae.parameters()),
                   "parameters_flow": sum(p.numel() for p in net.parameters()),
@@ -437,9 +451,10 @@ def export(args) -> None:
                   "decoding": "greedy (argmax), deterministic"},
         "training": {
             "ae": {"steps": ae_ck["state"]["step"],
-                   "epochs": round(ae_ck["state"]["step"] * (int(ae_args.get("batch_size") or 0) or 128)
-                                   / int(json.loads((ROOT / "tfftmol/chem/data/zinc250k_alphabet.json").read_text())
-                                         ["split_sizes"]["train"]), 2),
+                   "epochs": round(ae_ck["state"]["step"] * (int(ae_args.get("batch_size") or 0) or 128) / n_train, 2),
+                   **({"init_from": "the VAE of the zinc-selfies file " + Path(ae_args["init_from"]).name
+                                    + " (its steps and history are not counted here)"}
+                      if ae_args.get("init_from") not in (None, "None") else {}),
                    "wall_minutes": round(ae_ck["state"]["elapsed"] / 60, 1),
                    "batch_size": int(ae_args.get("batch_size") or 0) or 128, "lr": ae_args.get("lr"), "beta": ae_args.get("beta"),
                    "beta_warmup": ae_args.get("beta_warmup"), "budget_minutes": ae_args.get("budget_minutes"),
