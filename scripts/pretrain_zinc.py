@@ -473,6 +473,9 @@ def export(args) -> None:
 
 def main(argv=None) -> None:
     args = parse(argv)
+    if args.stage in ("ae", "flow") and not (args.steps > 0 or args.budget_minutes > 0):
+        raise SystemExit(f"{args.stage}: give --steps or --budget-minutes (> 0; got {args.steps} and "
+                         f"{args.budget_minutes}), or the stage would never end")
     torch.set_num_threads(args.threads)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     from rdkit import RDLogger

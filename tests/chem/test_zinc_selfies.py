@@ -322,3 +322,39 @@ def test_quick_benchmark_against_the_moses_view(tmp_path):
     assert rows.loc["random-selfies", "novelty"] == 1.0
     assert rows.loc["data (train)", "snn"] > rows.loc["random-selfies", "snn"]
     assert "MOSES view" in (tmp_path / "zinc_model_quick.md").read_text()
+
+
+def test_pretrain_script_moses_view_init_from_and_export(tmp_path):
+    """The training script on a tiny MOSES view: ``--init-from`` carries the shipped VAE over (all 64 latent
+    dimensions in use and posterior standard deviations near the shipped 0.63, where a fresh VAE after the
+    same 3 steps uses a few dimensions at sigma near 1), a different VAE size is refused, a run with neither
+    a step count nor a budget is refused, and the exported file loads, samples and names its data."""
+    import pandas as pd
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pretrain_zinc
+    from tfftmol.chem.selfies.data import moses_view
+    df = pd.concat([load_zinc250k(s).head(60) for s in ("train", "valid", "test")])
+    for name in ("warm", "fresh", "bad"):
+        (tmp_path / name).mkdir()
+        moses_view(df).to_csv(tmp_path / name / "moses.csv.gz", index=False, compression="gzip")
+    common = ["--data", "moses", "--steps", "3", "--warmup", "1", "--beta-warmup", "0", "--eval-n", "40"]
+    pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "warm"), "--init-from", str(WEIGHTS_PATH), *common])
+    pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "fresh"), *common])
+    ev = {k: torch.load(tmp_path / k / "ae_ckpt.pt", weights_only=True)["state"]["history"][-1]
+          for k in ("warm", "fresh")}
+    assert ev["warm"]["active_dims"] >= 60 > 20 > ev["fresh"]["active_dims"], ev
+    assert ev["warm"]["mean_sigma"] < 0.75 < 0.9 < ev["fresh"]["mean_sigma"], ev
+    with pytest.raises(SystemExit, match="differs"):
+        pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "bad"), "--init-from", str(WEIGHTS_PATH),
+                            "--latent-dim", "32", *common])
+    out, card = tmp_path / "warm" / "w.safetensors", tmp_path / "warm" / "card.json"
+    pretrain_zinc.main(["flow", "--run-dir", str(tmp_path / "warm"), "--data", "moses", "--steps", "3",
+                        "--eval-n", "8", "--out", str(out), "--card", str(card)])
+    assert load_zinc_selfies(path=out).sample(4, seed=0).validity == 1.0
+    c = json.loads(card.read_text())
+    assert "MOSES view" in c["data"]["training_data"] and c["data"]["n_train"] == int((pd.read_csv(
+        tmp_path / "warm" / "moses.csv.gz")["split"] == "train").sum())
+    with pytest.raises(SystemExit, match="prepare"):
+        pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "none"), *common])
+    with pytest.raises(SystemExit, match="--steps or --budget-minutes"):
+        pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "fresh"), "--data", "moses"])
