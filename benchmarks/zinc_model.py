@@ -329,7 +329,7 @@ def main(argv=None) -> dict:
           f"Reference: {len(ref_smiles)} molecules of the scaffold-split test set"
           + (" (its MOSES view: neutral forms, MOSES filters passed); novelty vs the neutral forms of the training "
              "split; data row from the MOSES view of the training split." if args.reference == "moses"
-             else "; novelty vs the training split.") + "",
+             else "; novelty vs the training split."), "",
           markdown_table(df[cols].set_index("model").T.reset_index().rename(columns={"index": "metric"})),
           "", "| target | required | measured | reached |", "|---|---|---|---|"]
     for k, c in checks.items():
@@ -367,7 +367,8 @@ def main(argv=None) -> dict:
             "greedy decoding, one CPU thread; validity = RDKit-sanitisable, non-empty, one fragment; "
             "unique@k over the first k valid; novelty vs the training split; IntDiv1, SNN, Frag, Scaf, FCD "
             f"(ChemNet of fcd 1.2.2) and property Wasserstein distances vs {len(ref_smiles)} molecules of the "
-            "scaffold-split test set (a scaffold split makes Scaf near 0 even for training data); filters = MOSES "
+            + ("MOSES view (neutral forms, MOSES filters passed) of the " if args.reference == "moses" else "")
+            + "scaffold-split test set (a scaffold split makes Scaf near 0 even for training data); filters = MOSES "
             "rules (MCF + PAINS + ring < 8 + allowed atoms + no formal charge), filters_no_charge_rule without the "
             "charge rule (ZINC250k keeps protonated amines/carboxylates); recon_exact_test = greedy reconstruction "
             "from the posterior mean, exact canonical SMILES; mol_per_s_parallel = sampling + decoding to canonical "
