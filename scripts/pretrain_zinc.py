@@ -7,7 +7,7 @@
 On the MOSES view of the data (neutral forms, MOSES filters passed; what MOSES
 itself trains on), continuing from the shipped VAE:
 
-    python scripts/pretrain_zinc.py prepare --run-dir runs/zinc-moses            # ~10 min on 2 processes
+    python scripts/pretrain_zinc.py prepare --run-dir runs/zinc-moses            # ~9.5 min on 2 processes
     python scripts/pretrain_zinc.py ae --run-dir runs/zinc-moses --data moses \
         --init-from tfftmol/chem/weights/zinc-selfies.safetensors --beta-warmup 0 --budget-minutes 105
     python scripts/pretrain_zinc.py flow --run-dir runs/zinc-moses --data moses --budget-minutes 10 \
@@ -124,7 +124,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def prepare(args) -> None:
-    """Build ``<run-dir>/moses.csv.gz``, the MOSES view of every split (once; about 12 minutes on 2 processes)."""
+    """Build ``<run-dir>/moses.csv.gz``, the MOSES view of every split (once; about 9.5 minutes on 2 processes)."""
     from tfftmol.chem.selfies.data import moses_view
 
     path = args.run_dir / "moses.csv.gz"

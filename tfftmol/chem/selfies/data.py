@@ -43,7 +43,7 @@ def load_zinc250k(split: Optional[str] = None) -> pd.DataFrame:
 
 def neutralise(smiles: str) -> Optional[str]:
     """The neutral form of a molecule (RDKit ``Uncharger``: protonated amines and carboxylates
-    back to their neutral forms; zwitterion-free groups such as nitro keep their charges), as a
+    back to their neutral forms; groups whose charges cannot be removed, such as nitro, keep them), as a
     canonical non-isomeric SMILES; ``None`` if the SMILES does not parse.
 
     ZINC stores molecules in their pH-7 protonation states, so about 28% of its SMILES carry a
@@ -82,8 +82,8 @@ def moses_view(df: pd.DataFrame, processes: int = 1) -> pd.DataFrame:
     (:func:`tfftmol.chem.moses_metrics.filter_flags`, formal-charge rule included), with its
     SELFIES re-encoded.  The ``split`` column is kept, so the scaffold split carries over.
 
-    This is how MOSES built its own dataset from ZINC (filters and neutral forms); a model trained
-    on this view can reach the MOSES filter pass rates.  About 6 ms per molecule (the MCF and PAINS
+    This is how MOSES built its own dataset from ZINC (filters and neutral forms): a model trained
+    on this view sees only molecules that pass the filters.  About 6 ms per molecule (the MCF and PAINS
     substructure scans); ``processes`` > 1 spreads them over worker processes.
     """
     smiles = df["smiles"].tolist()
