@@ -333,10 +333,10 @@ def test_pretrain_script_moses_view_init_from_and_export(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     import pretrain_zinc
     from tfftmol.chem.selfies.data import moses_view
-    df = pd.concat([load_zinc250k(s).head(60) for s in ("train", "valid", "test")])
+    view = moses_view(pd.concat([load_zinc250k(s).head(60) for s in ("train", "valid", "test")]))
     for name in ("warm", "fresh", "bad"):
         (tmp_path / name).mkdir()
-        moses_view(df).to_csv(tmp_path / name / "moses.csv.gz", index=False, compression="gzip")
+        view.to_csv(tmp_path / name / "moses.csv.gz", index=False, compression="gzip")
     common = ["--data", "moses", "--steps", "3", "--warmup", "1", "--beta-warmup", "0", "--eval-n", "40"]
     pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "warm"), "--init-from", str(WEIGHTS_PATH), *common])
     pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "fresh"), *common])

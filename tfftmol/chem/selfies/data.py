@@ -53,12 +53,19 @@ def neutralise(smiles: str) -> Optional[str]:
     ('CN', 'CC(=O)O', 'C[N+](=O)[O-]')
     """
     from rdkit import Chem
-    from rdkit.Chem.MolStandardize import rdMolStandardize
 
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         return None
-    return Chem.MolToSmiles(rdMolStandardize.Uncharger().uncharge(mol), isomericSmiles=False)
+    return Chem.MolToSmiles(_uncharger().uncharge(mol), isomericSmiles=False)
+
+
+@lru_cache(maxsize=1)
+def _uncharger():
+    """One RDKit ``Uncharger`` per process (it is stateless; :func:`neutralise` runs per molecule)."""
+    from rdkit.Chem.MolStandardize import rdMolStandardize
+
+    return rdMolStandardize.Uncharger()
 
 
 def _moses_row(smiles: str) -> tuple[str, str, bool]:
