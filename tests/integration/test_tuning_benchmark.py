@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow  # 146 s: three small studies plus 1 vs 2 workers
+pytestmark = pytest.mark.slow  # ~150 s: three small studies, a seed re-run, 1 vs 2 workers
 
 
 def test_tuning_benchmark_quick(tmp_path):
@@ -28,6 +28,18 @@ def test_tuning_benchmark_quick(tmp_path):
         assert r["wall_per_trial_s"] > 0 and r["trials"] == (4 if r is toy else 2)
     assert toy["best_constraint_metric"] <= 0.5  # KL constraint of configs/tune_toy2d.yaml
     assert mol["best_constraint_metric"] >= 0.5  # validity constraint of the quick budget
+    # the molecular study's best and default are re-run on one more seed (quick): means over 2 seeds
+    assert mol["confirm_seeds"] == 2 and math.isnan(toy["confirm_seeds"])
+    assert math.isclose(mol["confirmed_gain"], mol["best_mean"] - mol["default_mean"])
+    assert math.isclose(mol["confirm_spread"], math.hypot(mol["default_std"], mol["best_std"]))
+    rerun_default = 2 * mol["default_mean"] - mol["default_value"]   # the seed-1 value of the default
+    assert math.isclose(mol["default_std"], abs(rerun_default - mol["default_value"]) / math.sqrt(2), rel_tol=1e-6)
+    if (mol["best_beta"], mol["best_alpha"]) == (0.9, 0.1):
+        assert mol["confirm_verdict"] == "best is the default" and mol["best_mean"] == mol["default_mean"]
+    else:
+        assert mol["confirm_verdict"].split(";")[0] in (
+            "beats the default beyond the spread", "within the spread", "below the default")
+    assert "confirmed_gain" in (tmp_path / "tuning.md").read_text()
     w1, w2 = saved.iloc[2], saved.iloc[3]
     assert (w1["workers"], w2["workers"], w1["trials"], w2["trials"]) == (1, 2, 3, 3)
     assert math.isclose(w2["speedup"], w2["trials_per_min"] / w1["trials_per_min"])

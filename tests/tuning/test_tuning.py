@@ -115,6 +115,25 @@ def test_resuming_a_study_continues_its_trial_count(tmp_path):
     assert str(tmp_path / "resume" / "study.db") in again.storage_url
 
 
+def test_a_trial_a_guard_stops_is_pruned_with_its_reason_and_the_study_goes_on(tmp_path):
+    """At alpha ~0.05 the exact GMM's self-consistent threshold runs far past what 200 steps can follow, so the
+    stage-2 guard stops every run (measured: step 160, eta 2.85 -> ~14).  Three such trials with max_failures=2:
+    as crashes the worker would give up after two; as pruned outcomes of their parameters the study finishes."""
+    cfg = toy_config(space={"beta": [0.88, 0.9], "alpha": [0.05, 0.06]}, max_failures=2, sampler="random")
+    cfg["base"]["tfft"]["am"]["steps"] = 200
+    lines = []
+    res = run_study(cfg, "guard", n_trials=3, out_dir=tmp_path, plots=False, log=lines.append)
+    trials = res.study.trials
+    assert [t.state for t in trials] == [TS.PRUNED] * 3 and res.trials_run == 3
+    for t in trials:
+        assert t.user_attrs["stopped"].startswith("stage 2 stopped at step")
+        assert t.user_attrs["stopped_eta"] > t.user_attrs["stopped_eta_stage1"] + 1  # the threshold ran up
+        assert t.user_attrs["wall_seconds"] > 0
+    assert sum("stopped by a stage-2 guard, counted as pruned" in s for s in lines) == 3
+    assert not any("failed trials in a row" in s for s in lines)
+    assert res.best_params is None  # nothing completed: no best, and the summary says so without crashing
+
+
 @pytest.mark.slow  # 28 s
 def test_seeded_sampler_is_reproducible(tmp_path):
     cfg = toy_config(sampler="random", enqueue_default=False, base=dict(toy_config()["base"], kl_samples=0))

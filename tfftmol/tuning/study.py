@@ -28,6 +28,7 @@ import pandas as pd
 
 from tfftmol.core.checkpoint import atomic_write_text
 from tfftmol.core.config import ConfigError, dump_yaml, to_dict
+from tfftmol.core.tracking import ThresholdGuardError
 
 from .config import TuneConfig, load_tune_config
 from .trials import TrialRunner, make_runner
@@ -178,7 +179,20 @@ class Objective:
         if cfg.eval_every and not cfg.multi_objective and cfg.pruner != "none":
             callbacks.append(self._pruning_callback(trial, self.runner.total_steps(params)))
         t0, c0 = time.perf_counter(), time.process_time()
-        m = self.runner.run(params, f"trial-{trial.number:04d}", callbacks)
+        try:
+            m = self.runner.run(params, f"trial-{trial.number:04d}", callbacks)
+        except ThresholdGuardError as err:
+            # A stage-2 guard stopped the run: TFFT's target at these parameters is not realised (e.g. a
+            # small alpha whose self-consistent threshold the model cannot follow).  That is an outcome of
+            # the parameters, not a crash: the trial is pruned with the reason, and does not count toward
+            # max_failures (which would stop the worker on a region of the space that merely runs away).
+            trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
+            trial.set_user_attr("cpu_seconds", time.process_time() - c0)
+            trial.set_user_attr("stopped", str(err).split(". ")[0][:500])
+            for k, v in (getattr(err, "quantities", None) or {}).items():
+                if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                    trial.set_user_attr(f"stopped_{k}", float(v))
+            raise optuna.TrialPruned(f"stopped by a stage-2 guard: {err}") from None
         trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
         trial.set_user_attr("cpu_seconds", time.process_time() - c0)  # this worker's CPU time (all threads)
         for k, v in m.items():
@@ -311,7 +325,11 @@ def run_study(config: Any, study_name: str, storage: Optional[str] = None, n_tri
         else:
             failures = 0
             if last is not None and last.state == optuna.trial.TrialState.PRUNED:
-                log(f"trial {last.number}: pruned at step {last.last_step}")
+                if "stopped" in last.user_attrs:
+                    log(f"trial {last.number}: " + ", ".join(f"{k}={v:.4g}" for k, v in last.params.items())
+                        + f" -> stopped by a stage-2 guard, counted as pruned ({last.user_attrs['stopped']})")
+                else:
+                    log(f"trial {last.number}: pruned at step {last.last_step}")
     res = write_outputs(study, cfg, runner, study_dir, plots=plots, log=log)
     res.storage_url, res.trials_run, res.wall_seconds = url, ran, time.perf_counter() - t_start
     return res
