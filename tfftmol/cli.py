@@ -107,6 +107,7 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
     from .core.config import ConfigError
     from .core.reward import RewardFailureError
     from .core.threshold import DegenerateTailError
+    from .core.tracking import ThresholdGuardError
     from .core.reward_check import RewardCheckError
     from .core.validate import FlowModelError
 
@@ -124,6 +125,12 @@ def _run_finetune(cfg, resume: bool, quiet: bool, overwrite: bool = False) -> in
         print(f"tfftmol: stopped before stage 2: {e}\n(`tfftmol plan --config ...` shows every alpha and beta "
               "without training; `--force --overwrite` or `degenerate_tail: train` trains anyway)", file=sys.stderr)
         return 3
+    except ThresholdGuardError as e:
+        where = Path(cfg.out_dir) / cfg.name
+        print(f"tfftmol: {e}\n(the checkpoint up to the stop is in {where}; `tfftmol plan --config ...` shows what "
+              "stage 1 predicts at each alpha without training, and its log names the alpha from which the stage-1 "
+              "threshold can be trusted)", file=sys.stderr)
+        return 4
     except (RunDirError, CheckpointError, ConfigError, RewardFailureError, FlowModelError, RewardCheckError) as e:
         raise SystemExit(f"tfftmol: {e}") from None
     print()

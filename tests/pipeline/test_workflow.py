@@ -83,6 +83,25 @@ def test_saturated_fsp3_right_tail_stops_before_stage2_from_the_cli(work, capsys
     assert not (work["out"] / "fsp3_right" / "model.safetensors").exists()  # no stage 2
 
 
+def test_a_run_a_guard_stops_ends_with_the_guard_message_not_a_traceback(tmp_path, capsys):
+    """alpha 0.05 on the exact mixture: the self-consistent threshold runs from ~2.7 to ~8, far past what
+    200 steps follow, so a stage-2 guard stops the run (measured: step 160); the CLI says so and exits 4."""
+    cfg = {"task": "toy2d", "name": "small_alpha", "seed": 0,
+           "tfft": {"tail": "right", "beta": 0.9, "alpha": 0.05, "offline_samples": 3000,
+                    "am": {"steps": 200, "batch_size": 64, "time_steps": 20, "loss_time_steps": 6}},
+           "options": {"model": "gmm-exact", "reward": {"name": "linear", "w": [1.0, 0.0]}}}
+    path = tmp_path / "small_alpha.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rc = main(["run", "--config", str(path), "--out", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 4
+    assert "stage 2 stopped at step" in err and "increase alpha" in err and "Traceback" not in err
+    stage1_eta, now = (float(v) for v in err.split("(eta ")[1].split(" now)")[0].split(" at stage 1, "))
+    assert now > stage1_eta + 2                      # the threshold was tracked far up before the stop
+    assert str(tmp_path / "runs" / "small_alpha") in err and "tfftmol plan" in err
+    assert (tmp_path / "runs" / "small_alpha" / "checkpoint").is_dir()
+
+
 def test_left_fsp3_tail_warns_eta_at_the_maximum_and_names_the_alpha(work):
     res = plan(work["fsp3_left"], alphas=[0.1, 1.0], out_dir=str(work["out"]), plots=False, log=lambda s: None)
     row = res.table.set_index("alpha").loc[0.1]
