@@ -138,12 +138,11 @@ def confirm(cfg_data: dict, res, n_seeds: int, work: Path, log) -> dict:
     vals = {"default": [float(default.value)], "best": [float(res.best_values[0])]}
     feasible = True
     for s in seeds:
-        runner.data["seed"] = int(s)
         for label, params in (("default", default.params), ("best", res.best_params)):
             if label == "best" and params == default.params:  # the same run: not repeated
                 vals["best"].append(vals["default"][-1])
                 continue
-            m = runner.run(params, f"{label}-seed{s}", [])
+            m = runner.run_once(params, f"{label}-seed{s}", [], seed=s)
             vals[label].append(float(m[metric]))
             if label == "best":
                 feasible &= all(c.violation(float(m[c.metric])) <= 0 for c in tc.constraints)

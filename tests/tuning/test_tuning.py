@@ -134,6 +134,26 @@ def test_a_trial_a_guard_stops_is_pruned_with_its_reason_and_the_study_goes_on(t
     assert res.best_params is None  # nothing completed: no best, and the summary says so without crashing
 
 
+def test_run_seeds_make_a_trial_the_mean_of_its_seeds(tmp_path):
+    """run_seeds=2: each trial's objective is the mean of the same parameters run at base seeds 0 and 1
+    (the offline batch, training and evaluation noise all move with the seed), exactly."""
+    cfg = toy_config(sampler="random", enqueue_default=False, pruner="none")
+    cfg["base"]["tfft"] = dict(cfg["base"]["tfft"], am=dict(cfg["base"]["tfft"]["am"], steps=20))
+    quiet = dict(out_dir=tmp_path, plots=False, log=lambda s: None)
+    two = run_study(dict(cfg, run_seeds=2), "two", n_trials=2, **quiet)
+    s0 = run_study(cfg, "s0", n_trials=2, **quiet)
+    s1 = run_study(dict(cfg, base=dict(cfg["base"], seed=1)), "s1", n_trials=2, **quiet)
+    for t, a, b in zip(two.study.trials, s0.study.trials, s1.study.trials):
+        assert t.params == a.params == b.params            # same sampler seed: same suggestions
+        assert a.value != b.value                          # the seed matters ...
+        assert t.value == pytest.approx((a.value + b.value) / 2, abs=1e-12)   # ... and the trial is the mean
+        assert t.user_attrs["cvar_seed_std"] == pytest.approx(abs(a.value - b.value) / math.sqrt(2), rel=1e-9)
+        assert t.user_attrs["run_seeds"] == 2
+        assert t.user_attrs["kl"] == pytest.approx((a.user_attrs["kl"] + b.user_attrs["kl"]) / 2, rel=1e-9)
+    with pytest.raises(ConfigError, match="run_seeds=0 must be an integer >= 1"):
+        load_tune_config(dict(cfg, run_seeds=0))
+
+
 @pytest.mark.slow  # 28 s
 def test_seeded_sampler_is_reproducible(tmp_path):
     cfg = toy_config(sampler="random", enqueue_default=False, base=dict(toy_config()["base"], kl_samples=0))

@@ -209,10 +209,46 @@ class PipelineRunner(TrialRunner):
         return reward_metrics(e.values, e.valid, self.cfg.eval_tail, self.cfg.eval_beta)
 
     def run(self, params: Mapping[str, Any], name: str, callbacks: list[Callback]) -> dict:
-        from tfftmol.core.threshold import TfftWarning
-        from tfftmol.pipeline import run
+        """One fine-tune per run seed (``run_seeds``); numeric metrics are their means.
 
-        cfg = self.run_config(params, name)
+        With several seeds each metric of the objectives also gets ``<metric>_seed_std`` (sample std over
+        the seeds), and ``report`` is the first seed's; the pruning callbacks see the first seed's run only.
+        """
+        n = self.cfg.run_seeds
+        if n == 1:
+            return self.run_once(params, name, callbacks)
+        base = int(self.data.get("seed", 0))
+        runs = [self.run_once(params, f"{name}-seed{base + k}", callbacks if k == 0 else [], seed=base + k)
+                for k in range(n)]
+        out: dict = {}
+        for key, first in runs[0].items():
+            vals = [r.get(key) for r in runs]
+            if all(isinstance(v, float) for v in vals):
+                out[key] = float(np.mean(vals))
+            else:
+                out[key] = first
+        for o in self.cfg.objectives:
+            vals = [r[o.metric] for r in runs if o.metric in r]
+            if len(vals) == n:
+                out[f"{o.metric}_seed_std"] = float(np.std(vals, ddof=1))
+        out["run_seeds"] = float(n)
+        return out
+
+    def run_once(self, params: Mapping[str, Any], name: str, callbacks: list[Callback],
+                 seed: Optional[int] = None) -> dict:
+        """One fine-tune of ``params`` (at run seed ``seed``; ``None``: the base config's); its metrics."""
+        from tfftmol.core.threshold import TfftWarning
+        from tfftmol.pipeline import load_run_config, run
+
+        data = self.run_data(params, name)
+        if seed is not None:  # shift the run's seed and any explicit evaluation seeds with it
+            shift = int(seed) - int(data.get("seed", 0))
+            data["seed"] = int(seed)
+            ev = data.get("eval")
+            if isinstance(ev, Mapping):
+                data["eval"] = {k: (v + shift if k in ("seed", "kl_seed") and isinstance(v, int) else v)
+                                for k, v in ev.items()}
+        cfg = load_run_config(data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TfftWarning)
             res = run(cfg, overwrite=True, progress=False, callbacks=callbacks, log=self.log, plots=False)
