@@ -117,10 +117,9 @@ def confirm(cfg_data: dict, res, n_seeds: int, work: Path, log) -> dict:
     A study picks its best trial on one seed's evaluation, so part of any gain is that seed's noise.
     Each of ``n_seeds`` further run seeds (the base config's seed + 1, + 2, ...) re-runs the whole fine-tune
     (offline batch, training, evaluation) for both parameter sets; the base seed's values are the study's
-    trials themselves.  ``confirmed_gain`` is the difference
-    of the means over all seeds; ``confirm_spread`` the root sum of squares of the two seed std's; the
-    verdict says whether the gain is larger than the spread and whether every re-run of the best
-    parameters meets the study's constraints.
+    trials themselves.  ``confirmed_gain`` is the difference of the means over all seeds; ``confirm_spread``
+    the root sum of squares of the two seed std's; the verdict says whether the gain is larger than the
+    spread and whether every re-run of the best parameters meets the study's constraints.
     """
     from tfftmol.tuning.config import load_tune_config
     from tfftmol.tuning.trials import make_runner
