@@ -79,10 +79,16 @@ def _study_config(path: Path, patch: dict) -> dict:
     return merge(data, patch, opaque=("reward", "constraints", "budget"))
 
 
+def _default_trial(study: optuna.Study) -> Optional[optuna.trial.FrozenTrial]:
+    """The study's enqueued default trial (trial 0 of a new study), if it completed."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return next((t for t in done if t.user_attrs.get("default")), None)
+
+
 def _row(part: str, res, cfg_data: dict, workers: int = 1) -> dict:
     st = res.study
     done = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    default = next((t for t in done if t.user_attrs.get("default")), None)
+    default = _default_trial(st)
     best = next((t for t in done if res.best_params is not None and t.params == res.best_params), None)
     cons = cfg_data.get("constraints") or []
     cmetric = cons[0]["metric"] if cons else ""
@@ -126,8 +132,7 @@ def confirm(cfg_data: dict, res, n_seeds: int, work: Path, log) -> dict:
 
     tc = load_tune_config(cfg_data)
     st = res.study
-    done = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    default = next((t for t in done if t.user_attrs.get("default")), None)
+    default = _default_trial(st)
     if default is None or res.best_params is None or n_seeds < 1:
         return {}
     metric = tc.objectives[0].metric

@@ -179,22 +179,23 @@ class Objective:
         if cfg.eval_every and not cfg.multi_objective and cfg.pruner != "none":
             callbacks.append(self._pruning_callback(trial, self.runner.total_steps(params)))
         t0, c0 = time.perf_counter(), time.process_time()
+        stopped = None
         try:
             m = self.runner.run(params, f"trial-{trial.number:04d}", callbacks)
         except ThresholdGuardError as err:
+            stopped = err
+        trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
+        trial.set_user_attr("cpu_seconds", time.process_time() - c0)  # this worker's CPU time (all threads)
+        if stopped is not None:
             # A stage-2 guard stopped the run: TFFT's target at these parameters is not realised (e.g. a
             # small alpha whose self-consistent threshold the model cannot follow).  That is an outcome of
             # the parameters, not a crash: the trial is pruned with the reason, and does not count toward
             # max_failures (which would stop the worker on a region of the space that merely runs away).
-            trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
-            trial.set_user_attr("cpu_seconds", time.process_time() - c0)
-            trial.set_user_attr("stopped", str(err).split(". ")[0][:500])
-            for k, v in (getattr(err, "quantities", None) or {}).items():
+            trial.set_user_attr("stopped", str(stopped).split(". ")[0][:500])
+            for k, v in (stopped.quantities or {}).items():
                 if isinstance(v, (int, float)) and math.isfinite(float(v)):
                     trial.set_user_attr(f"stopped_{k}", float(v))
-            raise optuna.TrialPruned(f"stopped by a stage-2 guard: {err}") from None
-        trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
-        trial.set_user_attr("cpu_seconds", time.process_time() - c0)  # this worker's CPU time (all threads)
+            raise optuna.TrialPruned(f"stopped by a stage-2 guard: {stopped}")
         for k, v in m.items():
             if isinstance(v, str) or (isinstance(v, float) and math.isfinite(v)):
                 trial.set_user_attr(k, v)
