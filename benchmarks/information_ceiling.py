@@ -22,7 +22,7 @@ targets and budgets):
    alpha and at the run's KL (linear in KL along each frontier).
 
 Writes ``information_ceiling.csv`` (one row per target and alpha of the grid),
-``information_ceiling_runs.csv`` (one row per target and TFFT alpha measured) and
+``information_ceiling_runs.csv`` (one row per target and TFFT alpha measured; only when there are runs) and
 ``information_ceiling.md`` to ``--out``.
 
     python benchmarks/information_ceiling.py [--targets zinc_qed_right ...] [--n 10000] [--budget demo]
@@ -31,6 +31,7 @@ Writes ``information_ceiling.csv`` (one row per target and alpha of the grid),
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -72,11 +73,14 @@ def _at_kl(frontier: pd.DataFrame, which: str, kl: float) -> float:
     return float(np.interp(kl, k, c)) if kl <= k[-1] else float("nan")
 
 
-def measure(target: str, budget: str, n: int, bins: int | None, seed: int, quick: bool, log=print):
-    """(frontier DataFrame, info dict) of one target."""
+def measure(target: str, budget: str, n: int, bins: int | None, seed: int, quick: bool, patch: dict | None = None,
+            log=print):
+    """(frontier DataFrame, info dict) of one target (``patch``: merged into its config last)."""
     d = target_config(target, budget)
     if quick:
         d = _merge(d, QUICK_PATCH)
+    if patch:
+        d = _merge(d, patch)
     cfg = load_run_config(d)
     task = get_task(cfg.task)
     torch.manual_seed(seed)
@@ -142,6 +146,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "results" / FRONTIER_CSV,
                     help="the measured runs (tail_frontier.csv)")
+    ap.add_argument("--patch", type=json.loads, default=None,
+                    help='a JSON config patch, e.g. \'{"options": {"decode_beam": 4}}\' (the measured runs are then '
+                         "not set beside: they ran without it)")
+    ap.add_argument("--tag", default="", help="suffix of the output files (information_ceiling_<tag>.*)")
     ap.add_argument("--quick", action="store_true", help="zinc_qed_right on a few hundred samples (the test)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = ap.parse_args(argv)
@@ -149,9 +157,9 @@ def main(argv=None) -> dict:
         a.targets, a.n = ["zinc_qed_right"], 400
     torch.set_num_threads(1)
     frontiers, infos, beside = [], [], []
-    runs = pd.read_csv(a.runs) if a.runs.is_file() else pd.DataFrame()
+    runs = pd.read_csv(a.runs) if a.runs.is_file() and not a.patch else pd.DataFrame()
     for target in a.targets:
-        fr, info = measure(target, a.budget, a.n, a.bins, a.seed, a.quick)
+        fr, info = measure(target, a.budget, a.n, a.bins, a.seed, a.quick, a.patch)
         frontiers.append(fr)
         infos.append(info)
         if len(runs) and "target" in runs and (runs["target"] == target).any():
@@ -160,11 +168,13 @@ def main(argv=None) -> dict:
     info = pd.DataFrame(infos)
     measured = pd.concat(beside, ignore_index=True) if beside else pd.DataFrame()
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = "information_ceiling_quick" if a.quick else "information_ceiling"
+    stem = "information_ceiling" + ("_quick" if a.quick else "") + (f"_{a.tag}" if a.tag else "")
     frontier.to_csv(a.out / f"{stem}.csv", index=False)
-    measured.to_csv(a.out / f"{stem}_runs.csv", index=False)
+    if len(measured):
+        measured.to_csv(a.out / f"{stem}_runs.csv", index=False)
     at_config = frontier[np.isclose(frontier["alpha_factor"], 1.0)]
     md = [f"# Information ceiling ({a.budget} budget configs, {a.n} fresh SDE samples per target, seed {a.seed})", "",
+          *([f"Config patch: `{json.dumps(a.patch)}`.", ""] if a.patch else []),
           "`*_full`: stage 1 on the fresh samples (the tilt by each sample's own reward); `*_ceiling`: the best tilt "
           "that depends on the state only through the run's surrogate, fitted as the run's first fit does "
           "(`tfftmol.core.ceiling`); `ceiling_share` = ceiling gain / full gain.  Spearman: the surrogate against the "
