@@ -5,7 +5,7 @@
                     [--sampler sde|ode|heun] [--batch-size 250]
     tfftmol models
     tfftmol demo
-    tfftmol plan     --config configs/<name>.yaml [--alphas 0.05,0.1,1] [--betas 0.8,0.9] [--kl-budget 0.5]
+    tfftmol plan     --config configs/<name>.yaml [--alphas 0.05,0.1,1] [--betas 0.8,0.9] [--kl-budget 0.5] [--ceiling]
     tfftmol run      --config configs/<name>.yaml [--resume | --overwrite] [--force] [--out runs] [--name N] [--check]
     tfftmol finetune ...                      (the same as `run`, the name of earlier releases)
     tfftmol demo-mol [--out runs] [--config configs/qed_right.yaml]
@@ -155,7 +155,7 @@ def _plan(a) -> int:
     try:
         res = plan(a.config, alphas=_floats(a.alphas, "alphas") if a.alphas else None,
                    betas=_floats(a.betas, "betas") if a.betas else None, kl_budget=a.kl_budget,
-                   out=a.output, progress=not a.quiet, out_dir=a.out)
+                   out=a.output, progress=not a.quiet, ceiling=a.ceiling, out_dir=a.out)
     except (ConfigError, ValueError) as e:
         raise SystemExit(f"tfftmol plan: {e}") from None
     print(res.summary())
@@ -287,6 +287,9 @@ def main(argv=None) -> int:
     pl.add_argument("--out", default=None, help="out_dir of the config (where the offline batch cache lives)")
     pl.add_argument("-o", "--output", default=None,
                     help="directory of plan.csv/plan.png (default <out_dir>/<name>-plan)")
+    pl.add_argument("--ceiling", action="store_true",
+                    help="add the information ceiling: what a run driven by its surrogate can reach at each alpha "
+                         "(two more surrogate fits on the offline batch)")
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     pl.add_argument("--threads", type=int, default=1)
     pl.set_defaults(fn=_plan)

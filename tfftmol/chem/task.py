@@ -392,6 +392,30 @@ class MolecularReward:
                                  valid_fraction=c.valid_fraction, patience=c.patience or None)
         self._record(0, "fit", rep)
 
+    def ceiling_scores(self, x: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
+                       folds: int = 2) -> torch.Tensor:
+        """Out-of-fold surrogate scores ``(n,)`` of the offline batch, for the information ceiling.
+
+        Each fold is scored by the surrogate fitted as :meth:`fit_offline` fits it (warm start,
+        denoised copies, epochs, early stopping) on the other folds.  The surrogate is left fitted
+        on the last fold's complement: call :meth:`fit_offline` again before a run uses it.
+        """
+        if int(folds) < 2:
+            raise ValueError(f"folds={folds} must be >= 2")
+        n = int(x.shape[0])
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.surrogate.seed))
+        scores = torch.empty(n, dtype=torch.float64)
+        c = self.config
+        for k in range(int(folds)):
+            test = order[k::int(folds)]
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[test] = False
+            xt, vt, ok = self._with_denoised(x[keep], values[keep], valid[keep], key=k + 1)
+            self.surrogate.fit(xt, vt.double().numpy(), ok.numpy(), epochs=c.epochs,
+                               valid_fraction=c.valid_fraction, patience=c.patience or None)
+            scores[test] = self.surrogate.predict(x[test].float()).double().cpu()
+        return scores
+
     def _with_denoised(self, x: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, key: int):
         """``x`` with its denoised noisy copies appended (same labels), when a denoiser is set."""
         if self.denoise is None:

@@ -21,7 +21,10 @@ Optional hooks, declared here and looked up only through the helpers below
   Absent means ``True``;
 * ``value_pairs(n, generator)``: ``(x_t, t, r(x_1))`` pairs of the *pre-trained* process (e.g.
   noised training data, :func:`tfftmol.core.value.noised_pairs`) that warm-start the value model
-  of the values-only stage 2, in place of the noised offline batch.
+  of the values-only stage 2, in place of the noised offline batch;
+* ``ceiling_scores(x, values, valid)``: out-of-fold scores ``(n,)`` of the offline batch by the
+  predictor that drives stage 2 (e.g. a surrogate fitted as a run's first fit, on the other
+  folds), for the information ceiling of ``tfftmol plan --ceiling`` (:mod:`tfftmol.core.ceiling`).
 """
 from __future__ import annotations
 
@@ -73,7 +76,8 @@ class TerminalReward(Protocol):
         """True rewards plus the gradient used for the terminal adjoint."""
 
 
-OPTIONAL_HOOKS = ("fit_offline", "grad", "cache_key", "state_dict", "load_state_dict", "has_grad", "value_pairs")
+OPTIONAL_HOOKS = ("fit_offline", "grad", "cache_key", "state_dict", "load_state_dict", "has_grad", "value_pairs",
+                  "ceiling_scores")
 
 
 def reward_hook(reward: object, name: str):

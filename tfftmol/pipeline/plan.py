@@ -15,6 +15,11 @@ same config reuses it):
   CVaR) whose predicted KL stays within the budget, found by bisection on the exact
   solve (predicted KL falls as alpha grows).
 
+* with ``ceiling=True``: the information ceiling at every row (:mod:`tfftmol.core.ceiling`): the
+  best tilt that sees the reward only through the predictor that drives stage 2 (a molecular
+  run's surrogate, scored out of fold on the offline batch through the reward's
+  ``ceiling_scores`` hook), i.e. what a run can realise unless its on-policy refits learn more.
+
 Stage 1 predicts the exact optimum on the offline batch; a run reaches a share of the
 predicted gain (its realisation ratio, in the run's report) at a KL that can differ
 from the prediction.  The row at the config's own ``(alpha, beta)`` is the stage-1
@@ -41,6 +46,8 @@ DEFAULT_ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 COLUMNS = ["tail", "beta", "alpha", "eta", "eta_low", "eta_high", "pre_cvar", "predicted_cvar", "predicted_gain",
            "predicted_kl", "active_fraction", "ess", "ess_fraction", "degenerate", "config", "recommended"]
+#: Added with ``ceiling=True``.
+CEILING_COLUMNS = ["ceiling_cvar", "ceiling_gain", "ceiling_kl", "ceiling_share"]
 
 
 @dataclass
@@ -57,6 +64,9 @@ class PlanResult:
         messages: the degenerate-tail diagnoses, one per distinct message.
         files: ``name -> path`` of ``plan.csv`` and ``plan.png``.
         seconds: wall time of the plan (offline batch included).
+        ceiling_spearman: with ``ceiling=True``: Spearman correlation of the out-of-fold scores with the
+            rewards (``None`` otherwise, or when the reward has no predictor to score with).
+        scores: the out-of-fold scores, shape ``(M,)``, or ``None``.
     """
 
     table: pd.DataFrame
@@ -68,12 +78,16 @@ class PlanResult:
     messages: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
     seconds: float = float("nan")
+    ceiling_spearman: Optional[float] = None
+    scores: Optional[np.ndarray] = None
 
     def summary(self) -> str:
         cfg = self.config
         t = cfg.tfft
         cols = ["beta", "alpha", "eta", "eta_low", "eta_high", "pre_cvar", "predicted_cvar", "predicted_kl",
                 "active_fraction", "ess", "degenerate"]
+        if "ceiling_cvar" in self.table:
+            cols += ["ceiling_cvar", "ceiling_kl", "ceiling_share"]
         tab = self.table[cols].copy()
         mark = np.where(self.table["config"], "<- config", np.where(self.table["recommended"], "<- budget", ""))
         tab[""] = mark
@@ -93,6 +107,13 @@ class PlanResult:
                 lines.append(f"KL budget {self.kl_budget:g} nats: recommended alpha = {r['alpha']:.3g} "
                              f"(beta {r['beta']:g}): predicted CVaR {r['predicted_cvar']:.4g} "
                              f"(pre-trained {r['pre_cvar']:.4g}) at predicted KL {r['predicted_kl']:.3g}")
+        if self.ceiling_spearman is not None:
+            c = self.table[self.table["config"]]
+            share = float(c["ceiling_share"].iloc[0]) if len(c) else float("nan")
+            lines.append(f"information ceiling: the best tilt that sees the reward only through the run's surrogate "
+                         f"(out-of-fold Spearman {self.ceiling_spearman:.2f} on the offline batch) reaches "
+                         f"{share:.0%} of the predicted gain at the config's alpha: a run driven by it realises at most "
+                         "about that share, more only if its on-policy refits learn more (docs/design.md §8.1)")
         lines += [f"note: {m}" for m in self.messages]
         lines.append("stage 1 predicts the exact optimum; a run realises a share of the predicted gain "
                      "(its realisation ratio) at a KL that can differ from the prediction")
@@ -164,6 +185,10 @@ def plot_plan(table: pd.DataFrame, path: Path, title: str = "", kl_budget: Optio
                 ax.plot(row["predicted_kl"], row["predicted_cvar"], "ks", ms=8, mfc="none")
             if row["recommended"]:
                 ax.plot(row["predicted_kl"], row["predicted_cvar"], "r*", ms=12)
+        if "ceiling_cvar" in g:
+            c = g.sort_values("ceiling_kl")
+            ax.plot(c["ceiling_kl"], c["ceiling_cvar"], ls="--", marker=".", color=line.get_color(),
+                    label=f"beta={beta:g}, information ceiling")
     if kl_budget is not None:
         ax.axvline(kl_budget, color="r", ls="--", lw=1, label=f"KL budget {kl_budget:g}")
     ax.set_xscale("symlog", linthresh=1e-2)
@@ -178,7 +203,8 @@ def plot_plan(table: pd.DataFrame, path: Path, title: str = "", kl_budget: Optio
 
 def plan(config: Any, *, alphas: Optional[Sequence[float]] = None, betas: Optional[Sequence[float]] = None,
          kl_budget: Optional[float] = None, out: Optional[str | Path] = None, plots: bool = True,
-         progress: bool = False, log: Callable[[str], None] = print, **overrides: Any) -> PlanResult:
+         progress: bool = False, log: Callable[[str], None] = print, ceiling: bool = False,
+         **overrides: Any) -> PlanResult:
     """Stage 1 only, for a grid of alpha (and beta), on the config's cached offline batch.
 
     Args:
@@ -191,6 +217,9 @@ def plan(config: Any, *, alphas: Optional[Sequence[float]] = None, betas: Option
         plots: draw ``plan.png``.
         progress: progress bar of the offline batch (when it is not cached).
         log: where the offline batch's lines go.
+        ceiling: add the information ceiling columns (:data:`CEILING_COLUMNS`) through the reward's
+            ``ceiling_scores`` hook (for a molecular run: two more surrogate fits); a reward without the
+            hook gets a note instead (its stage 2 has the reward's own gradient, or no predictor to score with).
         overrides: top-level config fields to replace (``out_dir``, ``name``, ...).
 
     Returns:
@@ -229,12 +258,27 @@ def plan(config: Any, *, alphas: Optional[Sequence[float]] = None, betas: Option
     base = task.load_base(cfg, device)
     quiet = lambda s: None  # noqa: E731  (the reward's own chatter; the plan prints its summary)
     reward = task.build_reward(cfg, base, device, quiet)
-    _, values, _, cached = offline_batch(base, reward, t.offline_samples, t.offline_steps, t.offline_sampler, t.seed,
-                                         cfg.offline_cache_dir, device=device,
-                                         cond_sampler=task.cond_sampler(cfg, base), progress=progress, log=log)
+    x_off, values, valid, cached = offline_batch(base, reward, t.offline_samples, t.offline_steps, t.offline_sampler,
+                                                 t.seed, cfg.offline_cache_dir, device=device,
+                                                 cond_sampler=task.cond_sampler(cfg, base), progress=progress,
+                                                 log=log)
     rewards = values.numpy().astype(np.float64)
     bounds = reward_bounds(reward)
     rows, messages = [], []
+    scores = spearman = None
+    if ceiling:
+        from ..core.reward import reward_hook
+
+        hook = reward_hook(reward, "ceiling_scores")
+        if hook is None:
+            messages.append("information ceiling: not computed: the reward has no predictor to score the offline "
+                            "batch with (a differentiable reward drives stage 2 with its own gradient)")
+        else:
+            from scipy.stats import spearmanr
+
+            scores = np.asarray(hook(x_off.detach().cpu(), values.detach().cpu(), valid.detach().cpu()),
+                                dtype=np.float64).reshape(-1)
+            spearman = float(spearmanr(scores, rewards)[0])
 
     def row(beta, alpha, recommended=False):
         res = _solve(rewards, beta, alpha, t, t.bootstrap)
@@ -242,12 +286,20 @@ def plan(config: Any, *, alphas: Optional[Sequence[float]] = None, betas: Option
         if deg is not None and deg.message not in messages:
             messages.append(deg.message)
         lo, hi = res.eta_interval if res.eta_interval is not None else (np.nan, np.nan)
-        return {"tail": t.tail, "beta": beta, "alpha": alpha, "eta": res.eta, "eta_low": lo, "eta_high": hi,
+        out = {"tail": t.tail, "beta": beta, "alpha": alpha, "eta": res.eta, "eta_low": lo, "eta_high": hi,
                 "pre_cvar": res.pre_cvar, "predicted_cvar": res.predicted_cvar,
                 "predicted_gain": res.predicted_cvar - res.pre_cvar, "predicted_kl": res.predicted_kl,
                 "active_fraction": res.active_fraction, "ess": res.ess, "ess_fraction": res.ess_fraction,
                 "degenerate": "" if deg is None else deg.kind,
                 "config": bool(alpha == t.alpha and beta == t.beta), "recommended": recommended}
+        if scores is not None:
+            from ..core.ceiling import information_ceiling
+
+            c = information_ceiling(rewards, scores, beta=beta, alpha=alpha, tail=t.tail)
+            gain = res.predicted_cvar - res.pre_cvar
+            out.update({"ceiling_cvar": c.cvar, "ceiling_gain": c.cvar - c.pre_cvar, "ceiling_kl": c.kl,
+                        "ceiling_share": (c.cvar - c.pre_cvar) / gain if gain > 0 else float("nan")})
+        return out
 
     for b in grid_b:
         for a in grid_a:
@@ -266,9 +318,9 @@ def plan(config: Any, *, alphas: Optional[Sequence[float]] = None, betas: Option
                 rows.append(rec)
             rec = {k: rec[k] for k in ("alpha", "beta", "eta", "pre_cvar", "predicted_cvar", "predicted_kl",
                                        "active_fraction", "degenerate")}
-    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["beta", "alpha"], kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(rows, columns=COLUMNS + (CEILING_COLUMNS if scores is not None else [])).sort_values(["beta", "alpha"], kind="stable").reset_index(drop=True)
     result = PlanResult(table, cfg, rewards, bool(cached), None if kl_budget is None else float(kl_budget), rec,
-                        messages)
+                        messages, ceiling_spearman=spearman, scores=scores)
     d = Path(out) if out is not None else Path(cfg.out_dir) / f"{cfg.name}-plan"
     d.mkdir(parents=True, exist_ok=True)
     result.files["table"] = d / "plan.csv"
