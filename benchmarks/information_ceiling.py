@@ -12,8 +12,9 @@ targets and budgets):
 
 1. the pre-trained model's offline batch (``tfft.offline_samples`` SDE samples, the run's sampler)
    trains the run's surrogate exactly as a run's first fit does (warm start included);
-2. ``--n`` fresh SDE samples, scored by the true reward, are scored by that surrogate
-   (held-out Spearman);
+2. ``--n`` fresh SDE samples, scored by the true reward, are scored by that surrogate where stage 2
+   reads it (the final state, or with ``terminal_time < 1`` the denoised state of that time, whose
+   gradient starts the adjoint; held-out Spearman);
 3. over a grid of alphas, stage 1 on the fresh samples (the full-information prediction) and the
    information ceiling (the same samples grouped by the surrogate's score into ``--bins`` bins)
    give two frontiers of (KL, CVaR);
@@ -97,7 +98,9 @@ def measure(target: str, budget: str, n: int, bins: int | None, seed: int, quick
     x = sample(base, n, method=method, steps=t.offline_steps, generator=gen, batch_size=500).x
     ev = reward.evaluate(x)
     r = ev.values.double().numpy()
-    s = reward.surrogate.predict(x.float()).double().numpy()
+    # scored where stage 2 reads the surrogate: the final state, or the denoised state of terminal_time
+    xs = x if reward.denoise is None else reward.denoise(x, 1_000_003)
+    s = reward.surrogate.predict(xs.float()).double().numpy()
     fr = information_frontier(r, s, beta=t.beta, alphas=list(t.alpha * FACTORS), tail=t.tail, bins=bins)
     fr.insert(0, "target", target)
     fr.insert(1, "tail", t.tail)
@@ -108,6 +111,7 @@ def measure(target: str, budget: str, n: int, bins: int | None, seed: int, quick
     fr["ceiling_share"] = fr["gain_ceiling"] / fr["gain_full"]
     info = {"target": target, "tail": t.tail, "beta": t.beta, "config_alpha": t.alpha, "n": n,
             "offline_samples": t.offline_samples, "validity": float(ev.valid.float().mean()),
+            "scored_at": "x1" if reward.denoise is None else f"xhat(t={t.am.terminal_time:g})",
             "spearman": _spearman(s, r), "seconds": time.perf_counter() - t0,
             "fit_spearman": reward.reports[0].get("spearman") if reward.reports else float("nan")}
     log(f"{target}: held-out Spearman {info['spearman']:.3f} on {n} samples, {info['seconds']:.0f} s")

@@ -21,10 +21,10 @@ from tfftmol.pipeline.plan import CEILING_COLUMNS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _reward_with_latent_surrogate(dim=8):
+def _reward_with_latent_surrogate(dim=8, denoise=None):
     surrogate = LatentSurrogate(dim, hidden=64, layers=2, lr=3e-3, batch_size=64, seed=0)
     return MolecularReward(build_reward({"name": "qed"}), lambda x: [], surrogate,
-                           SurrogateConfig(epochs=40, patience=5), log=lambda s: None)
+                           SurrogateConfig(epochs=40, patience=5), log=lambda s: None, denoise=denoise)
 
 
 def test_ceiling_scores_are_out_of_fold():
@@ -44,6 +44,25 @@ def test_ceiling_scores_are_out_of_fold():
     np.testing.assert_array_equal(_reward_with_latent_surrogate().ceiling_scores(x, smooth, valid).numpy(), s_smooth)
     with pytest.raises(ValueError, match="folds=1"):
         r.ceiling_scores(x, smooth, valid, folds=1)
+
+
+def test_ceiling_scores_read_the_surrogate_where_stage_2_does():
+    """With terminal_time < 1 stage 2 takes the surrogate's gradient at the denoised state: the scores are taken
+    there too.  A denoiser that forgets the state (all zeros) leaves one score per fold, whatever the labels."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 8, generator=g)
+    y = x[:, 0].double()
+    calls = []
+
+    def forget(xs, key):
+        calls.append(key)
+        return torch.zeros_like(xs)
+
+    r = _reward_with_latent_surrogate(denoise=forget)
+    s = r.ceiling_scores(x, y, torch.ones(400, dtype=torch.bool)).numpy()
+    assert len(np.unique(np.round(s, 10))) <= 2  # one constant per fold's surrogate
+    assert spearmanr(s, y.numpy())[0] < 0.5
+    assert len(calls) == 4  # per fold: the training copies, then the scored fold
 
 
 @pytest.mark.skipif(not (ROOT / "tfftmol" / "chem" / "weights" / "zinc-selfies.safetensors").exists(),

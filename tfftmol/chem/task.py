@@ -397,8 +397,10 @@ class MolecularReward:
         """Out-of-fold surrogate scores ``(n,)`` of the offline batch, for the information ceiling.
 
         Each fold is scored by the surrogate fitted as :meth:`fit_offline` fits it (warm start,
-        denoised copies, epochs, early stopping) on the other folds.  The surrogate is left fitted
-        on the last fold's complement: call :meth:`fit_offline` again before a run uses it.
+        denoised copies, epochs, early stopping) on the other folds, where stage 2 reads it: at the
+        final state, or with a denoiser (``terminal_time < 1``) at the denoised state of ``terminal_time``,
+        whose gradient starts the adjoint there.  The surrogate is left fitted on the last fold's
+        complement: call :meth:`fit_offline` again before a run uses it.
         """
         if int(folds) < 2:
             raise ValueError(f"folds={folds} must be >= 2")
@@ -413,7 +415,8 @@ class MolecularReward:
             xt, vt, ok = self._with_denoised(x[keep], values[keep], valid[keep], key=k + 1)
             self.surrogate.fit(xt, vt.double().numpy(), ok.numpy(), epochs=c.epochs,
                                valid_fraction=c.valid_fraction, patience=c.patience or None)
-            scores[test] = self.surrogate.predict(x[test].float()).double().cpu()
+            xs = x[test] if self.denoise is None else self.denoise(x[test], int(folds) + k + 1)
+            scores[test] = self.surrogate.predict(xs.float()).double().cpu()
         return scores
 
     def _with_denoised(self, x: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, key: int):

@@ -110,10 +110,11 @@ class PlanResult:
         if self.ceiling_spearman is not None:
             c = self.table[self.table["config"]]
             share = float(c["ceiling_share"].iloc[0]) if len(c) else float("nan")
-            lines.append(f"information ceiling: the best tilt that sees the reward only through the run's surrogate "
-                         f"(out-of-fold Spearman {self.ceiling_spearman:.2f} on the offline batch) reaches "
-                         f"{share:.0%} of the predicted gain at the config's alpha: a run driven by it realises at most "
-                         "about that share, more only if its on-policy refits learn more (docs/design.md §8.1)")
+            lines.append(f"information ceiling: the best tilt that sees the reward only through the run's surrogate, "
+                         f"read where stage 2 reads it (out-of-fold Spearman {self.ceiling_spearman:.2f} on the offline "
+                         f"batch), reaches {share:.0%} of the predicted gain at the config's alpha; a run driven by it "
+                         "gets more only by spending more KL (ceiling_* columns: the ceiling at each alpha) or by "
+                         "learning more in its on-policy refits (docs/design.md §8.1)")
         lines += [f"note: {m}" for m in self.messages]
         lines.append("stage 1 predicts the exact optimum; a run realises a share of the predicted gain "
                      "(its realisation ratio) at a KL that can differ from the prediction")
