@@ -327,6 +327,27 @@ def test_denoised_copies_are_keyed_and_the_surrogate_trains_on_them(tiny_model):
     assert seen == [80]                                    # the 40 states and their 40 denoised copies
 
 
+def test_noised_copies_are_the_linear_path_state_and_a_noisy_terminal_state_trains_on_them(tiny_model, tmp_path):
+    from tfftmol.chem.task import MoleculeTask, noised_copies
+    from tfftmol.pipeline import load_run_config
+
+    x1 = torch.randn(40, 189)
+    fn = noised_copies(0.7, seed=3)
+    eps = torch.randn(x1.shape, generator=torch.Generator().manual_seed(3 * 1_000_003 + 7))
+    torch.testing.assert_close(fn(x1, 7), 0.7 * x1 + 0.3 * eps)  # same keying as denoised_copies
+    assert not torch.allclose(fn(x1, 7), fn(x1, 8))
+    # the task gives the surrogate noisy copies with terminal_state: noisy, denoised ones by default
+    base = ft.load_base(tiny_model)
+    made = {}
+    for state in ("noisy", "denoised"):
+        cfg = load_run_config({"task": "molecule", "name": f"t_{state}", "out_dir": str(tmp_path), "seed": 3,
+                               "tfft": {"am": {"terminal_time": 0.7, "terminal_state": state}},
+                               "options": {"model": tiny_model, "reward": {"name": "qed"}}})
+        made[state] = MoleculeTask().build_reward(cfg, base, torch.device("cpu"), lambda s: None).denoise(x1, 7)
+    torch.testing.assert_close(made["noisy"], fn(x1, 7))
+    torch.testing.assert_close(made["denoised"], ft.denoised_copies(base, 0.7, seed=3)(x1, 7))
+
+
 def test_molecule_grid_is_written_with_the_notebook_renderer_installed(tmp_path):
     """Inside Jupyter, RDKit's IPython renderer makes MolsToGridImage return an IPython Image."""
     from rdkit.Chem.Draw import IPythonConsole

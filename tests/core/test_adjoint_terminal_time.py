@@ -61,3 +61,24 @@ def test_terminal_time_one_is_the_exact_adjoint_and_bad_values_are_rejected():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="terminal_time"):
             AMConfig(terminal_time=bad)
+
+
+def test_noisy_terminal_state_takes_the_reward_gradient_at_the_state_itself():
+    """``terminal_state="noisy"``: ``a(t_c) = -lam g' grad r(X_{t_c})``, no denoiser Jacobian.  With
+    ``r(x) = x^2`` (gradient ``2x``), ``lam = 2`` and the identity tail weight, ``a(t_c) = -4 X_{t_c}``;
+    the denoised state gives ``-4 xhat (d xhat / dx)`` instead, which differs on snapped components."""
+    base = _two_points()
+    reward = DifferentiableReward(lambda x: x[:, 0] ** 2)
+    cfg = dict(steps=1, batch_size=16, time_steps=10, terminal_time=0.6, seed=3)
+    noisy = AdjointMatching(base, reward, IdentityTransform(), 2.0, AMConfig(**cfg, terminal_state="noisy"))
+    traj = noisy.sample_trajectories(16)
+    adj, pool = noisy._denoised_adjoint(traj, torch.ones(16), (-1, 1))
+    kc = pool - 1
+    assert abs(float(traj.ts[kc]) - 0.6) < 1e-6
+    torch.testing.assert_close(adj[kc], -4.0 * traj.xs[kc])
+    torch.testing.assert_close(adj[:kc + 1], lean_adjoint(base, type(traj)(traj.xs[:kc + 1], traj.ts[:kc + 1]), adj[kc]))
+    den = AdjointMatching(base, reward, IdentityTransform(), 2.0, AMConfig(**cfg))
+    adj_d, _ = den._denoised_adjoint(traj, torch.ones(16), (-1, 1))
+    assert not torch.allclose(adj_d[kc], adj[kc], atol=1e-3)
+    with pytest.raises(ValueError, match="terminal_state"):
+        AMConfig(terminal_state="clean")

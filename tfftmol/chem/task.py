@@ -63,7 +63,7 @@ from tfftmol.tables import markdown_table
 from .rewards import Reward, RewardResult, build_reward
 from .surrogate import Surrogate, SurrogateReport
 
-__all__ = ["SurrogateConfig", "MoleculeOptions", "MoleculeTask", "MolecularReward", "denoised_copies",
+__all__ = ["SurrogateConfig", "MoleculeOptions", "MoleculeTask", "MolecularReward", "denoised_copies", "noised_copies",
            "evaluate_samples", "load_base", "is_latent", "MOLECULAR_MODELS", "LATENT_MODELS", "RewardFailureError",
            "REWARD_FAILURES"]
 
@@ -510,6 +510,21 @@ def denoised_copies(base, t: float, seed: int, batch_size: int = 1000) -> Callab
     return fn
 
 
+def noised_copies(t: float, seed: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``fn(x1, key) -> x_t = t x_1 + (1 - t) eps``: final states noised to time ``t`` on the flow's linear path.
+
+    Regressing ``r(x_1)`` on ``x_t`` fits ``E[r(X_1) | X_t]`` (``AMConfig.terminal_state = "noisy"``);
+    ``eps`` comes from a generator seeded by ``(seed, key)``, as in :func:`denoised_copies`.
+    """
+    @torch.no_grad()
+    def fn(x1: torch.Tensor, key: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key))
+        eps = torch.randn(x1.shape, generator=gen, dtype=x1.dtype)
+        return t * x1 + (1.0 - t) * eps
+
+    return fn
+
+
 def evaluate_samples(decoded: list, reward: Reward, name: str, tail: str, beta: float,
                      reference: Optional[set] = None, seed: int = 0, n_jobs: int = 1,
                      extra: Optional[Mapping[str, Any]] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -607,7 +622,10 @@ class MoleculeTask:
                                   lr=sc.lr, batch_size=sc.batch_size, replay_size=sc.replay_size, seed=cfg.seed,
                                   device=device)
         tc = cfg.tfft.am.terminal_time
-        denoise = denoised_copies(base, tc, cfg.seed) if tc < 1.0 else None
+        denoise = None
+        if tc < 1.0:  # the surrogate learns where stage 2 takes its gradient (AMConfig.terminal_state)
+            denoise = (noised_copies(tc, cfg.seed) if cfg.tfft.am.terminal_state == "noisy"
+                       else denoised_copies(base, tc, cfg.seed))
         out = MolecularReward(reward, base.decode, surrogate, sc, o.refit_every, o.reward_jobs, log, denoise,
                               max_failure_fraction=o.max_reward_failure_fraction)
         if o.value_molecules_size and not is_latent(o.model):

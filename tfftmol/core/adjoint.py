@@ -268,7 +268,9 @@ class AdjointMatching:
         times.  Here the terminal condition is moved to the grid time ``t_c <= terminal_time``:
         ``a(t_c) = -lam g'(r(X_1)) (d xhat / d x)^T grad r(xhat(X_{t_c}, t_c))`` (the tail
         weight ``g'`` still uses the true reward of the final sample), integrated back with the
-        lean adjoint; later times have zero target and are left out of the loss.
+        lean adjoint; later times have zero target and are left out of the loss.  With
+        ``terminal_state="noisy"`` it is ``a(t_c) = -lam g'(r(X_1)) grad r(X_{t_c})`` (a reward model
+        of noisy states; no denoiser Jacobian).
 
         Returns:
             adjoint ``(N, B, *S)`` (``a(t_c)`` also in the slot after ``t_c``, zero later) and the
@@ -278,11 +280,14 @@ class AdjointMatching:
         kc = int(torch.searchsorted(ts, torch.tensor(self.config.terminal_time, dtype=ts.dtype), right=True)) - 1
         kc = max(0, min(kc, xs.shape[0] - 2))
         tc = ts[kc]
-        with torch.enable_grad():
-            xr = xs[kc].detach().requires_grad_(True)
-            xhat = xr + (1.0 - tc) * velocity_of(self.base, xr, tc.expand(xr.shape[0]), traj.cond)
-            g_hat = terminal_grad(self.reward, xhat.detach()).to(xhat.dtype)
-            (jt,) = torch.autograd.grad(xhat, xr, grad_outputs=g_hat)
+        if self.config.terminal_state == "noisy":  # a reward model of noisy states: its gradient at X_{t_c}
+            jt = terminal_grad(self.reward, xs[kc].detach()).to(xs.dtype)
+        else:
+            with torch.enable_grad():
+                xr = xs[kc].detach().requires_grad_(True)
+                xhat = xr + (1.0 - tc) * velocity_of(self.base, xr, tc.expand(xr.shape[0]), traj.cond)
+                g_hat = terminal_grad(self.reward, xhat.detach()).to(xhat.dtype)
+                (jt,) = torch.autograd.grad(xhat, xr, grad_outputs=g_hat)
         a_c = self._clip(-self.lam * gp.reshape(shape) * jt, shape)
         adj = torch.zeros_like(xs)
         adj[: kc + 1] = lean_adjoint(self.base, Trajectory(xs[: kc + 1], ts[: kc + 1], traj.cond), a_c,

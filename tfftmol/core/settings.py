@@ -43,6 +43,10 @@ class AMConfig:
             (see ``AdjointMatching._denoised_adjoint``): for flows on discrete data, whose
             trajectories snap onto a class well before ``t = 1`` so that the exact adjoint
             carries ~no signal to earlier times.  Later times are left out of the loss.
+        terminal_state: with ``terminal_time < 1``, where the reward gradient is taken:
+            ``"denoised"`` (default) at ``x + (1 - t) v(x, t)``, chained through that map;
+            ``"noisy"`` at the state ``x_t`` itself (a reward model of noisy states, e.g. a
+            surrogate fitted on ``t x_1 + (1 - t) eps``), with no denoiser Jacobian.
         hidden, layers: width and depth of the residual MLP correction.
         seed: seeds the trajectory noise and the time subsets.
         log_every: history stride.
@@ -83,6 +87,7 @@ class AMConfig:
     ema: float = 0.0
     correction: str = "auto"
     terminal_time: float = 1.0
+    terminal_state: str = "denoised"
     hidden: int = 64
     layers: int = 3
     seed: int = 0
@@ -109,6 +114,7 @@ class AMConfig:
         check_choice(self, "correction", ("auto", "copy", "residual"))
         check_choice(self, "stage2", ("auto", "gradient", "value"))
         check_choice(self, "adjoint_integrator", ("euler", "exponential"))
+        check_choice(self, "terminal_state", ("denoised", "noisy"))
         if isinstance(self.value, dict):
             self.value = from_dict(ValueConfig, self.value, "am.value")
 
