@@ -63,8 +63,8 @@ from tfftmol.tables import markdown_table
 from .rewards import Reward, RewardResult, build_reward
 from .surrogate import Surrogate, SurrogateReport
 
-__all__ = ["SurrogateConfig", "MoleculeOptions", "MoleculeTask", "MolecularReward", "denoised_copies", "noised_copies",
-           "evaluate_samples", "load_base", "is_latent", "MOLECULAR_MODELS", "LATENT_MODELS", "RewardFailureError",
+__all__ = ["SurrogateConfig", "MoleculeOptions", "MoleculeTask", "MolecularReward", "denoised_copies",
+           "noised_copies", "evaluate_samples", "load_base", "is_latent", "MOLECULAR_MODELS", "LATENT_MODELS", "RewardFailureError",
            "REWARD_FAILURES"]
 
 #: Reasons that are failures of the reward itself, not of the molecule (:data:`tfftmol.chem.mol.REASONS`).
@@ -254,7 +254,8 @@ class MolecularReward:
         n_jobs: worker processes for the true reward.
         log: where progress lines go.
         denoise: ``fn(x1, key) -> xhat``, the denoised states of noised copies of final states
-            (:func:`denoised_copies`).  When given, every (re)fit also trains on
+            (:func:`denoised_copies`; or the noised states themselves, :func:`noised_copies`, for
+            ``AMConfig.terminal_state = "noisy"``).  When given, every (re)fit also trains on
             ``(xhat, r(x1))`` pairs, so the surrogate learns ``E[r(X_1) | xhat]`` at the soft
             states where the fine-tuner takes its gradient (``AMConfig.terminal_time < 1``);
             ``key`` makes the noise a function of the fit, so a resumed run refits identically.
@@ -398,8 +399,8 @@ class MolecularReward:
 
         Each fold is scored by the surrogate fitted as :meth:`fit_offline` fits it (warm start,
         denoised copies, epochs, early stopping) on the other folds, where stage 2 reads it: at the
-        final state, or with a denoiser (``terminal_time < 1``) at the denoised state of ``terminal_time``,
-        whose gradient starts the adjoint there.  The surrogate is left fitted on the last fold's
+        final state, or with ``terminal_time < 1`` at the denoised (or, with ``terminal_state: noisy``,
+        noised) state of that time, whose gradient starts the adjoint there.  The surrogate is left fitted on the last fold's
         complement: call :meth:`fit_offline` again before a run uses it.
         """
         if int(folds) < 2:

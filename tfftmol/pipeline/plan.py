@@ -18,7 +18,8 @@ same config reuses it):
 * with ``ceiling=True``: the information ceiling at every row (:mod:`tfftmol.core.ceiling`): the
   best tilt that sees the reward only through the predictor that drives stage 2 (a molecular
   run's surrogate, scored out of fold on the offline batch through the reward's
-  ``ceiling_scores`` hook), i.e. what a run can realise unless its on-policy refits learn more.
+  ``ceiling_scores`` hook, read where stage 2 reads it), i.e. what a run driven by that predictor
+  can reach at each KL unless its on-policy refits learn more.
 
 Stage 1 predicts the exact optimum on the offline batch; a run reaches a share of the
 predicted gain (its realisation ratio, in the run's report) at a KL that can differ
@@ -288,11 +289,11 @@ def plan(config: Any, *, alphas: Optional[Sequence[float]] = None, betas: Option
             messages.append(deg.message)
         lo, hi = res.eta_interval if res.eta_interval is not None else (np.nan, np.nan)
         out = {"tail": t.tail, "beta": beta, "alpha": alpha, "eta": res.eta, "eta_low": lo, "eta_high": hi,
-                "pre_cvar": res.pre_cvar, "predicted_cvar": res.predicted_cvar,
-                "predicted_gain": res.predicted_cvar - res.pre_cvar, "predicted_kl": res.predicted_kl,
-                "active_fraction": res.active_fraction, "ess": res.ess, "ess_fraction": res.ess_fraction,
-                "degenerate": "" if deg is None else deg.kind,
-                "config": bool(alpha == t.alpha and beta == t.beta), "recommended": recommended}
+               "pre_cvar": res.pre_cvar, "predicted_cvar": res.predicted_cvar,
+               "predicted_gain": res.predicted_cvar - res.pre_cvar, "predicted_kl": res.predicted_kl,
+               "active_fraction": res.active_fraction, "ess": res.ess, "ess_fraction": res.ess_fraction,
+               "degenerate": "" if deg is None else deg.kind,
+               "config": bool(alpha == t.alpha and beta == t.beta), "recommended": recommended}
         if scores is not None:
             from ..core.ceiling import information_ceiling
 
