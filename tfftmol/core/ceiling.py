@@ -23,10 +23,11 @@ means of the pseudo-reward in place of the pseudo-reward)
 
 and the optimal tilt puts ``q_b ∝ p_b exp(±m_b(eta*) / (alpha (1 - beta) or alpha beta))`` on
 group ``b``, spread evenly over its samples.  With one sample per group it is stage 1 itself;
-with one group it is the pre-trained model (KL 0).  Between two consecutive rewards the
-objective is the log-sum-exp of affine functions of ``eta``, hence convex: the right tail's
-objective is convex everywhere (its minimum is found between the best kink's neighbours), and the
-left tail's maximum lies at a kink (a sampled reward), as in stage 1.
+with one group it is the pre-trained model (KL 0).  The right tail's objective is convex (a
+non-decreasing log-sum-exp of the convex ``m_b``), so its minimum is found between the best kink's
+neighbours; between two consecutive rewards either objective is a log-sum-exp of affine functions
+of ``eta``, hence convex there, so the left tail's maximum lies at a kink (a sampled reward), as in
+stage 1.
 
 Read the ceiling as an estimate: group means are in-sample (few samples per group make it
 optimistic) and bins coarsen the predictor (few groups make it pessimistic).  Use predictions on
