@@ -98,7 +98,7 @@ def measure(target: str, budget: str, n: int, bins: int | None, seed: int, quick
     x = sample(base, n, method=method, steps=t.offline_steps, generator=gen, batch_size=500).x
     ev = reward.evaluate(x)
     r = ev.values.double().numpy()
-    # scored where stage 2 reads the surrogate: the final state, or the denoised state of terminal_time
+    # scored where stage 2 reads the surrogate: the final state, or the denoised (noisy) state of terminal_time
     xs = x if reward.denoise is None else reward.denoise(x, 1_000_003)
     s = reward.surrogate.predict(xs.float()).double().numpy()
     fr = information_frontier(r, s, beta=t.beta, alphas=list(t.alpha * FACTORS), tail=t.tail, bins=bins)
@@ -111,7 +111,8 @@ def measure(target: str, budget: str, n: int, bins: int | None, seed: int, quick
     fr["ceiling_share"] = fr["gain_ceiling"] / fr["gain_full"]
     info = {"target": target, "tail": t.tail, "beta": t.beta, "config_alpha": t.alpha, "n": n,
             "offline_samples": t.offline_samples, "validity": float(ev.valid.float().mean()),
-            "scored_at": "x1" if reward.denoise is None else f"xhat(t={t.am.terminal_time:g})",
+            "scored_at": "x1" if reward.denoise is None else
+            f"{'x_t' if t.am.terminal_state == 'noisy' else 'xhat'}(t={t.am.terminal_time:g})",
             "spearman": _spearman(s, r), "seconds": time.perf_counter() - t0,
             "fit_spearman": reward.reports[0].get("spearman") if reward.reports else float("nan")}
     log(f"{target}: held-out Spearman {info['spearman']:.3f} on {n} samples, {info['seconds']:.0f} s")
