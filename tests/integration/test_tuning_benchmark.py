@@ -41,9 +41,11 @@ def test_tuning_benchmark_quick(tmp_path):
             "beats the default beyond the spread", "within the spread", "below the default")
     assert "confirmed_gain" in (tmp_path / "tuning.md").read_text()
     w1, w2 = saved.iloc[2], saved.iloc[3]
-    assert (w1["workers"], w2["workers"], w1["trials"], w2["trials"]) == (1, 2, 3, 3)
+    # one worker stops at the count; two may each start the last trial together (the count is read before a
+    # trial is asked for), so the 2-worker study ends with 3 or 4 finished trials, never fewer
+    assert (w1["workers"], w2["workers"], w1["trials"]) == (1, 2, 3) and w2["trials"] in (3, 4)
     assert math.isclose(w2["speedup"], w2["trials_per_min"] / w1["trials_per_min"])
     md = (tmp_path / "tuning.md").read_text()
-    assert "| workers2-0 | 2 | 3 |" in md and "toy2d" in md and "Mean speed-up from 2 workers" in md
+    assert f"| workers2-0 | 2 | {int(w2['trials'])} |" in md and "toy2d" in md and "Mean speed-up from 2 workers" in md
     assert not (tmp_path / "tuning_runs").exists()  # the studies' scratch directory is removed
     assert len(df) == 4
