@@ -387,11 +387,14 @@ class MolecularReward:
                                + ("the reward function fails on valid molecules (reward_error/reward_nan above)"
                                   if any(self.failures.get(r) for r in REWARD_FAILURES) else
                                   "the pre-trained model produces no valid molecule (check it with `tfftmol sample`)"))
+        self._record(0, "fit", self._first_fit(x, values, valid, key=0))
+
+    def _first_fit(self, x: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, key: int) -> SurrogateReport:
+        """Fit the surrogate from scratch as a run's first fit does (denoised copies keyed by ``key``)."""
         c = self.config
-        x, values, valid = self._with_denoised(x, values, valid, key=0)
-        rep = self.surrogate.fit(x, values.double().numpy(), valid.numpy(), epochs=c.epochs,
-                                 valid_fraction=c.valid_fraction, patience=c.patience or None)
-        self._record(0, "fit", rep)
+        x, values, valid = self._with_denoised(x, values, valid, key=key)
+        return self.surrogate.fit(x, values.double().numpy(), valid.numpy(), epochs=c.epochs,
+                                  valid_fraction=c.valid_fraction, patience=c.patience or None)
 
     def ceiling_scores(self, x: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
                        folds: int = 2) -> torch.Tensor:
@@ -408,14 +411,11 @@ class MolecularReward:
         n = int(x.shape[0])
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.surrogate.seed))
         scores = torch.empty(n, dtype=torch.float64)
-        c = self.config
         for k in range(int(folds)):
             test = order[k::int(folds)]
             keep = torch.ones(n, dtype=torch.bool)
             keep[test] = False
-            xt, vt, ok = self._with_denoised(x[keep], values[keep], valid[keep], key=k + 1)
-            self.surrogate.fit(xt, vt.double().numpy(), ok.numpy(), epochs=c.epochs,
-                               valid_fraction=c.valid_fraction, patience=c.patience or None)
+            self._first_fit(x[keep], values[keep], valid[keep], key=k + 1)
             xs = x[test] if self.denoise is None else self.denoise(x[test], int(folds) + k + 1)
             scores[test] = self.surrogate.predict(xs.float()).double().cpu()
         return scores
@@ -488,6 +488,12 @@ class MolecularReward:
         self._restored = True
 
 
+def _keyed_noise(x1: torch.Tensor, seed: int, key: int) -> torch.Tensor:
+    """``N(0, I)`` noise shaped like ``x1``, a function of ``(seed, key)`` (a resumed run refits identically)."""
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key))
+    return torch.randn(x1.shape, generator=gen, dtype=x1.dtype)
+
+
 def denoised_copies(base, t: float, seed: int, batch_size: int = 1000) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """``fn(x1, key) -> xhat``: noise final states to time ``t`` and denoise them with ``base``.
 
@@ -497,8 +503,7 @@ def denoised_copies(base, t: float, seed: int, batch_size: int = 1000) -> Callab
     """
     @torch.no_grad()
     def fn(x1: torch.Tensor, key: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key))
-        eps = torch.randn(x1.shape, generator=gen, dtype=x1.dtype)
+        eps = _keyed_noise(x1, seed, key)
         out = []
         for i in range(0, x1.shape[0], batch_size):
             xt = t * x1[i:i + batch_size] + (1.0 - t) * eps[i:i + batch_size]
@@ -519,9 +524,7 @@ def noised_copies(t: float, seed: int) -> Callable[[torch.Tensor, int], torch.Te
     """
     @torch.no_grad()
     def fn(x1: torch.Tensor, key: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key))
-        eps = torch.randn(x1.shape, generator=gen, dtype=x1.dtype)
-        return t * x1 + (1.0 - t) * eps
+        return t * x1 + (1.0 - t) * _keyed_noise(x1, seed, key)
 
     return fn
 
