@@ -1,5 +1,4 @@
 """benchmarks/control_gap.py: the projections onto the exact optimal control, and its --quick mode."""
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -8,15 +7,14 @@ import pandas as pd
 import pytest
 
 from tfftmol.toy2d.gmm import population_threshold, random_gmm
+from helpers.bench import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("control_gap", ROOT / "benchmarks" / "control_gap.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("control_gap")
     return mod
 
 

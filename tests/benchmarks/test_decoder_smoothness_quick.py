@@ -1,20 +1,14 @@
 """``benchmarks/decoder_smoothness.py --quick``: smoothness rows per decoder and per scale, sample metrics."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.bench import load_benchmark
 
 
 def test_quick_mode_writes_rows_per_decoder_and_scale(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_decoder_smoothness", ROOT / "benchmarks" / "decoder_smoothness.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_decoder_smoothness"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("decoder_smoothness")
     out = mod.main(["--quick", "--out", str(tmp_path)])
     df = pd.read_csv(tmp_path / "decoder_smoothness_quick.csv")
     assert sorted(set(df["decode_beam"])) == [1, 2] and len(df) == 8

@@ -1,6 +1,4 @@
 """benchmarks/exact_family.py --quick, and the exact statistics of the hinge-tilted GMM target it relies on."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,8 +6,7 @@ import pytest
 
 from tfftmol.core.risk import cvar
 from tfftmol.toy2d.gmm import hinge_target_stats, population_threshold, random_gmm
-
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.bench import load_benchmark
 
 
 @pytest.mark.parametrize("tail,beta,alpha", [("right", 0.9, 0.5), ("left", 0.1, 0.5), ("right", 0.9, 2.0)])
@@ -38,9 +35,7 @@ def test_random_gmm_is_seeded_and_in_range():
 
 
 def test_quick_mode_writes_the_table(tmp_path):
-    spec = importlib.util.spec_from_file_location("exact_family_bench", ROOT / "benchmarks" / "exact_family.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("exact_family")
     df = mod.main(["--quick", "--quiet", "--out", str(tmp_path)])
     t = pd.read_csv(tmp_path / "exact_family.csv")
     for col in ["case", "alpha", "tail", "cvar_ft", "cvar_exact", "rel_error", "mass_beyond", "mass_target", "kl_ft",

@@ -1,22 +1,16 @@
 """``benchmarks/information_ceiling.py --quick``: both frontiers and the measured runs beside them."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.bench import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_information_ceiling", ROOT / "benchmarks" / "information_ceiling.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_information_ceiling"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("information_ceiling")
     return mod
 
 

@@ -1,21 +1,15 @@
 """``benchmarks/spectral.py --quick``: the table's columns, one stage-1 row per 2D case, against the exact targets."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.bench import load_benchmark
 
 
 def _spectral():
-    spec = importlib.util.spec_from_file_location("bench_spectral", ROOT / "benchmarks" / "spectral.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_spectral"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("spectral")
     return mod
 
 

@@ -1,17 +1,13 @@
 """benchmarks/speed.py: --quick runs every measurement of the full mode in seconds and writes the table."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.bench import load_benchmark
 
 
 def _speed():
-    spec = importlib.util.spec_from_file_location("speed_bench", ROOT / "benchmarks" / "speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("speed")
     return mod
 
 

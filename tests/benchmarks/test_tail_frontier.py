@@ -1,21 +1,15 @@
 """benchmarks/tail_frontier.py: --quick end to end (CSV, curve, md, png, --append, --replot) and the matched-KL rule."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.bench import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def tf():
-    spec = importlib.util.spec_from_file_location("tail_frontier_bench", ROOT / "benchmarks" / "tail_frontier.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("tail_frontier")
     return mod
 
 
@@ -76,13 +70,10 @@ def test_quick_mode_writes_csv_md_png_and_appends(tf, tmp_path):
 
 def test_every_target_builds_a_valid_config_at_every_budget():
     """The nested drug-like configs take the flat budget keys where a RunConfig keeps them."""
-    import importlib.util
 
     from tfftmol.pipeline import load_run_config
 
-    spec = importlib.util.spec_from_file_location("tail_frontier_targets", ROOT / "benchmarks" / "tail_frontier.py")
-    tf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tf)
+    tf = load_benchmark("tail_frontier")
     for target in tf.TARGETS:
         for budget in ("quick", "demo"):
             cfg = load_run_config(tf.target_config(target, budget))

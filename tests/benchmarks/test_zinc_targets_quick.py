@@ -2,23 +2,17 @@
 for a one-tail target and the two-sided spectral one, on the shipped ``zinc-selfies``."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.bench import load_benchmark
 
 
 @pytest.mark.slow  # about 30 s: two smoke-budget fine-tunes of the drug-like model
 def test_quick_mode_writes_a_row_per_run_with_its_own_objective(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_zinc_targets", ROOT / "benchmarks" / "zinc_targets.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_zinc_targets"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("zinc_targets")
     assert mod.main(["--quick", "--targets", "zinc_qed_right", "zinc_qed_two_sided", "--methods", "tfft",
                      "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
     df = pd.read_csv(tmp_path / "out" / "zinc_targets.csv")

@@ -1,7 +1,6 @@
 """The shipped QM9 property model: card, safetensors weights, reproduced test MAE, rewards; benchmark smoke run."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from tfftmol.chem.data import HARTREE_TO_EV, load_qm9
 from tfftmol.chem.property_model import MODEL_NAMES, WEIGHTS_DIR, load_property_model
 from tfftmol.chem.rewards import build_reward
+from helpers.bench import load_benchmark
 
 CARD = WEIGHTS_DIR / "qm9-property.card.json"
 WEIGHTS = WEIGHTS_DIR / "qm9-property.safetensors"
@@ -71,9 +71,7 @@ def test_unknown_model_name():
 
 @pytest.mark.slow  # 9.4 s: the rewards benchmark's --quick run
 def test_benchmark_quick(tmp_path, model):
-    spec = importlib.util.spec_from_file_location("bench_rewards", WEIGHTS_DIR.parents[2] / "benchmarks" / "rewards.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("rewards")
     df = bench.main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "rewards.csv").is_file() and (tmp_path / "rewards.md").is_file()
     eq = df[(df.metric == "parallel_equals_serial")]

@@ -1,11 +1,9 @@
 """Stage-1 threshold solver against brute force, optimality conditions and limits."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from scipy.special import expit, logsumexp
 
 from tfftmol.core.risk import cvar, var
 from tfftmol.core.threshold import TfftWarning, ThresholdResult, objective, solve_threshold
+from helpers.bench import load_benchmark
 
 
 # ---------------------------------------------------------------------------
@@ -284,10 +283,7 @@ def test_invalid_input_raises_with_value_and_range(kwargs, match):
 # ---------------------------------------------------------------------------
 
 def test_speed_benchmark_quick(tmp_path):
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "threshold_speed.py"
-    spec = importlib.util.spec_from_file_location("threshold_speed", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("threshold_speed")
     out = mod.main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "threshold_speed.csv").is_file()
     assert (tmp_path / "threshold_speed.md").is_file()

@@ -1,5 +1,4 @@
 """The 8x8-digit image submodule: shipped models, rewards, prompts through the core, TFFT-left, CLI, benchmark."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tfftmol.core.tfft import TFFTConfig, offline_batch, run_tfft
 from tfftmol.digits.models import (check_prompts, classifier_accuracy, load_digits_data, make_digit_reward,
                                     prompt_schedule, sample_digits)
 from tfftmol.image2d.digits_finetune import is_digits_config, load_config
+from helpers.bench import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -212,10 +212,7 @@ def test_python_finetune_dispatches_image_configs(tmp_path):
 # -- benchmark --------------------------------------------------------------------------------------
 @pytest.mark.slow  # 25 s: benchmarks/images.py --quick
 def test_images_benchmark_quick(tmp_path):
-    path = ROOT / "benchmarks" / "images.py"
-    spec = importlib.util.spec_from_file_location("images_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("images")
     table = mod.main(["--quick", "--quiet", "--out", str(tmp_path)])
     assert list(table.method) == ["pretrained", "expected", "tfft-right", "tfft-left"]
     t = pd.read_csv(tmp_path / "images.csv")

@@ -1,20 +1,16 @@
 """benchmarks/tuning.py --quick: a 2D and a molecular study against their defaults, and 1 vs 2 workers."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.bench import load_benchmark
 
 pytestmark = pytest.mark.slow  # ~150 s: three small studies, a seed re-run, 1 vs 2 workers
 
 
 def test_tuning_benchmark_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_tuning", ROOT / "benchmarks" / "tuning.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("tuning")
     df = mod.main(["--quick", "--quiet", "--out", str(tmp_path)])
     saved = pd.read_csv(tmp_path / "tuning.csv")
     assert list(saved["part"]) == ["2D (gmm-exact, r = x_1)", "molecules (qm9-graph, QED)", "workers", "workers"]

@@ -1,5 +1,4 @@
 """The shipped 2D flows, the toy2d CLI and the benchmark's --quick mode."""
-import json
 
 import pandas as pd
 import pytest
@@ -9,6 +8,7 @@ import tfftmol
 from tfftmol.core.samplers import sample_ode
 from tfftmol.toy2d.metrics import mmd_rbf
 from tfftmol.toy2d.flows import MLPFlow, multimodal_reward, sample_dataset, train_flow_matching
+from helpers.bench import load_benchmark
 
 
 @pytest.mark.parametrize("name", ["gmm", "moons", "ring"])
@@ -52,13 +52,7 @@ def test_toy2d_cli_prints_a_table_and_writes_a_plot(tmp_path, capsys):
 
 @pytest.mark.slow  # 90 s: benchmarks/toy2d.py --quick
 def test_benchmark_quick_mode_runs(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "toy2d.py"
-    spec = importlib.util.spec_from_file_location("toy2d_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("toy2d")
     table = mod.main(["--quick", "--quiet", "--out", str(tmp_path)])
     assert set(table.method) == {"pretrained", "expected", "tfft-right", "tfft-left"}
     for f in ("toy2d.csv", "toy2d.md", "toy2d_continuation.csv", "toy2d_threshold_speed.csv"):
