@@ -64,8 +64,8 @@ from .rewards import Reward, RewardResult, build_reward
 from .surrogate import Surrogate, SurrogateReport
 
 __all__ = ["SurrogateConfig", "MoleculeOptions", "MoleculeTask", "MolecularReward", "denoised_copies",
-           "noised_copies", "evaluate_samples", "load_base", "is_latent", "MOLECULAR_MODELS", "LATENT_MODELS", "RewardFailureError",
-           "REWARD_FAILURES"]
+           "noised_copies", "evaluate_samples", "load_base", "is_latent", "MOLECULAR_MODELS", "LATENT_MODELS",
+           "RewardFailureError", "REWARD_FAILURES"]
 
 #: Reasons that are failures of the reward itself, not of the molecule (:data:`tfftmol.chem.mol.REASONS`).
 REWARD_FAILURES = ("reward_error", "reward_nan")
@@ -403,8 +403,8 @@ class MolecularReward:
         Each fold is scored by the surrogate fitted as :meth:`fit_offline` fits it (warm start,
         denoised copies, epochs, early stopping) on the other folds, where stage 2 reads it: at the
         final state, or with ``terminal_time < 1`` at the denoised (or, with ``terminal_state: noisy``,
-        noised) state of that time, whose gradient starts the adjoint there.  The surrogate is left fitted on the last fold's
-        complement: call :meth:`fit_offline` again before a run uses it.
+        noised) state of that time, whose gradient starts the adjoint there.  The surrogate is left
+        fitted on the last fold's complement: call :meth:`fit_offline` again before a run uses it.
         """
         if int(folds) < 2:
             raise ValueError(f"folds={folds} must be >= 2")

@@ -6,11 +6,10 @@ as is.  Several workers (processes, on one machine or many) pointing at the
 same URL share one study: each asks Optuna for the next trial until the study
 holds ``n_trials`` finished (complete or pruned) trials (a worker reads the count
 before it asks, so ``k`` workers can overshoot it by up to ``k - 1`` trials in the
-last round).  Every trial beats a
-heartbeat; a worker that dies (even by SIGKILL) leaves a RUNNING trial whose
-heartbeat stops, and the next worker to start a trial marks it FAIL
-(``optuna.storages.fail_stale_trials``) and runs a replacement, so the study
-still reaches its count.
+last round).  Every trial beats a heartbeat; a worker that dies (even by SIGKILL)
+leaves a RUNNING trial whose heartbeat stops, and the next worker to start a trial
+marks it FAIL (``optuna.storages.fail_stale_trials``) and runs a replacement, so
+the study still reaches its count.
 """
 from __future__ import annotations
 
