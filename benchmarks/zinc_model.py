@@ -62,6 +62,15 @@ TARGETS = {"validity": (">=", 0.995), "unique@10k": (">=", 0.99), "novelty": (">
            "filters": (">=", 0.95), "mol_per_s_parallel": (">=", 2000.0)}
 
 
+def trained_on(card_path: Path) -> str:
+    """``"moses"`` when the model card says the model saw the MOSES view of the training split, else
+    ``"zinc250k"`` (also when there is no card)."""
+    if not card_path.exists():
+        return "zinc250k"
+    data = json.loads(card_path.read_text()).get("data", {})
+    return "moses" if "MOSES view" in data.get("training_data", "") else "zinc250k"
+
+
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10_000)
@@ -84,8 +93,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--sweep", action="store_true",
                     help="only: FCD/validity/uniqueness/novelty/filters against the sampler and the number of steps "
                          "(2,000 samples each; also the decoded prior x ~ N(0, I) without the flow) -> <name>.sweep.csv")
-    ap.add_argument("--reference", choices=["zinc250k", "moses"], default="zinc250k",
-                    help="zinc250k: the test split as shipped; moses: its MOSES view (neutral forms, MOSES filters "
+    ap.add_argument("--reference", choices=["auto", "zinc250k", "moses"], default="auto",
+                    help="auto: the data the measured model was trained on, read from its card (the card beside "
+                         "--weights, else the shipped card); zinc250k: the test split as shipped; moses: its MOSES view (neutral forms, MOSES filters "
                          "passed; tfftmol.chem.selfies.data.moses_view), novelty against the neutral forms of the "
                          "training split, the data row from the MOSES view of the training split -- the data a "
                          "model trained with scripts/pretrain_zinc.py --data moses saw")
@@ -94,6 +104,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default="zinc_model", help="output file stem")
     args = ap.parse_args(argv)
+    if args.reference == "auto":
+        args.reference = trained_on(args.weights.with_suffix(".card.json") if args.weights else CARD_PATH)
     if args.quick:
         args.n, args.n_ref, args.n_recon, args.n_speed, args.n_baseline, args.n_smooth = 200, 200, 100, 200, 200, 100
         if args.name == "zinc_model":

@@ -381,7 +381,8 @@ def train_flow(args) -> None:
               "novelty": round(float(np.mean([s not in train_smiles for s in set(ok)])) if ok else 0.0, 4)}
         state["history"].append(ev)
         save_atomic({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "state": state,
-                     "gen": gen.get_state(), "config": cfg.to_dict(), "z_mean": z_mean, "z_std": z_std}, ckpt_path)
+                     "gen": gen.get_state(), "config": cfg.to_dict(), "z_mean": z_mean, "z_std": z_std,
+                     "args": {k: str(v) for k, v in vars(args).items()}}, ckpt_path)
         log(run, "flow", ("FINAL " if final else "") + "eval(EMA, 30 Euler steps) " + json.dumps(ev))
 
     net.train()
@@ -417,6 +418,35 @@ def train_flow(args) -> None:
     export(args)
 
 
+def _number(v):
+    """A checkpoint's stored argument (a string) as a number, or None."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def earlier_ae_stages(init_from: Path) -> list[dict]:
+    """The VAE training behind ``--init-from``, oldest stage first, from the card beside that weights file.
+
+    Each stage is that card's ``training.ae`` without its history; a card that is missing gives one stage
+    that says so, so an exported card never claims a shorter training than the weights had."""
+    card_path = init_from.with_suffix(".card.json")
+    if not card_path.exists():
+        return [{"weights": init_from.name, "note": f"no model card beside it ({card_path.name}); training unknown"}]
+    card = json.loads(card_path.read_text())
+    ae = card.get("training", {}).get("ae", {})
+    stage = {k: (_number(v) if k in ("lr", "beta", "beta_warmup", "budget_minutes", "ema") and isinstance(v, str) else v)
+             for k, v in ae.items() if k not in ("history", "earlier_stages", "init_from", "total_wall_minutes")}
+    stage.setdefault("training_data", "moses" if "MOSES view" in card.get("data", {}).get("training_data", "")
+                     else "zinc250k")
+    try:  # the project-relative path when inside the project, else the file name (no machine path in a card)
+        shown = init_from.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        shown = init_from.name
+    return list(ae.get("earlier_stages", [])) + [{"weights": shown, **stage}]
+
+
 def export(args) -> None:
     run = args.run_dir
     vae, vocab, ae_state = load_vae(run)
@@ -429,6 +459,10 @@ def export(args) -> None:
     card = json.loads(args.card.read_text()) if args.card.exists() else {}
     ae_args = ae_ck.get("args", {})
     data = ae_args.get("data", "zinc250k")
+    # the flow's own arguments (checkpoints before they were stored: this command's)
+    flow_args = ck.get("args") or {k: str(v) for k, v in vars(args).items()}
+    init_from = ae_args.get("init_from") if ae_args.get("init_from") not in (None, "None") else None
+    earlier = earlier_ae_stages(Path(init_from)) if init_from else []
     n_train = len(tokens_for(run, vocab, "train", data))
     data_note = ({"training_data": "the MOSES view of the training split (tfftmol.chem.selfies.data.moses_view: "
                                    "RDKit Uncharger neutral forms, MOSES filters passed; built by the prepare stage)",
@@ -453,16 +487,21 @@ def export(args) -> None:
             "ae": {"steps": ae_ck["state"]["step"],
                    "epochs": round(ae_ck["state"]["step"] * (int(ae_args.get("batch_size") or 0) or 128) / n_train, 2),
                    **({"init_from": "the VAE of the zinc-selfies file " + Path(ae_args["init_from"]).name
-                                    + " (its steps and history are not counted here)"}
-                      if ae_args.get("init_from") not in (None, "None") else {}),
+                                    + " (its training is the list `earlier_stages`, oldest first)",
+                       "earlier_stages": earlier} if init_from else {}),
                    "wall_minutes": round(ae_ck["state"]["elapsed"] / 60, 1),
-                   "batch_size": int(ae_args.get("batch_size") or 0) or 128, "lr": ae_args.get("lr"), "beta": ae_args.get("beta"),
-                   "beta_warmup": ae_args.get("beta_warmup"), "budget_minutes": ae_args.get("budget_minutes"),
-                   "ema": ae_args.get("ema"), "threads": 1, "device": "cpu",
+                   **({"total_wall_minutes": round(sum(st.get("wall_minutes") or 0.0 for st in earlier)
+                                                   + ae_ck["state"]["elapsed"] / 60, 1)} if init_from else {}),
+                   "batch_size": int(_number(ae_args.get("batch_size")) or 128),
+                   "lr": _number(ae_args.get("lr")) or 1e-3, "beta": _number(ae_args.get("beta")),
+                   "beta_warmup": _number(ae_args.get("beta_warmup")),
+                   "budget_minutes": _number(ae_args.get("budget_minutes")), "ema": _number(ae_args.get("ema")),
+                   "threads": 1, "device": "cpu", "training_data": data,
                    "history": ae_ck["state"]["history"]},
             "flow": {"steps": ck["state"]["step"], "wall_minutes": round(ck["state"]["elapsed"] / 60, 1),
-                     "batch_size": args.batch_size or 256, "lr": args.lr or 1e-3, "threads": 1,
-                     "x1": ("posterior mean mu of a training molecule, normalised" if getattr(args, "x1", "") == "mean"
+                     "batch_size": int(_number(flow_args.get("batch_size")) or 256),
+                     "lr": _number(flow_args.get("lr")) or 1e-3, "threads": 1,
+                     "x1": ("posterior mean mu of a training molecule, normalised" if flow_args.get("x1") == "mean"
                             else "fresh posterior draw mu + sigma * eps of a training molecule, normalised"),
                      "history": ck["state"]["history"]},
         },

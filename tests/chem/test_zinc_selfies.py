@@ -288,7 +288,7 @@ def test_fcd_matches_the_fcd_package_and_is_zero_on_itself():
 def test_quick_benchmark_runs(tmp_path):
     sys.path.insert(0, str(ROOT))
     from benchmarks.zinc_model import main
-    out = main(["--quick", "--out-dir", str(tmp_path), "--threads", "1"])
+    out = main(["--quick", "--out-dir", str(tmp_path), "--threads", "1", "--cache-dir", str(tmp_path / "cache")])
     import pandas as pd
     df = pd.read_csv(tmp_path / "zinc_model_quick.csv")
     assert list(df["model"]) == ["zinc-selfies", "random-selfies", "data (train)"]
@@ -309,6 +309,20 @@ def test_quick_benchmark_runs(tmp_path):
         assert d.sort_values("scale")["same"].is_monotonic_decreasing, d
 
 
+def test_benchmark_reference_follows_the_data_the_card_names(tmp_path):
+    """``--reference auto`` measures a model against the data it was trained on, as its card says."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.zinc_model import parse, trained_on
+    moses, plain = tmp_path / "m.card.json", tmp_path / "p.card.json"
+    moses.write_text(json.dumps({"data": {"training_data": "the MOSES view of the training split (...)"}}))
+    plain.write_text(json.dumps({"data": {"training_data": "the training split"}}))
+    assert (trained_on(moses), trained_on(plain), trained_on(tmp_path / "none.json")) == ("moses", "zinc250k", "zinc250k")
+    assert parse(["--weights", str(tmp_path / "m.safetensors")]).reference == "moses"
+    assert parse(["--weights", str(tmp_path / "p.safetensors")]).reference == "zinc250k"
+    assert parse(["--weights", str(tmp_path / "m.safetensors"), "--reference", "zinc250k"]).reference == "zinc250k"
+    assert parse([]).reference == trained_on(CARD_PATH)
+
+
 def test_quick_benchmark_against_the_moses_view(tmp_path):
     """``--reference moses``: the data row is the MOSES view of the training split, so it passes every
     filter and is not novel against the neutral training forms; the random row is far from both."""
@@ -325,10 +339,11 @@ def test_quick_benchmark_against_the_moses_view(tmp_path):
 
 
 def test_pretrain_script_moses_view_init_from_and_export(tmp_path):
-    """The training script on a tiny MOSES view: ``--init-from`` carries the shipped VAE over (all 64 latent
-    dimensions in use and posterior standard deviations near the shipped 0.63, where a fresh VAE after the
-    same 3 steps uses a few dimensions at sigma near 1), a different VAE size is refused, a run with neither
-    a step count nor a budget is refused, and the exported file loads, samples and names its data."""
+    """The training script on a tiny MOSES view: ``--init-from`` carries the shipped VAE over (its active
+    latent dimensions and posterior standard deviations those of the shipped card's last evaluation, where a
+    fresh VAE after the same 3 steps uses a few dimensions at sigma near 1), a different VAE size is refused,
+    a run with neither a step count nor a budget is refused, and the exported file loads, samples, names its
+    data and lists the shipped VAE's training as its earlier stages (with the total wall time)."""
     import pandas as pd
     sys.path.insert(0, str(ROOT / "scripts"))
     import pretrain_zinc
@@ -342,18 +357,30 @@ def test_pretrain_script_moses_view_init_from_and_export(tmp_path):
     pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "fresh"), *common])
     ev = {k: torch.load(tmp_path / k / "ae_ckpt.pt", weights_only=True)["state"]["history"][-1]
           for k in ("warm", "fresh")}
-    assert ev["warm"]["active_dims"] >= 60 > 20 > ev["fresh"]["active_dims"], ev
-    assert ev["warm"]["mean_sigma"] < 0.75 < 0.9 < ev["fresh"]["mean_sigma"], ev
+    shipped_card = json.loads(CARD_PATH.read_text())
+    shipped = shipped_card["training"]["ae"]["history"][-1]
+    assert abs(ev["warm"]["active_dims"] - shipped["active_dims"]) <= 4 and ev["fresh"]["active_dims"] < 20, ev
+    assert abs(ev["warm"]["mean_sigma"] - shipped["mean_sigma"]) <= 0.05 and ev["fresh"]["mean_sigma"] > 0.9, ev
     with pytest.raises(SystemExit, match="differs"):
         pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "bad"), "--init-from", str(WEIGHTS_PATH),
                             "--latent-dim", "32", *common])
     out, card = tmp_path / "warm" / "w.safetensors", tmp_path / "warm" / "card.json"
     pretrain_zinc.main(["flow", "--run-dir", str(tmp_path / "warm"), "--data", "moses", "--steps", "3",
-                        "--eval-n", "8", "--out", str(out), "--card", str(card)])
+                        "--batch-size", "32", "--x1", "mean", "--eval-n", "8", "--out", str(out), "--card", str(card)])
+    # a later export (other arguments) describes the flow by its own checkpoint's arguments
+    pretrain_zinc.main(["export", "--run-dir", str(tmp_path / "warm"), "--out", str(out), "--card", str(card)])
     assert load_zinc_selfies(path=out).sample(4, seed=0).validity == 1.0
     c = json.loads(card.read_text())
     assert "MOSES view" in c["data"]["training_data"] and c["data"]["n_train"] == int((pd.read_csv(
         tmp_path / "warm" / "moses.csv.gz")["split"] == "train").sum())
+    ae, before = c["training"]["ae"], shipped_card["training"]["ae"]
+    stages = ae["earlier_stages"]
+    assert stages[-1]["weights"] == WEIGHTS_PATH.relative_to(ROOT).as_posix() and len(stages) == len(before.get("earlier_stages", [])) + 1
+    assert stages[-1]["steps"] == before["steps"] and "history" not in stages[-1]
+    assert ae["total_wall_minutes"] == pytest.approx(sum(st["wall_minutes"] for st in stages) + ae["wall_minutes"],
+                                                     abs=0.1)
+    assert c["training"]["flow"]["batch_size"] == 32 and c["training"]["flow"]["x1"].startswith("posterior mean")
+    assert ae["steps"] == 3 and ae["lr"] == 1e-3 and ae["beta"] == 0.2 and ae["training_data"] == "moses"
     with pytest.raises(SystemExit, match="prepare"):
         pretrain_zinc.main(["ae", "--run-dir", str(tmp_path / "none"), *common])
     with pytest.raises(SystemExit, match="--steps or --budget-minutes"):
