@@ -95,7 +95,8 @@ def parse(argv=None) -> argparse.Namespace:
                          "(2,000 samples each; also the decoded prior x ~ N(0, I) without the flow) -> <name>.sweep.csv")
     ap.add_argument("--reference", choices=["auto", "zinc250k", "moses"], default="auto",
                     help="auto: the data the measured model was trained on, read from its card (the card beside "
-                         "--weights, else the shipped card); zinc250k: the test split as shipped; moses: its MOSES view (neutral forms, MOSES filters "
+                         "--weights, else the shipped card); zinc250k: the test split as shipped; "
+                         "moses: its MOSES view (neutral forms, MOSES filters "
                          "passed; tfftmol.chem.selfies.data.moses_view), novelty against the neutral forms of the "
                          "training split, the data row from the MOSES view of the training split -- the data a "
                          "model trained with scripts/pretrain_zinc.py --data moses saw")

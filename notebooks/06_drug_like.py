@@ -23,7 +23,11 @@
 #
 # 1. sample molecules and draw them;
 # 2. compare their properties (QED, logP, SA, molecular weight) with the training data's;
-# 3. run TFFT on QED's top 10% (`configs/zinc_qed_right.yaml`) and compare before and after.
+# 3. run TFFT on the top 10% of a GuacaMol/PMO objective, osimertinib MPO
+#    (`configs/zinc_osimertinib_mpo_right.yaml`), and compare before and after.
+#
+# The model was trained on the MOSES view of ZINC250k (neutral forms, MOSES medicinal-chemistry filters
+# passed), so its samples are compared with that view of the held-out test split.
 #
 # Set `TFFTMOL_NB_SMALL=1` for the small budget the tests use (a few minutes); without it the
 # notebook runs the config's full budget.
@@ -43,7 +47,7 @@ from rdkit.Chem import Draw
 
 import tfftmol
 from tfftmol.chem import moses_metrics as mm
-from tfftmol.chem.selfies import load_zinc250k
+from tfftmol.chem.selfies import load_zinc250k, moses_view
 
 SMALL = os.environ.get("TFFTMOL_NB_SMALL") == "1"
 OUT = Path(os.environ.get("TFFTMOL_NB_OUT", "runs")) / "06_drug_like"
@@ -75,11 +79,11 @@ display(Draw.MolsToGridImage([m for m in samples.mols if m is not None][:16], mo
 # %% [markdown]
 # ## Properties against the data
 #
-# The same four properties on the samples and on held-out ZINC250k molecules (the test split of the
-# scaffold split the model never saw).
+# The same four properties on the samples and on held-out ZINC250k molecules (the MOSES view of the
+# test split of the scaffold split the model never saw).
 
 # %%
-test = load_zinc250k("test").sample(n, random_state=0)
+test = moses_view(load_zinc250k("test").sample(int(1.3 * n), random_state=0), processes=1).head(n)
 props_model = mm.properties([s for s in samples.smiles if s])
 props_data = mm.properties(test["smiles"].tolist())
 fig, axes = plt.subplots(1, 4, figsize=(14, 3))
@@ -87,7 +91,7 @@ for ax, (key, label) in zip(axes, [("qed", "QED"), ("logp", "logP"), ("sa", "SA 
                                    ("mw", "molecular weight")]):
     lo, hi = np.nanquantile(np.r_[props_model[key], props_data[key]], [0.005, 0.995])
     bins = np.linspace(lo, hi, 40)
-    ax.hist(props_data[key], bins=bins, alpha=0.5, density=True, label="ZINC250k test")
+    ax.hist(props_data[key], bins=bins, alpha=0.5, density=True, label="ZINC250k test (MOSES view)")
     ax.hist(props_model[key], bins=bins, alpha=0.5, density=True, label="zinc-selfies")
     ax.set_xlabel(label)
 axes[0].legend(fontsize=8)
@@ -95,16 +99,19 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## TFFT on the top 10% of QED
+# ## TFFT on the top 10% of osimertinib MPO
 #
-# The config fine-tunes with exact Adjoint Matching in latent space: the reward's gradient comes
-# from a small network on the latent (pre-trained on encoded ZINC250k molecules labelled by RDKit's
-# QED, refitted on the fine-tune's own samples); reward values, the threshold and every figure below
-# use the true QED of the decoded molecules.
+# Osimertinib MPO (GuacaMol suite v2, PMO) is the geometric mean of four desirabilities in [0, 1]: like
+# osimertinib (FCFP4 Tanimoto) but not a copy (ECFP6), TPSA over 100, logP under 1. The config fine-tunes
+# with exact Adjoint Matching in latent space: the reward's gradient comes from a small network on the
+# latent (pre-trained on encoded ZINC250k molecules labelled by the true objective, refitted on the
+# fine-tune's own samples); reward values, the threshold and every figure below use the true objective
+# of the decoded molecules. (QED's top 10% is a poor showcase here: on this model it already averages
+# 0.917, close to QED's maximum of 0.948.)
 
 # %%
-cfg = yaml.safe_load((CONFIGS / "zinc_qed_right.yaml").read_text())
-cfg.update(name="zinc_qed_right", out_dir=str(OUT), threads=1)
+cfg = yaml.safe_load((CONFIGS / "zinc_osimertinib_mpo_right.yaml").read_text())
+cfg.update(name="zinc_osimertinib_mpo_right", out_dir=str(OUT), threads=1)
 if SMALL:  # a few minutes; the gain it shows is measured in the assert cell below
     cfg["tfft"].update(offline_samples=2000, offline_steps=20, bootstrap=0, refine_samples=500)
     cfg["tfft"]["am"].update(steps=80, time_steps=20, loss_time_steps=6)
@@ -117,7 +124,7 @@ result.table().round(4)
 # %%
 m = result.metrics
 before, after = float(m["reward_cvar_right_0.9"].iloc[0]), float(m["reward_cvar_right_0.9"].iloc[1])
-print(f"right-CVaR_0.9 of QED: {before:.4f} -> {after:.4f} (stage 1 predicted "
+print(f"right-CVaR_0.9 of osimertinib MPO: {before:.4f} -> {after:.4f} (stage 1 predicted "
       f"{result.tfft.threshold.predicted_cvar:.4f}), KL {result.kl:.3f}, "
       f"validity {m['validity'].iloc[0]:.3f} -> {m['validity'].iloc[1]:.3f}")
 assert after > before, (before, after)
@@ -129,13 +136,13 @@ fig, ax = plt.subplots(figsize=(7, 3.5))
 ax.hist(pre.reward[pre.valid], bins=bins, alpha=0.5, label="pre-trained")
 ax.hist(post.reward[post.valid], bins=bins, alpha=0.5, label="TFFT right-CVaR")
 ax.axvline(result.eta, color="k", ls="--", label=f"eta* = {result.eta:.3f}")
-ax.set_xlabel("QED")
+ax.set_xlabel("osimertinib MPO")
 ax.legend(fontsize=8)
 plt.show()
 
 
 # %% [markdown]
-# The best distinct molecules after fine-tuning, with their QED:
+# The best distinct molecules after fine-tuning, with their osimertinib MPO:
 
 # %%
 def top_grid(df, k=12):

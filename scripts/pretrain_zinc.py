@@ -4,14 +4,25 @@
     python scripts/pretrain_zinc.py flow --run-dir runs/zinc --budget-minutes 12
     python scripts/pretrain_zinc.py export --run-dir runs/zinc     # (flow does this at its end too)
 
-On the MOSES view of the data (neutral forms, MOSES filters passed; what MOSES
-itself trains on), continuing from the shipped VAE:
+The shipped weights came from three VAE stages, each continuing the last (``--init-from``),
+then a flow on the posterior means of the MOSES view of the data (neutral forms, MOSES
+filters passed; what MOSES itself trains on):
 
+    python scripts/pretrain_zinc.py ae --run-dir runs/zinc --budget-minutes 60 --lr 0.002
+    python scripts/pretrain_zinc.py flow --run-dir runs/zinc --budget-minutes 11 --n-encode 60000 \
+        --out runs/zinc/zinc-selfies.safetensors --card runs/zinc/zinc-selfies.card.json
     python scripts/pretrain_zinc.py prepare --run-dir runs/zinc-moses            # ~9.5 min on 2 processes
     python scripts/pretrain_zinc.py ae --run-dir runs/zinc-moses --data moses \
-        --init-from tfftmol/chem/weights/zinc-selfies.safetensors --beta-warmup 0 --budget-minutes 105
-    python scripts/pretrain_zinc.py flow --run-dir runs/zinc-moses --data moses --budget-minutes 10 \
+        --init-from runs/zinc/zinc-selfies.safetensors --beta-warmup 0 --budget-minutes 105
+    python scripts/pretrain_zinc.py flow --run-dir runs/zinc-moses --data moses --budget-minutes 9 \
         --out runs/zinc-moses/zinc-selfies.safetensors --card runs/zinc-moses/zinc-selfies.card.json
+    mkdir -p runs/zinc-b06 && cp runs/zinc-moses/moses.csv.gz runs/zinc-b06/
+    python scripts/pretrain_zinc.py ae --run-dir runs/zinc-b06 --data moses \
+        --init-from runs/zinc-moses/zinc-selfies.safetensors --beta 0.6 --beta-warmup 0 --budget-minutes 85
+    python scripts/pretrain_zinc.py flow --run-dir runs/zinc-b06 --data moses --x1 mean --budget-minutes 11
+
+A stage's card (``--card``, beside its weights) is what the next stage's export reads to
+list the earlier stages under ``training.ae.earlier_stages``.
 
 ``ae``: the VAE of :mod:`tfftmol.chem.selfies.autoencoder` on the training split
 of the processed ZINC250k copy (teacher forcing, summed token cross-entropy +
@@ -436,7 +447,8 @@ def earlier_ae_stages(init_from: Path) -> list[dict]:
         return [{"weights": init_from.name, "note": f"no model card beside it ({card_path.name}); training unknown"}]
     card = json.loads(card_path.read_text())
     ae = card.get("training", {}).get("ae", {})
-    stage = {k: (_number(v) if k in ("lr", "beta", "beta_warmup", "budget_minutes", "ema") and isinstance(v, str) else v)
+    numeric = ("lr", "beta", "beta_warmup", "budget_minutes", "ema")  # stored as strings by older exports
+    stage = {k: (_number(v) if k in numeric and isinstance(v, str) else v)
              for k, v in ae.items() if k not in ("history", "earlier_stages", "init_from", "total_wall_minutes")}
     stage.setdefault("training_data", "moses" if "MOSES view" in card.get("data", {}).get("training_data", "")
                      else "zinc250k")

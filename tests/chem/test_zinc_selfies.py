@@ -316,7 +316,8 @@ def test_benchmark_reference_follows_the_data_the_card_names(tmp_path):
     moses, plain = tmp_path / "m.card.json", tmp_path / "p.card.json"
     moses.write_text(json.dumps({"data": {"training_data": "the MOSES view of the training split (...)"}}))
     plain.write_text(json.dumps({"data": {"training_data": "the training split"}}))
-    assert (trained_on(moses), trained_on(plain), trained_on(tmp_path / "none.json")) == ("moses", "zinc250k", "zinc250k")
+    assert trained_on(moses) == "moses"
+    assert trained_on(plain) == trained_on(tmp_path / "none.json") == "zinc250k"
     assert parse(["--weights", str(tmp_path / "m.safetensors")]).reference == "moses"
     assert parse(["--weights", str(tmp_path / "p.safetensors")]).reference == "zinc250k"
     assert parse(["--weights", str(tmp_path / "m.safetensors"), "--reference", "zinc250k"]).reference == "zinc250k"
@@ -375,7 +376,8 @@ def test_pretrain_script_moses_view_init_from_and_export(tmp_path):
         tmp_path / "warm" / "moses.csv.gz")["split"] == "train").sum())
     ae, before = c["training"]["ae"], shipped_card["training"]["ae"]
     stages = ae["earlier_stages"]
-    assert stages[-1]["weights"] == WEIGHTS_PATH.relative_to(ROOT).as_posix() and len(stages) == len(before.get("earlier_stages", [])) + 1
+    assert stages[-1]["weights"] == WEIGHTS_PATH.relative_to(ROOT).as_posix()
+    assert len(stages) == len(before.get("earlier_stages", [])) + 1
     assert stages[-1]["steps"] == before["steps"] and "history" not in stages[-1]
     assert ae["total_wall_minutes"] == pytest.approx(sum(st["wall_minutes"] for st in stages) + ae["wall_minutes"],
                                                      abs=0.1)

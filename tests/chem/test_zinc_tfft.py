@@ -258,12 +258,17 @@ def test_latent_tfft_run_through_pipeline_moves_right_cvar(tiny_path, tmp_path):
 # -- the shipped model ------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.skipif(not WEIGHTS_PATH.exists(), reason="zinc-selfies weights not trained yet")
-def test_short_qed_right_cvar_run_on_zinc_selfies_moves_the_tail(tmp_path):
-    """configs/zinc_qed_right.yaml at a smaller budget (seed 0, ~2 minutes on one thread) raises QED right-CVaR_0.9
-    and keeps validity and uniqueness.  Seed tried: 0.  The gain is small (the latent surrogate's held-out
-    Spearman is ~0.3 on this model: QED of the greedy decode is a rough function of the latent)."""
+def test_short_right_cvar_run_on_zinc_selfies_moves_the_tail(tmp_path):
+    """configs/zinc_osimertinib_mpo_right.yaml at a smaller budget (seed 0, ~2 minutes on one thread) raises the
+    right-CVaR_0.9 of osimertinib MPO clearly (the tail frontier's demo budget: +0.13 on each of 3 seeds) and
+    keeps validity and uniqueness.  Seed tried: 0.
+
+    Not QED: on the shipped model QED's top 10% already averages about 0.915 of QED's maximum 0.948 and its
+    latent surrogate knows little about that tail, so a short run moves it by less than the evaluation noise
+    (seed 0 at this budget: -0.0005 at alpha 0.03; the tail frontier at alpha 0.1: -0.0025, +0.0067, +0.0040
+    on seeds 0-2)."""
     torch.set_num_threads(1)
-    cfg = load_run_config(ROOT / "configs" / "zinc_qed_right.yaml", out_dir=str(tmp_path),
+    cfg = load_run_config(ROOT / "configs" / "zinc_osimertinib_mpo_right.yaml", out_dir=str(tmp_path),
                           cache_dir=str(tmp_path / "cache"))
     d = cfg.to_dict()
     d["eval"].update(samples=1000, kl_samples=200)
@@ -273,7 +278,7 @@ def test_short_qed_right_cvar_run_on_zinc_selfies_moves_the_tail(tmp_path):
     res = run(d, progress=False, log=lambda s: None)
     m = res.metrics
     pre, post = m["reward_cvar_right_0.9"]
-    assert post > pre, (pre, post)
+    assert post > pre + 0.03, (pre, post)
     assert m["validity"].iloc[1] >= 0.95 * m["validity"].iloc[0]
     assert m["uniqueness"].iloc[1] >= 0.95 * m["uniqueness"].iloc[0]
     assert isinstance(load_zinc_selfies(), ZincSelfiesFlow)
