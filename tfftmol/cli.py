@@ -9,7 +9,7 @@
     tfftmol run      --config configs/<name>.yaml [--resume | --overwrite] [--force] [--out runs] [--name N] [--check]
     tfftmol finetune ...                      (the same as `run`, the name of earlier releases)
     tfftmol demo-mol [--out runs] [--config configs/qed_right.yaml]
-                     (default: right-CVaR of osimertinib MPO on the drug-like zinc-selfies, about 4 minutes;
+                     (default: right-CVaR of osimertinib MPO on the drug-like zinc-selfies, about 2-4 minutes;
                       with configs/qed_right.yaml: QED right-CVaR on qm9-graph, about 12 minutes)
     tfftmol tune --config configs/tune_<name>.yaml --study NAME [--storage URL] [--n-trials N]
 """
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         f.set_defaults(fn=_finetune, cmd=cmd)
 
     dm = sub.add_parser("demo-mol", help="drug-like discovery (right-CVaR of osimertinib MPO on zinc-selfies) in "
-                                         "about 4 minutes; prints stage 1's prediction, before/after, realisation")
+                                         "about 2-4 minutes; prints stage 1's prediction, before/after, realisation")
     dm.add_argument("--config", default=None,
                     help=f"default: configs/{DEMO_MOL_CONFIG}; configs/qed_right.yaml runs the qm9-graph QED demo")
     dm.add_argument("--out", default="runs")
