@@ -58,8 +58,8 @@ COLUMNS = ["latents", "n", "c2st_codes_logreg", "c2st_codes_mlp", "c2st_draws_lo
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=None, help="a zinc-selfies safetensors file (default: shipped)")
-    ap.add_argument("--reference", choices=["zinc250k", "moses"], default="zinc250k",
-                    help="the data the model was trained on (as in benchmarks/zinc_model.py)")
+    ap.add_argument("--reference", choices=["auto", "zinc250k", "moses"], default="auto",
+                    help="the data the model was trained on (as in benchmarks/zinc_model.py; auto: from its card)")
     ap.add_argument("--n", type=int, default=3000, help="latents per set")
     ap.add_argument("--n-ref", type=int, default=3000, help="test molecules of the FCD reference")
     ap.add_argument("--pool", type=int, default=20000,
@@ -72,6 +72,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--name", default="latent_gap")
     ap.add_argument("--quick", action="store_true", help="150 latents per set, one sampler")
     args = ap.parse_args(argv)
+    if args.reference == "auto":
+        from tfftmol.chem.selfies.loader import CARD_PATH, training_view
+        args.reference = training_view(args.weights.with_suffix(".card.json") if args.weights else CARD_PATH)
     if args.quick:
         args.n, args.n_ref, args.pool, args.samplers = 150, 150, 300, ["ode:5"]
         if args.name == "latent_gap":

@@ -50,7 +50,7 @@ from rdkit import RDLogger  # noqa: E402
 from tfftmol.chem import moses_metrics as mm  # noqa: E402
 from tfftmol.chem.selfies.codec import decode_selfies  # noqa: E402
 from tfftmol.chem.selfies.data import load_zinc250k  # noqa: E402
-from tfftmol.chem.selfies.loader import CARD_PATH, load_zinc_selfies  # noqa: E402
+from tfftmol.chem.selfies.loader import CARD_PATH, load_zinc_selfies, training_view  # noqa: E402
 from tfftmol.tables import markdown_table  # noqa: E402
 
 RDLogger.DisableLog("rdApp.*")
@@ -60,15 +60,6 @@ DEFAULT_STEPS = 10
 DEFAULT_SAMPLER = "ode"
 TARGETS = {"validity": (">=", 0.995), "unique@10k": (">=", 0.99), "novelty": (">=", 0.90), "fcd": ("<=", 2.0),
            "filters": (">=", 0.95), "mol_per_s_parallel": (">=", 2000.0)}
-
-
-def trained_on(card_path: Path) -> str:
-    """``"moses"`` when the model card says the model saw the MOSES view of the training split, else
-    ``"zinc250k"`` (also when there is no card)."""
-    if not card_path.exists():
-        return "zinc250k"
-    data = json.loads(card_path.read_text()).get("data", {})
-    return "moses" if "MOSES view" in data.get("training_data", "") else "zinc250k"
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -106,7 +97,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--name", default="zinc_model", help="output file stem")
     args = ap.parse_args(argv)
     if args.reference == "auto":
-        args.reference = trained_on(args.weights.with_suffix(".card.json") if args.weights else CARD_PATH)
+        args.reference = training_view(args.weights.with_suffix(".card.json") if args.weights else CARD_PATH)
     if args.quick:
         args.n, args.n_ref, args.n_recon, args.n_speed, args.n_baseline, args.n_smooth = 200, 200, 100, 200, 200, 100
         if args.name == "zinc_model":

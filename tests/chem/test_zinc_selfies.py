@@ -15,7 +15,7 @@ import torch
 
 from tfftmol.chem import moses_metrics as mm
 from tfftmol.chem.selfies import REASONS, SelfiesVocab, decode_selfies, load_zinc250k, load_zinc_selfies
-from tfftmol.chem.selfies.loader import CARD_PATH, WEIGHTS_PATH
+from tfftmol.chem.selfies.loader import CARD_PATH, WEIGHTS_PATH, training_view
 from tfftmol.core.flow import FlowModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,18 +310,21 @@ def test_quick_benchmark_runs(tmp_path):
 
 
 def test_benchmark_reference_follows_the_data_the_card_names(tmp_path):
-    """``--reference auto`` measures a model against the data it was trained on, as its card says."""
+    """``--reference auto`` (zinc_model and latent_gap) measures a model against the data it was trained on, as
+    its card says (:func:`training_view`)."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.zinc_model import parse, trained_on
+    from benchmarks.latent_gap import parse as gap_parse
+    from benchmarks.zinc_model import parse
     moses, plain = tmp_path / "m.card.json", tmp_path / "p.card.json"
     moses.write_text(json.dumps({"data": {"training_data": "the MOSES view of the training split (...)"}}))
     plain.write_text(json.dumps({"data": {"training_data": "the training split"}}))
-    assert trained_on(moses) == "moses"
-    assert trained_on(plain) == trained_on(tmp_path / "none.json") == "zinc250k"
-    assert parse(["--weights", str(tmp_path / "m.safetensors")]).reference == "moses"
-    assert parse(["--weights", str(tmp_path / "p.safetensors")]).reference == "zinc250k"
-    assert parse(["--weights", str(tmp_path / "m.safetensors"), "--reference", "zinc250k"]).reference == "zinc250k"
-    assert parse([]).reference == trained_on(CARD_PATH)
+    assert training_view(moses) == "moses"
+    assert training_view(plain) == training_view(tmp_path / "none.json") == "zinc250k"
+    for p in (parse, gap_parse):
+        assert p(["--weights", str(tmp_path / "m.safetensors")]).reference == "moses"
+        assert p(["--weights", str(tmp_path / "p.safetensors")]).reference == "zinc250k"
+        assert p(["--weights", str(tmp_path / "m.safetensors"), "--reference", "zinc250k"]).reference == "zinc250k"
+        assert p([]).reference == training_view(CARD_PATH) == "moses"  # the shipped model: the MOSES view
 
 
 def test_quick_benchmark_against_the_moses_view(tmp_path):

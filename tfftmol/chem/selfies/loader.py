@@ -22,12 +22,26 @@ from .autoencoder import SelfiesVAE, VAEConfig
 from .codec import SelfiesVocab
 from .latent_flow import FlowConfig, LatentVelocityMLP, ZincSelfiesFlow
 
-__all__ = ["WEIGHTS_PATH", "CARD_PATH", "save_zinc_selfies", "load_zinc_selfies"]
+__all__ = ["WEIGHTS_PATH", "CARD_PATH", "save_zinc_selfies", "load_zinc_selfies", "training_view"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 WEIGHTS_PATH = WEIGHTS_DIR / "zinc-selfies.safetensors"
 CARD_PATH = WEIGHTS_DIR / "zinc-selfies.card.json"
 FORMAT = "tfftmol.zinc-selfies"
+
+
+def training_view(card_path: Union[str, Path] = CARD_PATH) -> str:
+    """Which view of ZINC250k a ``zinc-selfies`` model was trained on, read from its model card.
+
+    ``"moses"`` when the card's ``data.training_data`` names the MOSES view
+    (:func:`tfftmol.chem.selfies.data.moses_view`), else ``"zinc250k"`` (also when there is no card):
+    the data its samples are to be measured against.
+    """
+    card_path = Path(card_path)
+    if not card_path.exists():
+        return "zinc250k"
+    data = json.loads(card_path.read_text()).get("data", {})
+    return "moses" if "MOSES view" in data.get("training_data", "") else "zinc250k"
 
 
 def save_zinc_selfies(model: ZincSelfiesFlow, path: Union[str, Path] = WEIGHTS_PATH,
