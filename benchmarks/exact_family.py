@@ -20,7 +20,7 @@ fine-tuned model on SDE samples:
 * ``flagged``: a guard fired (corrected or stopped the run); ``stopped``: the run was stopped.
 
 Writes ``benchmarks/results/exact_family.csv`` and ``.md``.  ``--track none`` runs the same
-family without tracking (the behaviour before issue 15), for comparison.
+family without tracking (the behaviour before on-policy tracking existed), for comparison.
 
     python benchmarks/exact_family.py [--cases 20] [--steps 1600] [--quick] [--out benchmarks/results]
 """
@@ -144,7 +144,7 @@ def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_s
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The issue's targets, per tracking mode."""
+    """The targets (median and worst |rel_error|, mass band, KL ratio), per tracking mode."""
     rows = []
     for track, d in df.groupby("track", sort=False):
         a = d["rel_error"].abs()
@@ -276,7 +276,7 @@ def _offline_steps(df: pd.DataFrame, a) -> str:
 
 
 def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
-    md = [f"# Exact-family benchmark (issue 15)\n",
+    md = [f"# Exact-family benchmark\n",
           f"{df['case'].nunique()} random 2D Gaussian mixtures (2-6 components), r = w·x with |w| = {a.w_norm:g}, "
           f"alpha in {sorted(df['alpha'].unique().tolist())}, right tail beta 0.9 and left tail beta 0.1; "
           f"{a.steps} Adjoint Matching steps (batch {a.batch}, {a.time_steps} SDE steps, 10 loss times, Adam {a.lr:g}, "

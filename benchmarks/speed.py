@@ -45,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-#: the commit before the first speed change (issue 19); ``--before`` overrides it
+#: the commit before the first speed change; ``--before`` overrides it
 DEFAULT_BEFORE = "0c34ad2"
 
 #: (figure, unit, higher is better)

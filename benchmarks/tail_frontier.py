@@ -328,7 +328,7 @@ def write(out: Path) -> str:
               "squares of TFFT's seed std and expected-FT's interpolated seed std.", "",
               _md_table(matched(df)), "",
               "## Checks at the config's alpha", "",
-              "Issue 13 asks for realisation >= 0.7 with KL <= 2x the stage-1 prediction for each TFFT run at the "
+              "The target: realisation >= 0.7 with KL <= 2x the stage-1 prediction for each TFFT run at the "
               "config's alpha; `time_ratio` = TFFT / expected-FT fine-tune time at equal steps, mean over the "
               "(alpha, seed) pairs where both ran.", "", _md_table(checks(df)), "",
               "## Per alpha (mean ± std over seeds)", "", _md_table(agg), "",

@@ -19,7 +19,7 @@ def __getattr__(name: str):
     if name in _CORE or name == "check_flow":
         from . import core
 
-        value = getattr(core, "check_flow_model" if name == "check_flow" else name)  # check_flow: issue 21's name
+        value = getattr(core, "check_flow_model" if name == "check_flow" else name)  # check_flow: the short name
         globals()[name] = value
         return value
     raise AttributeError(f"module 'tfftmol' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""QM9GraphFlow's fewer-FLOP layer (issue 19) computes GraphTransformerFlow's maths: same logits, same gradients."""
+"""QM9GraphFlow's fewer-FLOP layer computes GraphTransformerFlow's maths: same logits, same gradients."""
 import torch
 
 from tfftmol.chem.model import GraphTransformerConfig, GraphTransformerFlow

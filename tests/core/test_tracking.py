@@ -1,4 +1,4 @@
-"""On-policy threshold tracking (issue 15): the self-consistent eta*, its guards, the stage-1 trust diagnostic.
+"""On-policy threshold tracking: the self-consistent eta*, its guards, the stage-1 trust diagnostic.
 
 Ground truth: random Gaussian mixtures with a linear reward r = w·x, whose hinge-tilted
 targets are exact (tfftmol.toy2d.gmm).  Case 4 of ``random_gmm`` with |w| = 0.25 is a

@@ -1,4 +1,4 @@
-"""Bring your own flow (issue 21): the interface is checked at the door, float64 flows fine-tune, public pieces."""
+"""Bring your own flow: the interface is checked at the door, float64 flows fine-tune, public pieces."""
 from __future__ import annotations
 
 import json

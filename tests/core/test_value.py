@@ -13,7 +13,7 @@ Measured at that budget (|own-tail CVaR - exact target's|, exact target 2.955, p
   batch): 0.184 / 0.169 / 0.141 / 0.126 (KL 0.26 / 0.28 / 0.30 / 0.33 against 0.27 / 0.25 /
   0.28 / 0.28).
 
-The assertion is the issue's criterion on seed 0, error <= 1.5x the gradient path's, with
+The assertion is the value path's acceptance criterion on seed 0, error <= 1.5x the gradient path's, with
 the gradient path's seed-0 error taken from the measurement above (running both would double
 the test time).  About 45 s on one thread.
 """

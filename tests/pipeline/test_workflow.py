@@ -1,4 +1,4 @@
-"""A chemist's workflow around a run (issue 17): plan -> run -> inspect -> sample, degenerate tails, filters.
+"""A chemist's workflow around a run: plan -> run -> inspect -> sample, degenerate tails, filters.
 
 Tiny budgets on the shipped qm9-graph (a few hundred offline molecules, two Adjoint Matching steps);
 the offline batches are cached in the module's directory, so each is sampled once.

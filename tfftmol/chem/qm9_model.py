@@ -100,7 +100,7 @@ class QM9GraphFlow(GraphTransformerFlow):
         self.register_buffer("incidence", inc, persistent=False)
 
     def _layer(self, layer, h, e, temb):
-        """One :class:`~tfftmol.chem.model._Layer` with the same maths and fewer FLOPs (issue 19, measured).
+        """One :class:`~tfftmol.chem.model._Layer` with the same maths and fewer FLOPs (measured).
 
         * the message of the incident pairs, ``sum_p (W e_p + b)``, is ``W (sum_p e_p) + 8 b`` (linearity):
           the sum runs over the 32-wide pair features and the linear map over 9 nodes, not 36 pairs

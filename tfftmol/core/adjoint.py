@@ -83,7 +83,7 @@ def _inputs_to_float32(module, args):
 
 
 def _check_finite(reward: TerminalReward, values: torch.Tensor) -> None:
-    """Stage-2 rewards must be finite: a NaN or inf is never dropped or trained on silently (issue 16)."""
+    """Stage-2 rewards must be finite: a NaN or inf is never dropped or trained on silently."""
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
         raise ValueError(f"reward {getattr(reward, 'name', type(reward).__name__)!r} returned {int(bad.sum())} "

@@ -165,7 +165,7 @@ class TFFTConfig:
         offline_sampler: ``"sde"`` (default: the memoryless SDE that stage 2 trains and
             evaluates with, so stage 1 sees the same ``p_pre``), ``"heun"`` (second-order ODE)
             or ``"ode"`` (Euler).  For a learned velocity the ODE and the SDE sample different
-            distributions (issue 15: an ODE offline batch closed 41% of the gap where the SDE
+            distributions (on a learned 2D flow an ODE offline batch closed 41% of the gap where the SDE
             batch came within 0.25% of the optimum).
         near_tie_samples: left tail: when stage 1 finds two thresholds whose objective values tie
             within sampling error (a bimodal reward; :func:`tfftmol.core.threshold.solve_threshold`'s
