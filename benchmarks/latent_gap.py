@@ -73,8 +73,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="150 latents per set, one sampler")
     args = ap.parse_args(argv)
     if args.reference == "auto":
-        from tfftmol.chem.selfies.loader import CARD_PATH, training_view
-        args.reference = training_view(args.weights.with_suffix(".card.json") if args.weights else CARD_PATH)
+        from tfftmol.chem.selfies.loader import card_beside, training_view
+        args.reference = training_view(card_beside(args.weights))
     if args.quick:
         args.n, args.n_ref, args.pool, args.samplers = 150, 150, 300, ["ode:5"]
         if args.name == "latent_gap":

@@ -50,7 +50,7 @@ from rdkit import RDLogger  # noqa: E402
 from tfftmol.chem import moses_metrics as mm  # noqa: E402
 from tfftmol.chem.selfies.codec import decode_selfies  # noqa: E402
 from tfftmol.chem.selfies.data import load_zinc250k  # noqa: E402
-from tfftmol.chem.selfies.loader import CARD_PATH, load_zinc_selfies, training_view  # noqa: E402
+from tfftmol.chem.selfies.loader import CARD_PATH, card_beside, load_zinc_selfies, training_view  # noqa: E402
 from tfftmol.tables import markdown_table  # noqa: E402
 
 RDLogger.DisableLog("rdApp.*")
@@ -97,7 +97,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--name", default="zinc_model", help="output file stem")
     args = ap.parse_args(argv)
     if args.reference == "auto":
-        args.reference = training_view(args.weights.with_suffix(".card.json") if args.weights else CARD_PATH)
+        args.reference = training_view(card_beside(args.weights))
     if args.quick:
         args.n, args.n_ref, args.n_recon, args.n_speed, args.n_baseline, args.n_smooth = 200, 200, 100, 200, 200, 100
         if args.name == "zinc_model":

@@ -65,7 +65,8 @@ from tfftmol.chem.selfies.autoencoder import SelfiesVAE, VAEConfig, vae_loss  # 
 from tfftmol.chem.selfies.codec import PAD, SelfiesVocab, decode_selfies  # noqa: E402
 from tfftmol.chem.selfies.data import load_zinc250k  # noqa: E402
 from tfftmol.chem.selfies.latent_flow import FlowConfig, LatentVelocityMLP, ZincSelfiesFlow  # noqa: E402
-from tfftmol.chem.selfies.loader import CARD_PATH, WEIGHTS_PATH, save_zinc_selfies  # noqa: E402
+from tfftmol.chem.selfies.loader import (CARD_PATH, WEIGHTS_PATH, card_beside, save_zinc_selfies,  # noqa: E402
+                                         training_view)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -442,16 +443,14 @@ def earlier_ae_stages(init_from: Path) -> list[dict]:
 
     Each stage is that card's ``training.ae`` without its history; a card that is missing gives one stage
     that says so, so an exported card never claims a shorter training than the weights had."""
-    card_path = init_from.with_suffix(".card.json")
+    card_path = card_beside(init_from)
     if not card_path.exists():
         return [{"weights": init_from.name, "note": f"no model card beside it ({card_path.name}); training unknown"}]
-    card = json.loads(card_path.read_text())
-    ae = card.get("training", {}).get("ae", {})
+    ae = json.loads(card_path.read_text()).get("training", {}).get("ae", {})
     numeric = ("lr", "beta", "beta_warmup", "budget_minutes", "ema")  # stored as strings by older exports
     stage = {k: (_number(v) if k in numeric and isinstance(v, str) else v)
              for k, v in ae.items() if k not in ("history", "earlier_stages", "init_from", "total_wall_minutes")}
-    stage.setdefault("training_data", "moses" if "MOSES view" in card.get("data", {}).get("training_data", "")
-                     else "zinc250k")
+    stage.setdefault("training_data", training_view(card_path))  # cards written before stages named their data
     try:  # the project-relative path when inside the project, else the file name (no machine path in a card)
         shown = init_from.resolve().relative_to(ROOT).as_posix()
     except ValueError:

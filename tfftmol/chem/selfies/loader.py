@@ -22,12 +22,19 @@ from .autoencoder import SelfiesVAE, VAEConfig
 from .codec import SelfiesVocab
 from .latent_flow import FlowConfig, LatentVelocityMLP, ZincSelfiesFlow
 
-__all__ = ["WEIGHTS_PATH", "CARD_PATH", "save_zinc_selfies", "load_zinc_selfies", "training_view"]
+__all__ = ["WEIGHTS_PATH", "CARD_PATH", "save_zinc_selfies", "load_zinc_selfies", "training_view",
+           "card_beside"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 WEIGHTS_PATH = WEIGHTS_DIR / "zinc-selfies.safetensors"
 CARD_PATH = WEIGHTS_DIR / "zinc-selfies.card.json"
 FORMAT = "tfftmol.zinc-selfies"
+
+
+def card_beside(weights: Optional[Union[str, Path]] = None) -> Path:
+    """The model card beside a ``zinc-selfies`` weights file (``x.safetensors`` -> ``x.card.json``);
+    the shipped card when ``weights`` is None."""
+    return Path(weights).with_suffix(".card.json") if weights else CARD_PATH
 
 
 def training_view(card_path: Union[str, Path] = CARD_PATH) -> str:
