@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tfftmol.core.flow import sinusoidal_embedding
 from tfftmol.core.sampling import sample
 
-from .graph import N_EDGES, N_MAX, DecodeResult, decode, split_state
+from .graph import N_EDGES, N_MAX, SCALE, DecodeResult, decode, join_state, split_state
 from .model import GraphTransformerConfig, GraphTransformerFlow
 
 __all__ = ["QM9GraphFlow", "SampleResult", "load_qm9_graph", "save_qm9_graph", "sample_to_csv",
@@ -133,10 +133,14 @@ class QM9GraphFlow(GraphTransformerFlow):
         LayerNorm parameters are computed once and broadcast, not once per row.
         """
         t = self._t(t, x)
+        one_t = t.shape[0] > 1 and not t.requires_grad and bool((t == t[0]).all())
+        return self._logits(x, t, t[:1] if one_t else t)
+
+    def _logits(self, x: torch.Tensor, t: torch.Tensor, t_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits with the time embedding of ``t_emb`` (``(1,)``: one time for the batch, or ``(B,)``)."""
         c_in = torch.rsqrt(t * t + (1 - t) ** 2)[:, None, None]
         xn, xe = split_state(x)
-        one_t = t.shape[0] > 1 and not t.requires_grad and bool((t == t[0]).all())
-        temb = self.t_mlp(sinusoidal_embedding(t[:1] if one_t else t, 64))       # (1 or B, D)
+        temb = self.t_mlp(sinusoidal_embedding(t_emb, 64))                      # (1 or B, D)
         h = self.node_in(xn * c_in) + temb[:, None]
         e = self.edge_in(xe * c_in) + self.t_edge(temb)[:, None]
         for layer in self.layers:
@@ -144,13 +148,23 @@ class QM9GraphFlow(GraphTransformerFlow):
         b = self.edge_out_n(h)
         return self.node_out(h), self.edge_out(e + b[:, self.ii] + b[:, self.jj])
 
+    def step_velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity of a sampling step, every row at time ``t[0]`` (``t`` of shape ``(B,)``): the maths of
+        :meth:`forward` with no data-dependent branch, so that ``torch.compile`` sees one graph
+        (:mod:`tfftmol.chem.fast_sampling`).  The softmax runs in float32 even under bfloat16 autocast."""
+        t = self._t(t, x)
+        ln, le = self._logits(x, t, t[:1])
+        x1 = SCALE * (2.0 * join_state(ln.float().softmax(-1), le.float().softmax(-1)) - 1.0)
+        return (x1 - x) / (1.0 - t).clamp_min(self.config.t_eps)[:, None]
+
     def decode(self, x: torch.Tensor) -> list[DecodeResult]:
         """Argmax decoding of final states ``(B, 189)``; never raises."""
         return decode(x)
 
     @torch.no_grad()
     def sample(self, n: int, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: Optional[int] = None,
-               batch_size: int = 1000, generator: Optional[torch.Generator] = None) -> SampleResult:
+               batch_size: int = 1000, generator: Optional[torch.Generator] = None, precision: str = "fp32",
+               compile: bool = False, workers: Optional[int] = None) -> SampleResult:
         """Draw ``n`` molecules.
 
         Args:
@@ -161,10 +175,21 @@ class QM9GraphFlow(GraphTransformerFlow):
                 or ``"heun"`` (Heun on the ODE).
             seed: seeds a fresh generator (ignored if ``generator`` is given).
             batch_size: molecules per batch.
+            precision, compile, workers: the speed levers of :func:`tfftmol.chem.fast_sampling.sample_fast`
+                (``"bf16"`` network arithmetic, ``torch.compile``, one-thread worker processes).  Setting any
+                of them samples through it, with one generator per batch seeded from ``seed`` (the same
+                molecules for any ``workers``; not the stream of the default path); ``generator`` is then
+                not accepted.
 
         Returns:
             a :class:`SampleResult`.
         """
+        if precision != "fp32" or compile or workers is not None:
+            if generator is not None:
+                raise ValueError("generator= cannot be combined with precision/compile/workers; pass seed=")
+            from .fast_sampling import sample_fast
+            return sample_fast(self, n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
+                               precision=precision, compile=compile, workers=workers or 1)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r} must be one of {SAMPLERS}")
         if n < 0 or batch_size < 1:
@@ -224,9 +249,20 @@ DEFAULT_SAMPLE_BATCH = 250
 
 def sample_to_csv(model: QM9GraphFlow, n: int, out_path: Union[str, Path], steps: int = DEFAULT_STEPS,
                   sampler: str = DEFAULT_SAMPLER, seed: Optional[int] = 0,
-                  batch_size: int = DEFAULT_SAMPLE_BATCH) -> pd.DataFrame:
-    """Sample ``n`` molecules and write ``smiles, valid, reason, raw`` to ``out_path`` (CSV); returns the frame."""
-    df = model.sample(n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size).to_frame()
+                  batch_size: int = DEFAULT_SAMPLE_BATCH, precision: str = "fp32", compile: bool = False,
+                  workers: Optional[int] = None) -> pd.DataFrame:
+    """Sample ``n`` molecules and write ``smiles, valid, reason, raw`` to ``out_path`` (CSV); returns the frame.
+
+    ``precision``, ``compile`` and ``workers`` (any of them set) sample through
+    :func:`tfftmol.chem.fast_sampling.sample_fast`, for any molecular flow (shipped, fine-tuned or a latent one).
+    """
+    if precision != "fp32" or compile or workers is not None:
+        from .fast_sampling import sample_fast
+        res = sample_fast(model, n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
+                          precision=precision, compile=compile, workers=workers or 1)
+    else:
+        res = model.sample(n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size)
+    df = res.to_frame()
     out_path = Path(out_path)
     if out_path.parent != Path(""):
         out_path.parent.mkdir(parents=True, exist_ok=True)
