@@ -5,6 +5,9 @@ Figures (one thread unless ``--threads``):
 * ``qm9_sample_mol_per_s``: ``load_qm9_graph().sample(n, steps=30, sampler="sde", seed=0)``, sampling
   **and** decoding, molecules/s; ``qm9_validity`` of the same samples (must stay equal).
 * ``zinc_sample_mol_per_s``: the same for ``zinc-selfies`` (its default ODE sampler, 30 steps).
+* ``qm9_sample_fast_mol_per_s``, ``qm9_validity_fast``, ``qm9_compile_s``: 10,000 molecules through the fast
+  path (:func:`measure_fast`: two one-thread workers, ``torch.compile``, bfloat16 where native) against the
+  `before` tree's default sampling on one thread; the validity of each (must stay within 0.5 points).
 * ``qm9_forward_mol_steps_per_s``: the network's forward pass alone (batch 250, ``inference_mode``),
   next to its FLOP-bound limit ``qm9_forward_flop_limit_mol_steps_per_s`` = (measured one-thread
   SGEMM FLOP/s) / (FLOPs of one molecule-step, counted by ``torch.utils.flop_counter``), and
@@ -54,6 +57,9 @@ FIGURES = [
     ("qm9_validity", "fraction", None),
     ("zinc_sample_mol_per_s", "molecules/s", True),
     ("zinc_validity", "fraction", None),
+    ("qm9_sample_fast_mol_per_s", "molecules/s", True),
+    ("qm9_validity_fast", "fraction", None),
+    ("qm9_compile_s", "s", None),
     ("qm9_forward_mol_steps_per_s", "molecule-steps/s", True),
     ("qm9_sample_mol_per_s_per_sgemm_gflop", "molecules/s per SGEMM GFLOP/s", True),
     ("qm9_forward_mol_steps_per_s_per_sgemm_gflop", "molecule-steps/s per SGEMM GFLOP/s", True),
@@ -72,10 +78,10 @@ FIGURES = [
 ]
 
 #: sizes of one measurement; each part runs in its own process (under 2 minutes on a loaded 2-core machine)
-FULL = dict(qm9_n=300, qm9_batch=150, zinc_n=300, steps=30, fwd_batch=250, fwd_reps=6,
+FULL = dict(qm9_n=300, qm9_batch=150, zinc_n=300, fast_n=10000, fast_batch=500, fast_compile=True, steps=30, fwd_batch=250, fwd_reps=6,
             am_batch=64, am_time_steps=30, am_loss_times=10, am_steps=4, offline_n=128, surrogate_epochs=2,
             zinc_am_steps=12)
-QUICK = dict(qm9_n=24, qm9_batch=24, zinc_n=16, steps=4, fwd_batch=16, fwd_reps=2,
+QUICK = dict(qm9_n=24, qm9_batch=24, zinc_n=16, fast_n=40, fast_batch=20, fast_compile=False, steps=4, fwd_batch=16, fwd_reps=2,
              am_batch=8, am_time_steps=6, am_loss_times=2, am_steps=1, offline_n=32, surrogate_epochs=1,
              zinc_am_steps=1)
 
@@ -134,6 +140,29 @@ def measure_sampling(p: dict) -> dict:
     out["zinc_sample_mol_per_s"] = p["zinc_n"] / dt
     out["zinc_validity"] = float(res.validity)
     return out
+
+
+def measure_fast(p: dict) -> dict:
+    """``qm9_sample_fast_mol_per_s``: ``fast_n`` molecules (SDE, 30 steps) through
+    :func:`tfftmol.chem.fast_sampling.sample_fast` on 2 one-thread workers, compiled, in bfloat16 where the CPU has
+    it natively (the compile is timed apart, ``qm9_compile_s``, on a first call of the same shape); on a tree
+    without that module (the `before` commit) the same figure is the default ``model.sample`` on one thread, which
+    is what a user had.  ``qm9_validity_fast``: the validity of those ``fast_n`` molecules."""
+    from tfftmol.chem.qm9_model import load_qm9_graph
+    m = load_qm9_graph()
+    n, rows = p["fast_n"], p["fast_batch"]
+    try:
+        from tfftmol.chem.fast_sampling import bf16_native, sample_fast
+    except ImportError:
+        m.sample(4, steps=2, seed=1)
+        res, dt = _timed(lambda: m.sample(n, steps=p["steps"], sampler="sde", seed=0, batch_size=rows))
+        return {"qm9_sample_fast_mol_per_s": n / dt, "qm9_validity_fast": float(res.validity)}
+    kw = dict(steps=p["steps"], sampler="sde", batch_size=rows, compile=p["fast_compile"],
+              precision="bf16" if bf16_native() else "fp32")
+    _, compile_s = _timed(lambda: sample_fast(m, rows, seed=1, workers=1, **kw))  # compiles this shape
+    res, dt = _timed(lambda: sample_fast(m, n, seed=0, workers=2, **kw))
+    return {"qm9_sample_fast_mol_per_s": n / dt, "qm9_validity_fast": float(res.validity),
+            "qm9_compile_s": compile_s}
 
 
 def _qm9_config(p: dict, method: str) -> dict:
@@ -214,7 +243,8 @@ def worker(params: dict) -> dict:
     torch.set_num_threads(params.get("threads", 1))
     out = {"tfftmol_path": str(Path(tfftmol.__file__).resolve().parent.parent)}
     for part in params["parts"]:
-        out.update({"sampling": measure_sampling, "am": measure_am, "am_zinc": measure_am_zinc}[part](params))
+        out.update({"sampling": measure_sampling, "fast": measure_fast, "am": measure_am,
+                    "am_zinc": measure_am_zinc}[part](params))
     return out
 
 
@@ -285,7 +315,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--before", default=DEFAULT_BEFORE, help="git revision to compare against")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--parts", default="sampling,am,am_zinc")
+    ap.add_argument("--parts", default="sampling,fast,am,am_zinc")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, this tree only (before = NaN)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

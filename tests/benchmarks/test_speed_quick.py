@@ -23,13 +23,13 @@ def test_quick_mode_measures_every_figure_and_writes_csv_and_md(tmp_path):
     after = dict(zip(df["figure"], df["after"]))
     for f in ("qm9_sample_mol_per_s", "zinc_sample_mol_per_s", "am_step_per_s_qm9", "am_step_per_s_qm9_expected",
               "qm9_forward_mol_steps_per_s", "qm9_forward_flop_limit_mol_steps_per_s", "am_step_per_s_zinc",
-              "am_step_per_s_zinc_expected", "tfft_over_expected_zinc"):
+              "am_step_per_s_zinc_expected", "tfft_over_expected_zinc", "qm9_sample_fast_mol_per_s"):
         assert after[f] > 0 and math.isfinite(after[f])
     # the FLOP count of one molecule-step of the shipped network: ~6.5 MFLOP (4 layers, d_node 80, d_edge 32)
     assert 5e6 < after["qm9_flops_per_mol_step"] < 8e6
     ratio = after["am_step_per_s_qm9_expected"] / after["am_step_per_s_qm9"]
     assert abs(after["tfft_over_expected_qm9"] - ratio) < 1e-4 * ratio  # the csv keeps 6 significant digits
-    assert 0 <= after["qm9_validity"] <= 1 and 0 <= after["zinc_validity"] <= 1
+    assert 0 <= after["qm9_validity"] <= 1 and 0 <= after["zinc_validity"] <= 1 and 0 <= after["qm9_validity_fast"] <= 1
     # quick mode has no `before` tree: NaN before and ratio, never a made-up figure
     assert df["before"].isna().all() and df["ratio"].isna().all()
     assert len(rows) == len(df)
