@@ -136,3 +136,18 @@ def test_cli_sample_with_workers_and_bf16(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tfftmol.cli", "sample", "-n", "3", "-o", str(out), "--workers", "0"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--workers 0 must be >= 1" in r.stderr
+
+
+@needs_weights
+def test_cli_fast_preset_is_the_same_sample_as_its_flags_spelled_out(tmp_path):
+    """--fast = --compile, one worker per core, bf16 where native: the same molecules as those flags given."""
+    from tfftmol.chem.fast_sampling import bf16_native
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    common = [sys.executable, "-m", "tfftmol.cli", "sample", "-n", "20", "--steps", "4", "--batch-size", "10"]
+    r = subprocess.run(common + ["-o", str(a), "--fast", "--workers", "2"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(common + ["-o", str(b), "--compile", "--workers", "2", "--precision",
+                                 "bf16" if bf16_native() else "fp32"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b))

@@ -20,8 +20,8 @@ SMILES among ``V``, ``Ref`` a reference set):
   (the exact CVaR of the empirical distribution, Rockafellar & Uryasev 2000);
   computed by ``tfftmol.core.risk.cvar``.
   Rewards include the validity penalty (as the fine-tune sees them).
-- FCD (Preuer et al. 2018) via the optional ``fcd_torch`` package; ``nan`` if it
-  is not installed.
+- FCD (Preuer et al. 2018) with the ChemNet of the pinned ``fcd`` package
+  (:func:`tfftmol.chem.moses_metrics.fcd`).
 """
 from __future__ import annotations
 
@@ -162,23 +162,23 @@ def _local_cvar(v: np.ndarray, beta: float, tail: str) -> float:
 
 
 def fcd_available() -> bool:
-    """Whether the optional ``fcd_torch`` package can be imported."""
+    """Whether the pinned ``fcd`` package (the ChemNet weights of :mod:`tfftmol.chem.moses_metrics`) imports."""
     try:
-        import fcd_torch  # noqa: F401
+        import fcd  # noqa: F401
     except Exception:  # noqa: BLE001
         return False
     return True
 
 
 def fcd(smiles: Sequence[str], reference: Sequence[str], n_jobs: int = 1, device: str = "cpu") -> float:
-    """Frechet ChemNet Distance between two SMILES sets (lower is closer); ``nan`` without ``fcd_torch``."""
-    try:
-        from fcd_torch import FCD
-    except Exception:  # noqa: BLE001 - optional extra
+    """Frechet ChemNet Distance between two SMILES sets (lower is closer), with the ChemNet of the pinned
+    ``fcd`` package (:func:`tfftmol.chem.moses_metrics.fcd`, its weights loaded without pickled code); ``nan``
+    for fewer than two molecules on either side or without the package.  ``n_jobs`` and ``device`` are accepted
+    for backward compatibility and ignored (one CPU process)."""
+    if len(smiles) < 2 or len(reference) < 2 or not fcd_available():
         return float("nan")
-    if len(smiles) < 2 or len(reference) < 2:
-        return float("nan")
-    return float(FCD(device=device, n_jobs=n_jobs)(list(smiles), list(reference)))
+    from .moses_metrics import fcd as _fcd
+    return float(_fcd(list(smiles), list(reference)))
 
 
 def _as_rewards(rewards: Any) -> dict[str, Reward]:
@@ -213,7 +213,7 @@ def evaluate(samples: Iterable[Any], rewards: Any = None, reference: Optional[It
         reference: molecules for novelty and FCD (e.g. the training set).
         cvar_levels: levels ``beta`` (both tails) or ``(tail, beta)`` pairs.
         name: value of the ``name`` column.
-        compute_fcd: compute FCD against ``reference`` (needs ``fcd_torch``; ``nan`` otherwise).
+        compute_fcd: compute FCD against ``reference`` (:func:`fcd`).
         extra: more columns, e.g. ``{"kl": 0.8}``.
 
     Columns: ``name, n, validity, invalid_<reason>..., uniqueness, novelty,

@@ -1,0 +1,15 @@
+"""benchmarks/fast_sampling.py --quick: every row of the full table, in seconds."""
+import pandas as pd
+
+from helpers.bench import load_benchmark
+
+
+def test_quick_mode_writes_every_row(tmp_path):
+    df = load_benchmark("fast_sampling").main(["--quick", "--out", str(tmp_path)])
+    out = pd.read_csv(tmp_path / "fast_sampling.csv")
+    assert list(out["path"]) == ["default", "default", "fast", "fast", "fast"]
+    assert list(out["workers"]) == [1, 1, 2, 2, 2]
+    assert out["speed_up"].iloc[0] == 1 and out["validity_change_points"].iloc[0] == 0
+    assert ((out["validity"] >= 0) & (out["validity"] <= 1)).all() and (out["mol_per_s"] > 0).all()
+    assert len(df) == 5
+    assert "| path | steps |" in (tmp_path / "fast_sampling.md").read_text()
