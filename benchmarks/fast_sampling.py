@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from tfftmol.chem import moses_metrics as mm  # noqa: E402
 from tfftmol.chem.data import load_qm9  # noqa: E402
 from tfftmol.chem.fast_sampling import bf16_native, sample_fast  # noqa: E402
-from tfftmol.chem.qm9_model import load_qm9_graph  # noqa: E402
+from tfftmol.chem.qm9_model import CARD_PATH, load_qm9_graph  # noqa: E402
 from tfftmol.tables import markdown_table  # noqa: E402
 
 COLUMNS = ["path", "steps", "precision", "compile", "workers", "n", "validity", "uniqueness", "novelty", "fcd_test",
@@ -59,6 +59,8 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="40 molecules, 4/3 steps, no compile, no FCD")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--update-card", action="store_true", help="write the table into the model card's fast_sampling")
+    ap.add_argument("--card", type=Path, default=None, help="model card (default: the shipped qm9-graph card)")
     a = ap.parse_args(argv)
     n, rows_per_batch, steps, fewer = a.n, a.batch_size, 30, a.fewer_steps
     compile_ = True
@@ -108,7 +110,22 @@ def main(argv=None) -> pd.DataFrame:
           f"(the default path, 30 steps, one thread); 1-min load {load} at the end; CPU bfloat16 native: "
           f"{bf16_native()}.", "", markdown_table(df), ""]
     (a.out / "fast_sampling.md").write_text("\n".join(md))
+    if a.update_card:
+        update_card(df, a.card or CARD_PATH, load)
     return df
+
+
+def update_card(df: pd.DataFrame, card_path: Path, load: float) -> None:
+    """Put the table into ``card["fast_sampling"]`` (atomically; the rest of the card is kept)."""
+    import json
+
+    from tfftmol.core.checkpoint import atomic_write_bytes
+    card = json.loads(card_path.read_text()) if card_path.exists() else {"name": "qm9-graph"}
+    card["fast_sampling"] = {
+        "benchmark": "benchmarks/fast_sampling.py", "load_avg_1min": load, "bf16_native": bf16_native(),
+        "rows": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()}
+                 for r in df.to_dict("records")]}
+    atomic_write_bytes(card_path, (json.dumps(card, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """benchmarks/fast_sampling.py --quick: every row of the full table, in seconds."""
+import json
+
 import pandas as pd
 
 from helpers.bench import load_benchmark
 
 
 def test_quick_mode_writes_every_row(tmp_path):
-    df = load_benchmark("fast_sampling").main(["--quick", "--out", str(tmp_path)])
+    card = tmp_path / "card.json"
+    card.write_text('{"name": "qm9-graph", "metrics": {"validity": 0.9}}')
+    df = load_benchmark("fast_sampling").main(["--quick", "--out", str(tmp_path), "--update-card", "--card",
+                                               str(card)])
     out = pd.read_csv(tmp_path / "fast_sampling.csv")
     assert list(out["path"]) == ["default", "default", "fast", "fast", "fast"]
     assert list(out["workers"]) == [1, 1, 2, 2, 2]
@@ -13,3 +18,6 @@ def test_quick_mode_writes_every_row(tmp_path):
     assert ((out["validity"] >= 0) & (out["validity"] <= 1)).all() and (out["mol_per_s"] > 0).all()
     assert len(df) == 5
     assert "| path | steps |" in (tmp_path / "fast_sampling.md").read_text()
+    written = json.loads(card.read_text())
+    assert written["metrics"] == {"validity": 0.9}  # the rest of the card is kept
+    assert [r["steps"] for r in written["fast_sampling"]["rows"]] == list(out["steps"])

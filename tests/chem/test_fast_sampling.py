@@ -138,6 +138,7 @@ def test_cli_sample_with_workers_and_bf16(tmp_path):
     assert r.returncode != 0 and "--workers 0 must be >= 1" in r.stderr
 
 
+@pytest.mark.slow
 @needs_weights
 def test_cli_fast_preset_is_the_same_sample_as_its_flags_spelled_out(tmp_path):
     """--fast = --compile, one worker per core, bf16 where native: the same molecules as those flags given."""
