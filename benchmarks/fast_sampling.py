@@ -123,8 +123,8 @@ def update_card(df: pd.DataFrame, card_path: Path, load: float) -> None:
     card = json.loads(card_path.read_text()) if card_path.exists() else {"name": "qm9-graph"}
     card["fast_sampling"] = {
         "benchmark": "benchmarks/fast_sampling.py", "load_avg_1min": load, "bf16_native": bf16_native(),
-        "rows": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()}
-                 for r in df.to_dict("records")]}
+        "rows": [{k: (None if isinstance(v, float) and v != v else round(v, 5) if isinstance(v, float) else v)
+                  for k, v in r.items()} for r in df.to_dict("records")]}  # NaN -> null: the card stays JSON
     atomic_write_bytes(card_path, (json.dumps(card, indent=2) + "\n").encode())
 
 

@@ -21,3 +21,4 @@ def test_quick_mode_writes_every_row(tmp_path):
     written = json.loads(card.read_text())
     assert written["metrics"] == {"validity": 0.9}  # the rest of the card is kept
     assert [r["steps"] for r in written["fast_sampling"]["rows"]] == list(out["steps"])
+    assert "NaN" not in card.read_text()  # strict JSON: the missing compile times are null

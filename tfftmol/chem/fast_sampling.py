@@ -7,7 +7,8 @@ steps, the same decoding), with three independent levers:
   the softmax stay float32.  On a CPU with native bfloat16 (AVX-512 BF16 or AMX) this is about 1.5x per forward
   pass; without it bfloat16 is emulated and slower, so :func:`bf16_native` says which.
 * ``compile=True``: the sampling-step velocity goes through ``torch.compile`` (inductor).  Compiling takes
-  15-60 s once per process and shape, so it pays from a few thousand molecules on; if the compiler is not there
+  10-60 s once per process and shape (inductor caches it on disk for later processes), so it pays from a few
+  thousand molecules on; if the compiler is not there
   (no C compiler on the machine) the run warns once and goes on eagerly.
 * ``workers=k``: ``k`` forked processes of one thread each share the batches (two processes beat two threads of
   one process on a 2-core machine).  Where ``fork`` does not exist the batches run in this process.
@@ -17,8 +18,8 @@ Reproducible for any ``workers``: batch ``i`` draws its prior and its noise from
 cut), so ``workers=1`` and ``workers=2`` give the same molecules.  This stream differs from ``model.sample``'s
 single generator: a seed names a different (equally distributed) sample on the two paths.
 
-Measured on ``qm9-graph`` (``benchmarks/speed.py``, ``benchmarks/results/speed.md``): see the README's speed
-section.
+Measured on ``qm9-graph``: ``benchmarks/fast_sampling.py`` (quality and speed of each path, 10,000 molecules)
+and ``benchmarks/speed.py`` (against the code before any speed work, interleaved); the README's sampling step.
 
 Example:
     >>> from tfftmol.pretrained import load_pretrained                                  # doctest: +SKIP
