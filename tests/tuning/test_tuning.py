@@ -239,6 +239,9 @@ def test_shipped_study_configs_load():
     kinds = {p.name: load_tune_config(p).kind for p in sorted(root.glob("tune_*.yaml"))}
     assert kinds["tune_toy2d.yaml"] == "toy2d" and kinds["tune_qed_right.yaml"] == "mol"
     assert load_tune_config(root / "tune_qed_multi.yaml").resolved_sampler() == "nsga2"
+    osim = load_tune_config(root / "tune_zinc_osimertinib.yaml")
+    assert kinds["tune_zinc_osimertinib.yaml"] == "run" and osim.run_seeds == 2
+    assert {(c.metric, c.max, c.min) for c in osim.constraints} == {("kl", 0.6, None), ("validity", None, 0.99)}
 
 
 @pytest.mark.slow  # 8-14 s: a study through the CLI
