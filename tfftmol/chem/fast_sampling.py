@@ -93,7 +93,12 @@ def sampling_velocity(model: Any, precision: str = "fp32") -> Callable[[torch.Te
 
 
 class _Compiled:
-    """``torch.compile(f)`` that falls back to ``f`` (with one warning) when compiling fails."""
+    """``torch.compile(f)`` that falls back to ``f`` (with one warning) when compiling fails.
+
+    Compiling runs in this process, without inductor's pool of compile workers: their threads would be
+    alive when :func:`sample_fast` later forks its workers, and a fork while a thread holds a lock can hang
+    the child.
+    """
 
     def __init__(self, f: Callable):
         self.f, self.compiled, self.failed = f, torch.compile(f, dynamic=False), False
@@ -101,7 +106,9 @@ class _Compiled:
     def __call__(self, x, t):
         if not self.failed:
             try:
-                return self.compiled(x, t)
+                import torch._inductor.config as inductor_config
+                with inductor_config.patch(compile_threads=1):
+                    return self.compiled(x, t)
             except Exception as e:  # noqa: BLE001 - no C compiler, an unsupported op: run eagerly
                 self.failed = True
                 warnings.warn(f"torch.compile is not usable here ({type(e).__name__}: {str(e)[:200]}); "
@@ -189,10 +196,8 @@ def sample_fast(model: Any, n: int, *, steps: int = 30, sampler: str = "sde", se
             finally:
                 torch.set_num_threads(threads)
         else:
-            if compile:  # compile once here, before the fork: the workers inherit the compiled code.  In this
-                # process, with no pool of compile workers: a fork while their threads hold a lock can hang.
-                import torch._inductor.config as inductor_config
-                with torch.no_grad(), inductor_config.patch(compile_threads=1):
+            if compile:  # compile once here, before the fork: the workers inherit the compiled code
+                with torch.no_grad():
                     x = model.sample_prior(batch_size, device=device)
                     f(x, torch.full((batch_size,), 0.5, device=device))
             with mp.get_context("fork").Pool(k) as pool:
