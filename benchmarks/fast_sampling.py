@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tfftmol.chem import metrics  # noqa: E402
 from tfftmol.chem import moses_metrics as mm  # noqa: E402
 from tfftmol.chem.data import load_qm9  # noqa: E402
 from tfftmol.chem.fast_sampling import bf16_native, sample_fast  # noqa: E402
@@ -42,12 +43,9 @@ COLUMNS = ["path", "steps", "precision", "compile", "workers", "n", "validity", 
 
 def score(res, train: set, ref) -> dict:
     valid = [s for s, ok in zip(res.smiles, res.valid) if ok]
-    out = {"validity": float(res.validity), "uniqueness": len(set(valid)) / max(len(valid), 1),
-           "novelty": mm.novelty(sorted(set(valid)), train), "fcd_test": float("nan")}
-    if ref is not None and len(valid) >= 2:
-        mu, sig = mm._moments(mm.chemnet_activations(valid))
-        out["fcd_test"] = float(mm.frechet_distance(mu, sig, ref.fcd_mu, ref.fcd_sigma))
-    return out
+    return {"validity": float(res.validity), "uniqueness": metrics.uniqueness(valid),
+            "novelty": mm.novelty(sorted(set(valid)), train),
+            "fcd_test": float(ref.fcd(valid)) if ref is not None else float("nan")}
 
 
 def main(argv=None) -> pd.DataFrame:

@@ -167,12 +167,12 @@ def sample_fast(model: Any, n: int, *, steps: int = 30, sampler: str = "sde", se
     from tfftmol.chem.qm9_model import SampleResult
 
     _check(n, steps, sampler, batch_size, precision, workers)
-    if precision == "bf16" and not bf16_native(next(model.parameters()).device):
+    device = next(model.parameters()).device
+    if precision == "bf16" and not bf16_native(device):
         warnings.warn("precision='bf16' on a CPU without native bfloat16: it is emulated, and slower than fp32",
                       RuntimeWarning, stacklevel=2)
     if seed is None:
         seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
-    device = next(model.parameters()).device
     n_batches = math.ceil(n / batch_size) if n else 0
     f = sampling_velocity(model, precision)
     f = _Compiled(f) if compile else f

@@ -172,13 +172,22 @@ class GraphTransformerFlow(VelocityModule):
 
     def predict_x1(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``x1_hat = SCALE (2 p - 1)``, the expected clean state under the predicted classes, ``(B, 189)``."""
-        ln, le = self.logits(x, t)
-        return SCALE * (2.0 * join_state(ln.softmax(-1), le.softmax(-1)) - 1.0)
+        return self._x1_from_logits(*self.logits(x, t), x.dtype)
+
+    @staticmethod
+    def _x1_from_logits(ln: torch.Tensor, le: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``SCALE (2 p - 1)`` with the class probabilities ``p`` computed in ``dtype`` (the state's: float32
+        even when the logits come out of a bfloat16 autocast)."""
+        return SCALE * (2.0 * join_state(ln.softmax(-1, dtype=dtype), le.softmax(-1, dtype=dtype)) - 1.0)
+
+    def _velocity_from_x1(self, x1: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``v = (x1_hat - x) / max(1 - t, t_eps)`` for ``t`` of shape ``(B,)``."""
+        return (x1 - x) / (1.0 - t).clamp_min(self.config.t_eps)[:, None]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None) -> torch.Tensor:
         """Velocity ``v = (x1_hat - x) / max(1 - t, t_eps)``, shape ``(B, 189)``; ``cond`` is ignored."""
         tt = self._t(t, x)
-        return (self.predict_x1(x, tt) - x) / (1.0 - tt).clamp_min(self.config.t_eps)[:, None]
+        return self._velocity_from_x1(self.predict_x1(x, tt), x, tt)
 
     def loss(self, x1_nodes: torch.Tensor, x1_edges: torch.Tensor, t: Optional[torch.Tensor] = None,
              generator: Optional[torch.Generator] = None, edge_weight: float = 1.0) -> dict:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tfftmol.core.flow import sinusoidal_embedding
 from tfftmol.core.sampling import sample
 
-from .graph import N_EDGES, N_MAX, SCALE, DecodeResult, decode, join_state, split_state
+from .graph import N_EDGES, N_MAX, DecodeResult, decode, split_state
 from .model import GraphTransformerConfig, GraphTransformerFlow
 
 __all__ = ["QM9GraphFlow", "SampleResult", "load_qm9_graph", "save_qm9_graph", "sample_to_csv",
@@ -151,11 +151,9 @@ class QM9GraphFlow(GraphTransformerFlow):
     def step_velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The velocity of a sampling step, every row at time ``t[0]`` (``t`` of shape ``(B,)``): the maths of
         :meth:`forward` with no data-dependent branch, so that ``torch.compile`` sees one graph
-        (:mod:`tfftmol.chem.fast_sampling`).  The softmax runs in float32 even under bfloat16 autocast."""
+        (:mod:`tfftmol.chem.fast_sampling`).  The softmax runs in the state's dtype even under bfloat16 autocast."""
         t = self._t(t, x)
-        ln, le = self._logits(x, t, t[:1])
-        x1 = SCALE * (2.0 * join_state(ln.float().softmax(-1), le.float().softmax(-1)) - 1.0)
-        return (x1 - x) / (1.0 - t).clamp_min(self.config.t_eps)[:, None]
+        return self._velocity_from_x1(self._x1_from_logits(*self._logits(x, t, t[:1]), x.dtype), x, t)
 
     def decode(self, x: torch.Tensor) -> list[DecodeResult]:
         """Argmax decoding of final states ``(B, 189)``; never raises."""
