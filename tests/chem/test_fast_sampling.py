@@ -96,8 +96,13 @@ def test_bad_arguments_name_the_value_and_the_range(qm9):
         qm9.sample(4, workers=2, generator=torch.Generator())
 
 
-def test_bf16_native_reports_a_bool():
-    assert isinstance(bf16_native("cpu"), bool)
+def test_bf16_native_needs_the_bf16_instructions_not_only_avx512():
+    """Plain AVX-512 (bfloat16 emulated by oneDNN) is not native; AVX-512 BF16 or AMX-BF16 is; CUDA always is."""
+    assert not bf16_native("cpu", cpu_flags={"avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"})
+    assert bf16_native("cpu", cpu_flags={"avx512f", "avx512_bf16"})
+    assert bf16_native("cpu", cpu_flags={"amx_bf16", "amx_tile"})
+    assert not bf16_native("cpu", cpu_flags=set())
+    assert bf16_native("cuda:0")
 
 
 @needs_weights

@@ -45,11 +45,31 @@ PRECISIONS = ("fp32", "bf16")
 _METHOD = {"sde": "sde", "heun": "heun", "ode": "euler"}
 
 
-def bf16_native(device: Any = "cpu") -> bool:
-    """Whether bfloat16 matrix products run natively on ``device`` (CUDA: always; CPU: AVX-512 BF16 or AMX)."""
+#: CPU flags (``/proc/cpuinfo``) of native bfloat16 dot products
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def _cpu_flags() -> Optional[set]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return set(fh.read().split())
+    except OSError:
+        return None
+
+
+def bf16_native(device: Any = "cpu", cpu_flags: Optional[set] = None) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device`` (CUDA: always; CPU: AVX-512 BF16 or AMX).
+
+    On a CPU the flags of ``/proc/cpuinfo`` decide (``cpu_flags`` overrides them): oneDNN also calls bfloat16
+    "supported" on plain AVX-512, where it is emulated and no faster than float32.  Without ``/proc/cpuinfo``
+    oneDNN's own check is used.
+    """
     dev = torch.device(device)
     if dev.type == "cuda":
         return True
+    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
+    if flags is not None:
+        return bool(BF16_FLAGS & set(flags))
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
