@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -36,6 +37,7 @@ from torch import nn
 
 from .estimators import estimate_kl, sample_importance
 from .flow import TIME_FEATURES, FlowModel, VelocityModule, time_features, zero_output_mlp
+from .precision import bf16_native, network_autocast
 from .pseudo import ExpectedReward, TerminalTransform
 from .reward import TerminalReward, reward_hook
 from .sampling import Trajectory, sample, velocity_of
@@ -102,17 +104,21 @@ def terminal_grad(reward: TerminalReward, x: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor, exponential: bool = False) -> torch.Tensor:
+def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor, exponential: bool = False,
+                 velocities: Optional[torch.Tensor] = None, precision: str = "fp32") -> torch.Tensor:
     """Integrate the lean adjoint backwards along ``traj`` with the base model.
 
     Args:
         base: the pre-trained flow (its parameters are not differentiated).
         traj: trajectory with ``xs`` of shape ``(N, B, *S)`` on ``ts = t_1..t_N``.
         a_terminal: ``a(1)``, shape ``(B, *S)``.
+        exponential: integrate the ``-I/t`` part exactly (:func:`~tfftmol.core.sde.adjoint_step`).
+        velocities: optional ``(N, B, *S)`` buffer: ``v_base(x_k, t_k)`` of every ``k < N - 1`` is written
+            into it (the forward pass that each vector-Jacobian product makes anyway; the loss reuses them).
+        precision: the base network's arithmetic (:func:`~tfftmol.core.precision.network_autocast`).
 
     Returns:
-        Adjoint states ``(N, B, *S)`` on the same grid: ``a_k = a_{k+1} + h (2 J_v^T a_{k+1} - a_{k+1}/t_k)``
-        (``exponential=True``: the ``-I/t`` part exactly, :func:`~tfftmol.core.sde.adjoint_step`).
+        Adjoint states ``(N, B, *S)`` on the same grid: ``a_k = a_{k+1} + h (2 J_v^T a_{k+1} - a_{k+1}/t_k)``.
     """
     xs, ts = traj.xs, traj.ts
     N = xs.shape[0]
@@ -122,10 +128,12 @@ def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor, ex
     out[-1] = a
     for k in range(N - 2, -1, -1):
         t = ts[k]
-        with torch.enable_grad():
+        with torch.enable_grad(), network_autocast(xs.device, precision):
             x = xs[k].detach().requires_grad_(True)
             v = velocity_of(base, x, t.expand(x.shape[0]), traj.cond)
-            (vjp,) = torch.autograd.grad(v, x, grad_outputs=a)
+            (vjp,) = torch.autograd.grad(v, x, grad_outputs=a.to(v.dtype))
+        if velocities is not None:
+            velocities[k] = v.detach()
         a = adjoint_step(a, vjp, t, h, exponential)
         out[k] = a
     return out
@@ -189,6 +197,13 @@ class AdjointMatching:
                 torch.manual_seed(c.seed)
                 # in the base's dtype: a float64 base (e.g. GaussianMixtureFlow(dtype=float64)) trains in float64
                 self.model = ResidualFlow(base, c.hidden, c.layers).to(self.device, dtype=model_dtype(base))
+        if c.precision == "bf16":
+            if model_dtype(base) != torch.float32:
+                raise ValueError(f"am.precision='bf16' needs a float32 flow; this one is {model_dtype(base)} "
+                                 f"(use precision='fp32')")
+            if not bf16_native(self.device):
+                warnings.warn("am.precision='bf16' on a CPU without native bfloat16: it is emulated, and slower "
+                              "than fp32", RuntimeWarning, stacklevel=2)
         if isinstance(base, nn.Module):
             for p in base.parameters():
                 p.requires_grad_(False)
@@ -209,6 +224,7 @@ class AdjointMatching:
             if self.stage2 == "value" else None
         if self.value is not None and model_dtype(base) != torch.float32:  # float32 value net, inputs cast
             getattr(self.value.model, "net", self.value.model).register_forward_pre_hook(_inputs_to_float32)
+        self._base_velocities = None  # (buffer, filled) of the current step (step)
         self.step_count = 0
         self.history: list[dict] = []
         self.extra: dict = {}  # driver state that must survive a resume (JSON-able)
@@ -229,7 +245,8 @@ class AdjointMatching:
             self.lr_scale = None  # the target's scale changed: the next step measures the trust again
         self.transform, self.lam = transform, float(lam)
 
-    def _trust_step(self, old: list[torch.Tensor], xs, ts, cond, u: torch.Tensor, target: torch.Tensor) -> None:
+    def _trust_step(self, old: list[torch.Tensor], xs, ts, cond, v_b: torch.Tensor, u: torch.Tensor,
+                    target: torch.Tensor) -> None:
         """Bound the first step of a target: it may move the control by ``step_trust`` x RMS(target).
 
         Adam moves every weight by about ``lr`` whatever the gradient's scale, so a target that is
@@ -239,7 +256,7 @@ class AdjointMatching:
         keeps that factor (``lr_scale``) until the target changes.
         """
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            u_new = control(self.model.velocity(xs, ts, cond), self.base.velocity(xs, ts, cond), ts)
+            u_new = control(self._velocity(self.model, xs, ts, cond), v_b, ts)
             moved = float((u_new - u).pow(2).mean().sqrt())
             scale = float(target.pow(2).mean().sqrt())
         self.first_step_ratio = moved / max(scale, 1e-300)  # diagnostics: step size / target size
@@ -277,6 +294,7 @@ class AdjointMatching:
             size of the loss-time pool.
         """
         xs, ts = traj.xs, traj.ts
+        vb, filled = self._velocity_buffer(xs)
         kc = int(torch.searchsorted(ts, torch.tensor(self.config.terminal_time, dtype=ts.dtype), right=True)) - 1
         kc = max(0, min(kc, xs.shape[0] - 2))
         tc = ts[kc]
@@ -285,23 +303,41 @@ class AdjointMatching:
         else:
             with torch.enable_grad():
                 xr = xs[kc].detach().requires_grad_(True)
-                xhat = xr + (1.0 - tc) * velocity_of(self.base, xr, tc.expand(xr.shape[0]), traj.cond)
+                with network_autocast(xs.device, self.config.precision):
+                    v_c = velocity_of(self.base, xr, tc.expand(xr.shape[0]), traj.cond).to(xr.dtype)
+                vb[kc], filled[kc] = v_c.detach(), True
+                xhat = xr + (1.0 - tc) * v_c
                 g_hat = terminal_grad(self.reward, xhat.detach()).to(xhat.dtype)
                 (jt,) = torch.autograd.grad(xhat, xr, grad_outputs=g_hat)
         a_c = self._clip(-self.lam * gp.reshape(shape) * jt, shape)
         adj = torch.zeros_like(xs)
         adj[: kc + 1] = lean_adjoint(self.base, Trajectory(xs[: kc + 1], ts[: kc + 1], traj.cond), a_c,
-                                     self.config.adjoint_integrator == "exponential")
+                                     self.config.adjoint_integrator == "exponential", vb[: kc + 1],
+                                     self.config.precision)
+        filled[:kc] = True
         adj[kc + 1] = a_c  # the control at t_c is regressed on the adjoint one slot later (see step)
         return adj, kc + 1
 
     # -- one step ------------------------------------------------------------------
+    def _velocity(self, model, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """``model.velocity(x, t, cond)`` in ``AMConfig.precision``, returned in the state's dtype."""
+        with network_autocast(x.device, self.config.precision):
+            return model.velocity(x, t, cond).to(x.dtype)
+
+    def _velocity_buffer(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's ``(v_base at every grid point, which are filled)``: the lean adjoint's forward passes
+        fill it, and the loss reads the base velocities of its points from it instead of a second forward pass."""
+        if self._base_velocities is None or self._base_velocities[0].shape != xs.shape:
+            self._base_velocities = (torch.empty_like(xs), torch.zeros(xs.shape[0], dtype=torch.bool))
+        return self._base_velocities
+
     def sample_trajectories(self, n: int) -> Trajectory:
         cond = self.cond_sampler(n, self.generator) if self.cond_sampler else None
         self.model.eval()
         x0 = self.base.sample_prior(n, generator=self.generator, device="cpu").to(self.device)
-        return sample(self.model, n, method="sde", steps=self.config.time_steps, generator=self.generator,
-                      cond=cond, x0=x0, return_trajectory=True).trajectory
+        with network_autocast(self.device, self.config.precision):
+            return sample(self.model, n, method="sde", steps=self.config.time_steps, generator=self.generator,
+                          cond=cond, x0=x0, return_trajectory=True).trajectory
 
     def warm_start_value(self, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
                          steps: Optional[int] = None, cond: Optional[torch.Tensor] = None) -> float:
@@ -346,8 +382,9 @@ class AdjointMatching:
         cond = self.cond_sampler(n, self.generator) if self.cond_sampler else None
         self.model.eval()
         x0 = self.base.sample_prior(n, generator=self.generator, device="cpu").to(self.device)
-        return sample_controlled(self.model, self.base, n, self.config.time_steps, generator=self.generator,
-                                 cond=cond, x_start=x0)
+        with network_autocast(self.device, self.config.precision):
+            return sample_controlled(self.model, self.base, n, self.config.time_steps, generator=self.generator,
+                                     cond=cond, x_start=x0)
 
     def step(self, stage: int = 0) -> StepStats:
         c = self.config
@@ -357,6 +394,7 @@ class AdjointMatching:
         ct = self._sample_controlled(c.batch_size) if self.value is not None or weighted else None
         traj = ct.traj if ct is not None else self.sample_trajectories(c.batch_size)
         x1 = traj.final
+        self._base_velocities = None
         shape = (-1,) + (1,) * (x1.dim() - 1)
         if self.value is not None:
             # values-only stage 2: the adjoint is -grad V_phi of the learned value (core/value.py)
@@ -373,7 +411,10 @@ class AdjointMatching:
                 adj, pool = self._denoised_adjoint(traj, gp, shape)
             else:
                 a_T = self._clip(-self.lam * gp.reshape(shape) * rb.grad, shape)  # a(1) = -lam grad g(X_1)
-                adj = lean_adjoint(self.base, traj, a_T, c.adjoint_integrator == "exponential")  # (N, B, *S)
+                vb, filled = self._velocity_buffer(traj.xs)
+                adj = lean_adjoint(self.base, traj, a_T, c.adjoint_integrator == "exponential", vb,
+                                   c.precision)                            # (N, B, *S)
+                filled[:-1] = True
                 pool = traj.xs.shape[0] - 1                                # t_1 .. t_{N-1}
         if weighted:
             pw = self._path_weights(ct, rb.values)
@@ -399,9 +440,14 @@ class AdjointMatching:
             a = adj[nxt].flatten(0, 1)
         sig = sigma_memoryless(ts).reshape(shape)
         self.model.train()
-        v_ft = self.model.velocity(xs, ts, cond)
-        with torch.no_grad():
-            v_b = self.base.velocity(xs, ts, cond)
+        v_ft = self._velocity(self.model, xs, ts, cond)
+        vb, filled = self._velocity_buffer(traj.xs)
+        if bool(filled[idx].all()):
+            v_b = vb[idx].flatten(0, 1)
+        else:
+            with torch.no_grad():
+                v_b = self._velocity(self.base, xs, ts, cond)
+        self._base_velocities = None
         u = control(v_ft, v_b, ts)                                         # 2 (v_ft - v_base) / sigma
         per_point = ((u + sig * a) ** 2).flatten(1).sum(1)
         # path weights: importance weights toward the target path measure, the same for every loss time
@@ -417,7 +463,7 @@ class AdjointMatching:
             torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
         self.opt.step()
         if measure:
-            self._trust_step(old, xs, ts, cond, u.detach(), (sig * a).detach())
+            self._trust_step(old, xs, ts, cond, v_b, u.detach(), (sig * a).detach())
         if self.ema_params is not None:
             with torch.no_grad():
                 for e, p in zip(self.ema_params, self.params):

@@ -1,0 +1,107 @@
+"""The Adjoint Matching step's speed levers keep its maths.
+
+* The loss reads the base velocities at its points from the lean adjoint's own forward passes instead of a
+  second forward pass of the base: the same loss and the same update as recomputing them (the reference
+  is the same trainer with the buffer never filled), and the base network runs once per grid point.
+* ``AMConfig.precision = "bf16"``: the networks run under bfloat16 autocast; states, adjoints, loss and
+  weights stay float32, and the step's loss agrees with float32 to bfloat16's resolution.
+"""
+import copy
+
+import pytest
+import torch
+
+from tfftmol.chem.model import GraphTransformerConfig
+from tfftmol.chem.qm9_model import QM9GraphFlow
+from tfftmol.core.adjoint import AdjointMatching, IdentityTransform
+from tfftmol.core.config import ConfigError
+from tfftmol.core.reward import DifferentiableReward
+from tfftmol.core.settings import AMConfig
+from tfftmol.toy2d.gmm import GaussianMixtureFlow
+
+TINY = GraphTransformerConfig(d_node=16, d_edge=8, n_layers=2, n_heads=2)
+W = torch.linspace(-1.0, 1.0, 189)
+
+
+def _tiny() -> QM9GraphFlow:
+    torch.manual_seed(0)
+    return QM9GraphFlow(TINY).eval()
+
+
+def _reward():
+    return DifferentiableReward(lambda x: x @ W)
+
+
+class _Fresh(AdjointMatching):
+    """The reference: the loss evaluates the base at its points itself (the buffer is never filled)."""
+
+    def _velocity_buffer(self, xs):
+        return torch.empty_like(xs), torch.zeros(xs.shape[0], dtype=torch.bool)
+
+
+def _counted(base):
+    calls = []
+    base.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("terminal_time,terminal_state", [(1.0, "denoised"), (0.5, "denoised"), (0.5, "noisy")])
+def test_the_loss_reuses_the_lean_adjoints_base_velocities(terminal_time, terminal_state):
+    cfg = AMConfig(steps=3, batch_size=6, time_steps=8, loss_time_steps=4, lr=1e-3, terminal_time=terminal_time,
+                   terminal_state=terminal_state, step_trust=0.0, seed=3)
+    base_a, base_b = _tiny(), _tiny()
+    fast = AdjointMatching(base_a, _reward(), IdentityTransform(), 2.0, cfg)
+    ref = _Fresh(base_b, _reward(), IdentityTransform(), 2.0, cfg)
+    calls = _counted(base_a)  # after the trainer copied the base: the copy's calls are not counted
+    for _ in range(3):
+        calls.clear()
+        s_fast, s_ref = fast.step(), ref.step()
+        assert s_fast.loss == pytest.approx(s_ref.loss, rel=1e-5)
+        assert s_fast.kl == pytest.approx(s_ref.kl, rel=1e-5, abs=1e-9)
+        # the base runs once per grid point the adjoint visits (grid 1/8 .. 1): 7 VJPs at t_c = 1; at
+        # t_c = 0.5 (grid index 3) 3 lean-adjoint VJPs before t_c and the denoiser at t_c.  With the noisy
+        # terminal state nothing runs the base at t_c, so the loss (all 4 pool times) evaluates it itself
+        if terminal_time == 1.0:
+            assert calls == [6] * 7
+        elif terminal_state == "denoised":
+            assert calls == [6] * 4
+        else:
+            assert calls == [6] * 3 + [6 * 4]
+    for p, q in zip(fast.params, ref.params):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_value_path_and_path_weights_still_evaluate_the_base_in_the_loss():
+    """Paths whose adjoint does not run the base (the learned value) compute the loss's base velocities."""
+    cfg = AMConfig(steps=2, batch_size=6, time_steps=6, loss_time_steps=3, stage2="value", step_trust=0.0)
+    base = _tiny()
+    am = AdjointMatching(base, _reward(), IdentityTransform(), 1.0, cfg)
+    calls = _counted(base)
+    am.step()
+    assert 6 * 3 in calls  # one batched base pass over the 3 loss times of 6 rows
+
+
+def test_bf16_precision_keeps_float32_state_and_the_loss_within_bfloat16_resolution():
+    cfg32 = AMConfig(steps=2, batch_size=16, time_steps=8, loss_time_steps=4, terminal_time=0.5, seed=1)
+    cfg16 = AMConfig(**{**cfg32.__dict__, "precision": "bf16"})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a CPU without native bfloat16 only warns
+        a = AdjointMatching(_tiny(), _reward(), IdentityTransform(), 2.0, cfg32)
+        b = AdjointMatching(_tiny(), _reward(), IdentityTransform(), 2.0, cfg16)
+    sa, sb = a.step(), b.step()
+    assert all(p.dtype == torch.float32 for p in b.params)
+    traj = b.sample_trajectories(4)
+    assert traj.xs.dtype == torch.float32
+    # same seed, same trajectories' noise: the losses differ only by the networks' bfloat16 rounding
+    assert sb.loss == pytest.approx(sa.loss, rel=0.05)
+    assert sb.loss != sa.loss  # and the autocast did run
+
+
+def test_precision_is_checked():
+    with pytest.raises(ConfigError, match="precision='fp16'.*'fp32', 'bf16'"):
+        AMConfig(precision="fp16")
+    gmm64 = GaussianMixtureFlow([[-1.0], [1.0]], [0.3, 0.3], [0.5, 0.5], dtype=torch.float64)
+    with pytest.raises(ValueError, match="precision='bf16' needs a float32 flow; this one is torch.float64"):
+        AdjointMatching(gmm64, DifferentiableReward(lambda x: x[:, 0]), IdentityTransform(), 1.0,
+                        AMConfig(precision="bf16"))
