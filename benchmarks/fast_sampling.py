@@ -55,7 +55,7 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--n-ref", type=int, default=10_000)
     ap.add_argument("--fewer-steps", type=int, default=24)
-    ap.add_argument("--grid-steps", default="24,30", help="steps of the fast-grid rows (comma-separated)")
+    ap.add_argument("--grid-steps", default="26,30", help="steps of the fast-grid rows (comma-separated)")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="40 molecules, 4/3 steps, no compile, no FCD")

@@ -9,7 +9,9 @@ Figures (one thread unless ``--threads``):
   path (:func:`measure_fast`: two one-thread workers, ``torch.compile``, bfloat16 where native) against the
   `before` tree's default sampling on one thread; the validity of each (must stay within 0.5 points).
   ``qm9_sample_fast24_mol_per_s``, ``qm9_validity_fast24``: the same fast path at 24 SDE steps (``fast_steps``),
-  against the same `before` figure (30 steps, the default path).
+  against the same `before` figure (30 steps, the default path).  ``qm9_sample_fastgrid_mol_per_s``,
+  ``qm9_validity_fastgrid``: the same fast path on the fast time grid (``grid="fast"`` at ``fastgrid_steps``:
+  coarse below ``t = 1/4``, the posterior-mean jump from ``t = 5/6``), against the same `before` figure.
 * ``qm9_forward_mol_steps_per_s``: the network's forward pass alone (batch 250, ``inference_mode``),
   next to its FLOP-bound limit ``qm9_forward_flop_limit_mol_steps_per_s`` = (measured one-thread
   SGEMM FLOP/s) / (FLOPs of one molecule-step, counted by ``torch.utils.flop_counter``), and
@@ -22,7 +24,10 @@ Figures (one thread unless ``--threads``):
   QED surrogate of ``configs/qed_right.yaml`` (batch 64, 30 time steps, 10 loss times, terminal time 0.5,
   surrogate fitted once on a small offline batch, no refit), and ``tfft_over_expected_qm9`` = time per
   TFFT step / time per expected step at equal steps (stage 1 and the refinement are not in it);
-  ``am_first_loss_qm9`` is the first TFFT step's loss (must stay equal).
+  ``am_first_loss_qm9`` is the first TFFT step's loss (must stay equal).  ``am_step_per_s_qm9_bf16``: the TFFT
+  step with ``am.precision = "bf16"`` (where the CPU has bfloat16 natively, else fp32) on the same threads;
+  ``am_step_per_s_qm9_2threads``: the same on 2 threads (``torch.set_num_threads(2)``, after 2 warm-up steps);
+  on the `before` tree both are its plain one-thread step, what a user had.
 * ``am_step_per_s_zinc``, ``am_step_per_s_zinc_expected``, ``tfft_over_expected_zinc``,
   ``am_first_loss_zinc``: the same on ``zinc-selfies`` with the latent QED surrogate of
   ``configs/zinc_qed_right.yaml`` (exact latent Adjoint Matching, terminal time 1; part ``am_zinc``).
@@ -64,6 +69,8 @@ FIGURES = [
     ("qm9_compile_s", "s", None),
     ("qm9_sample_fast24_mol_per_s", "molecules/s", True),
     ("qm9_validity_fast24", "fraction", None),
+    ("qm9_sample_fastgrid_mol_per_s", "molecules/s", True),
+    ("qm9_validity_fastgrid", "fraction", None),
     ("qm9_forward_mol_steps_per_s", "molecule-steps/s", True),
     ("qm9_sample_mol_per_s_per_sgemm_gflop", "molecules/s per SGEMM GFLOP/s", True),
     ("qm9_forward_mol_steps_per_s_per_sgemm_gflop", "molecule-steps/s per SGEMM GFLOP/s", True),
@@ -73,6 +80,8 @@ FIGURES = [
     ("sgemm_gflop_per_s", "GFLOP/s", True),
     ("am_step_per_s_qm9", "steps/s", True),
     ("am_step_per_s_qm9_expected", "steps/s", True),
+    ("am_step_per_s_qm9_bf16", "steps/s", True),
+    ("am_step_per_s_qm9_2threads", "steps/s", True),
     ("tfft_over_expected_qm9", "time ratio", False),
     ("am_first_loss_qm9", "loss", None),
     ("am_step_per_s_zinc", "steps/s", True),
@@ -83,11 +92,11 @@ FIGURES = [
 
 #: sizes of one measurement; each part runs in its own process (under 2 minutes on a loaded 2-core machine)
 FULL = dict(qm9_n=300, qm9_batch=150, zinc_n=300, steps=30, fwd_batch=250, fwd_reps=6,
-            fast_n=10000, fast_batch=500, fast_compile=True, fast_steps=24,
+            fast_n=10000, fast_batch=500, fast_compile=True, fast_steps=24, fastgrid_steps=26,
             am_batch=64, am_time_steps=30, am_loss_times=10, am_steps=4, offline_n=128, surrogate_epochs=2,
             zinc_am_steps=12)
 QUICK = dict(qm9_n=24, qm9_batch=24, zinc_n=16, steps=4, fwd_batch=16, fwd_reps=2,
-             fast_n=40, fast_batch=20, fast_compile=False, fast_steps=3,
+             fast_n=40, fast_batch=20, fast_compile=False, fast_steps=3, fastgrid_steps=6,
              am_batch=8, am_time_steps=6, am_loss_times=2, am_steps=1, offline_n=32, surrogate_epochs=1,
              zinc_am_steps=1)
 
@@ -163,16 +172,24 @@ def measure_fast(p: dict) -> dict:
         m.sample(4, steps=2, seed=1)
         res, dt = _timed(lambda: m.sample(n, steps=p["steps"], sampler="sde", seed=0, batch_size=rows))
         return {"qm9_sample_fast_mol_per_s": n / dt, "qm9_validity_fast": float(res.validity),
-                "qm9_sample_fast24_mol_per_s": n / dt, "qm9_validity_fast24": float(res.validity)}
+                "qm9_sample_fast24_mol_per_s": n / dt, "qm9_validity_fast24": float(res.validity),
+                "qm9_sample_fastgrid_mol_per_s": n / dt, "qm9_validity_fastgrid": float(res.validity)}
     kw = dict(steps=p["steps"], sampler="sde", batch_size=rows, compile=p["fast_compile"],
               precision="bf16" if bf16_native() else "fp32")
     _, compile_s = _timed(lambda: sample_fast(m, rows, seed=1, workers=1, **kw))  # compiles this shape
     res, dt = _timed(lambda: sample_fast(m, n, seed=0, workers=2, **kw))
     kw["steps"] = p["fast_steps"]
     res2, dt2 = _timed(lambda: sample_fast(m, n, seed=0, workers=2, **kw))
-    return {"qm9_sample_fast_mol_per_s": n / dt, "qm9_validity_fast": float(res.validity),
-            "qm9_compile_s": compile_s, "qm9_sample_fast24_mol_per_s": n / dt2,
-            "qm9_validity_fast24": float(res2.validity)}
+    out = {"qm9_sample_fast_mol_per_s": n / dt, "qm9_validity_fast": float(res.validity),
+           "qm9_compile_s": compile_s, "qm9_sample_fast24_mol_per_s": n / dt2,
+           "qm9_validity_fast24": float(res2.validity)}
+    try:  # a tree with the fast time grid
+        from tfftmol.chem.fast_sampling import fast_grid  # noqa: F401
+    except ImportError:
+        return out
+    kw.update(steps=p["fastgrid_steps"], grid="fast")
+    res3, dt3 = _timed(lambda: sample_fast(m, n, seed=0, workers=2, **kw))
+    return {**out, "qm9_sample_fastgrid_mol_per_s": n / dt3, "qm9_validity_fastgrid": float(res3.validity)}
 
 
 def _qm9_config(p: dict, method: str) -> dict:
@@ -235,7 +252,37 @@ def measure_am(p: dict, model: str = "qm9") -> dict:
     out[f"am_step_per_s_{model}"] = rates["tfft"]
     out[f"am_step_per_s_{model}_expected"] = rates["expected"]
     out[f"tfft_over_expected_{model}"] = rates["expected"] / rates["tfft"]
+    if model == "qm9":
+        out.update(_am_levers(p, base, reward, eta, cfg, out["am_step_per_s_qm9"]))
     return out
+
+
+def _am_levers(p: dict, base, reward, eta: float, cfg, plain: float) -> dict:
+    """``am_step_per_s_qm9_bf16`` and ``_2threads`` (see the module docstring); a tree without
+    ``AMConfig.precision`` gives its plain step for both."""
+    import dataclasses
+
+    import torch
+    from tfftmol.core.adjoint import AdjointMatching
+    from tfftmol.core.pseudo import PseudoReward
+    if "precision" not in {f.name for f in dataclasses.fields(cfg.tfft.am)}:
+        return {"am_step_per_s_qm9_bf16": plain, "am_step_per_s_qm9_2threads": plain}
+    from tfftmol.core.precision import bf16_native
+    am_cfg = dataclasses.replace(cfg.tfft.am, precision="bf16" if bf16_native() else "fp32")
+    torch.manual_seed(0)
+    tr = AdjointMatching(base, reward, PseudoReward("right", 0.9, eta), 1.0 / 0.1, am_cfg, device="cpu")
+    tr.step()
+    n = p["am_steps"]
+    spent = sum(_timed(tr.step)[1] for _ in range(n))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(2):  # the first steps on a new thread count start the thread pool
+            tr.step()
+        spent2 = sum(_timed(tr.step)[1] for _ in range(n))
+    finally:
+        torch.set_num_threads(threads)
+    return {"am_step_per_s_qm9_bf16": n / spent, "am_step_per_s_qm9_2threads": n / spent2}
 
 
 def measure_am_zinc(p: dict) -> dict:

@@ -146,17 +146,42 @@ def test_cli_sample_with_workers_and_bf16(tmp_path):
 @pytest.mark.slow
 @needs_weights
 def test_cli_fast_preset_is_the_same_sample_as_its_flags_spelled_out(tmp_path):
-    """--fast = --compile, one worker per core, bf16 where native: the same molecules as those flags given."""
+    """--fast = --compile, one worker per core, bf16 where native, the fast grid: the same molecules as those
+    flags given; --fast --grid uniform keeps the uniform grid."""
     from tfftmol.chem.fast_sampling import bf16_native
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    common = [sys.executable, "-m", "tfftmol.cli", "sample", "-n", "20", "--steps", "4", "--batch-size", "10"]
+    common = [sys.executable, "-m", "tfftmol.cli", "sample", "-n", "20", "--steps", "6", "--batch-size", "10"]
     r = subprocess.run(common + ["-o", str(a), "--fast", "--workers", "2"], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(common + ["-o", str(b), "--compile", "--workers", "2", "--precision",
-                                 "bf16" if bf16_native() else "fp32"], capture_output=True, text=True, timeout=600)
+    prec = "bf16" if bf16_native() else "fp32"
+    r = subprocess.run(common + ["-o", str(b), "--compile", "--workers", "2", "--precision", prec, "--grid", "fast"],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b))
+
+
+def test_fast_preset_settings(qm9):
+    """What --fast turns on, and what an explicit flag keeps: the fast grid only for the SDE of an argmax-decoded
+    flow, never over an explicit --grid."""
+    import argparse
+
+    from tfftmol.chem.selfies import load_zinc_selfies
+    from tfftmol.cli import _fast_preset
+
+    def ns(**kw):
+        return argparse.Namespace(**{"fast": True, "compile": False, "workers": None, "precision": "fp32",
+                                     "grid": None, "sampler": "sde", **kw})
+
+    a = _fast_preset(ns(), qm9)
+    assert a.compile and a.workers >= 1 and a.grid == "fast"
+    assert a.precision == ("bf16" if bf16_native() else "fp32")
+    assert _fast_preset(ns(grid="uniform"), qm9).grid == "uniform"
+    assert _fast_preset(ns(sampler="ode"), qm9).grid == "uniform"
+    assert _fast_preset(ns(workers=3), qm9).workers == 3
+    assert _fast_preset(ns(), load_zinc_selfies()).grid == "uniform"
+    plain = _fast_preset(ns(fast=False), qm9)
+    assert not plain.compile and plain.workers is None and plain.grid == "uniform" and plain.precision == "fp32"
 
 
 def test_a_latent_flow_without_step_velocity_samples_the_same_for_any_workers():
@@ -172,3 +197,82 @@ def test_a_latent_flow_without_step_velocity_samples_the_same_for_any_workers():
     x0 = z.sample_prior(10, generator=gen)
     ref = sample(z, 10, method="euler", steps=5, generator=gen, x0=x0).x
     torch.testing.assert_close(one.x[:10], ref, rtol=1e-5, atol=1e-5)
+
+
+# -- grid="fast" -------------------------------------------------------------------------------------------------
+def test_fast_grid_times_and_checks():
+    from tfftmol.chem.fast_sampling import fast_grid
+    g = fast_grid(30)
+    mid = 0.5 + 7 / 36
+    expected = torch.tensor([1 / 8, 1 / 4] + [0.25 + k / 20 for k in range(1, 6)] + [0.5 + k / 36 for k in range(1, 8)]
+                            + [mid + k / 24 for k in range(1, 4)])
+    torch.testing.assert_close(g, expected)
+    assert len(g) == 17  # network calls, against 29 on the uniform grid of 30 steps
+    assert len(fast_grid(60)) > len(g) and float(fast_grid(60)[-1]) <= 5 / 6
+    with pytest.raises(ValueError, match="steps=5 must be an integer >= 6 for grid='fast'"):
+        fast_grid(5)
+    with pytest.raises(ValueError, match="grid='fast' is a grid of the SDE sampler; sampler='ode'"):
+        sample_fast(load_qm9_graph(), 4, steps=24, sampler="ode", grid="fast")
+    with pytest.raises(ValueError, match=r"grid='coarse' must be one of \('uniform', 'fast'\)"):
+        sample_fast(load_qm9_graph(), 4, steps=24, grid="coarse")
+
+
+def test_fast_grid_ends_on_the_posterior_mean_of_a_point_mass():
+    """Data concentrated at mu: the posterior mean x + (1 - t) v is mu at any t, whatever the path did before."""
+    from tfftmol.chem.fast_sampling import _sde_fast_grid, fast_grid
+    from tfftmol.toy2d.gmm import GaussianMixtureFlow
+    mu = torch.tensor([[2.0, -1.0]])
+    gmm = GaussianMixtureFlow(mu, [1e-3], [1.0])
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(500, 2, generator=gen)
+    calls = []
+
+    def f(x, t):
+        calls.append(float(t[0]))
+        return gmm.velocity(x, t)
+
+    grid = fast_grid(30)
+    x1 = _sde_fast_grid(f, x0, grid, gen)
+    torch.testing.assert_close(x1, mu.expand(500, 2), rtol=0, atol=1e-2)
+    # one network call per grid time, the last one (the jump) at the last time
+    assert calls == pytest.approx(grid.tolist())
+    # the first Euler-Maruyama step forgets the prior: its factor 1 - h / t_1 is zero when h = t_1 = 1/8
+    gen2 = torch.Generator().manual_seed(0)
+    torch.randn(500, 2, generator=gen2)
+    other = _sde_fast_grid(lambda x, t: gmm.velocity(x, t), 5.0 + x0, grid, gen2)
+    torch.testing.assert_close(other, x1)
+
+
+@needs_weights
+def test_fast_grid_samples_the_same_for_any_workers_and_through_the_model(qm9):
+    one = sample_fast(qm9, 30, steps=12, seed=5, batch_size=10, workers=1, grid="fast")
+    two = sample_fast(qm9, 30, steps=12, seed=5, batch_size=10, workers=2, grid="fast")
+    assert torch.equal(one.x, two.x) and one.smiles == two.smiles
+    three = qm9.sample(30, steps=12, seed=5, batch_size=10, grid="fast")
+    assert torch.equal(one.x, three.x)
+    # the posterior mean of the graph flow is SCALE (2 p - 1) with p the class probabilities of each slot
+    from tfftmol.chem.graph import split_state
+    from tfftmol.chem.model import SCALE
+    node, edge = split_state(one.x)
+    for part in (node, edge):
+        p = (part / SCALE + 1) / 2
+        assert float(p.min()) >= -1e-5
+        torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:-1]), rtol=0, atol=1e-4)
+
+
+def test_cli_grid_fast_writes_molecules_and_rejects_the_ode(tmp_path):
+    out = tmp_path / "g.csv"
+    common = [sys.executable, "-m", "tfftmol.cli", "sample", "-n", "12", "--steps", "8", "--batch-size", "6"]
+    r = subprocess.run(common + ["-o", str(out), "--grid", "fast"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(pd.read_csv(out)) == 12
+    r = subprocess.run(common + ["-o", str(out), "--grid", "fast", "--sampler", "ode"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "grid='fast' is a grid of the SDE sampler" in r.stderr
+
+
+def test_fast_grid_is_refused_for_a_flow_not_decoded_by_argmax():
+    from tfftmol.chem.selfies import load_zinc_selfies
+    with pytest.raises(ValueError, match="grid='fast' ends on posterior means, which decode like samples only "
+                                         "for a flow decoded by argmax"):
+        sample_fast(load_zinc_selfies(), 4, steps=24, grid="fast")

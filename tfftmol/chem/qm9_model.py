@@ -91,6 +91,10 @@ class QM9GraphFlow(GraphTransformerFlow):
     :class:`~tfftmol.chem.graph.DecodeResult`.
     """
 
+    #: decoding takes each slot's argmax, so the posterior mean of a state decodes like a sample
+    #: (``grid="fast"`` of :mod:`tfftmol.chem.fast_sampling`)
+    argmax_decoded = True
+
     def __init__(self, config: Optional[GraphTransformerConfig] = None):
         super().__init__(config)
         # node-by-pair incidence (9, 36): row i has a 1 at every pair (i, j) or (j, i)
@@ -162,7 +166,7 @@ class QM9GraphFlow(GraphTransformerFlow):
     @torch.no_grad()
     def sample(self, n: int, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: Optional[int] = None,
                batch_size: int = 1000, generator: Optional[torch.Generator] = None, precision: str = "fp32",
-               compile: bool = False, workers: Optional[int] = None) -> SampleResult:
+               compile: bool = False, workers: Optional[int] = None, grid: str = "uniform") -> SampleResult:
         """Draw ``n`` molecules.
 
         Args:
@@ -173,8 +177,9 @@ class QM9GraphFlow(GraphTransformerFlow):
                 or ``"heun"`` (Heun on the ODE).
             seed: seeds a fresh generator (ignored if ``generator`` is given).
             batch_size: molecules per batch.
-            precision, compile, workers: the speed levers of :func:`tfftmol.chem.fast_sampling.sample_fast`
-                (``"bf16"`` network arithmetic, ``torch.compile``, one-thread worker processes).  Setting any
+            precision, compile, workers, grid: the speed levers of :func:`tfftmol.chem.fast_sampling.sample_fast`
+                (``"bf16"`` network arithmetic, ``torch.compile``, one-thread worker processes, the ``"fast"``
+                time grid of the SDE with fewer network calls).  Setting any
                 of them samples through it, with one generator per batch seeded from ``seed`` (the same
                 molecules for any ``workers``; not the stream of the default path); ``generator`` is then
                 not accepted.
@@ -182,12 +187,12 @@ class QM9GraphFlow(GraphTransformerFlow):
         Returns:
             a :class:`SampleResult`.
         """
-        if precision != "fp32" or compile or workers is not None:
+        from .fast_sampling import sample_fast, wants_fast
+        if wants_fast(precision, compile, workers, grid):
             if generator is not None:
-                raise ValueError("generator= cannot be combined with precision/compile/workers; pass seed=")
-            from .fast_sampling import sample_fast
+                raise ValueError("generator= cannot be combined with precision/compile/workers/grid; pass seed=")
             return sample_fast(self, n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
-                               precision=precision, compile=compile, workers=workers or 1)
+                               precision=precision, compile=compile, workers=workers or 1, grid=grid)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r} must be one of {SAMPLERS}")
         if n < 0 or batch_size < 1:
@@ -248,16 +253,16 @@ DEFAULT_SAMPLE_BATCH = 250
 def sample_to_csv(model: QM9GraphFlow, n: int, out_path: Union[str, Path], steps: int = DEFAULT_STEPS,
                   sampler: str = DEFAULT_SAMPLER, seed: Optional[int] = 0,
                   batch_size: int = DEFAULT_SAMPLE_BATCH, precision: str = "fp32", compile: bool = False,
-                  workers: Optional[int] = None) -> pd.DataFrame:
+                  workers: Optional[int] = None, grid: str = "uniform") -> pd.DataFrame:
     """Sample ``n`` molecules and write ``smiles, valid, reason, raw`` to ``out_path`` (CSV); returns the frame.
 
-    ``precision``, ``compile`` and ``workers`` (any of them set) sample through
+    ``precision``, ``compile``, ``workers`` and ``grid`` (any of them set) sample through
     :func:`tfftmol.chem.fast_sampling.sample_fast`, for any molecular flow (shipped, fine-tuned or a latent one).
     """
-    if precision != "fp32" or compile or workers is not None:
-        from .fast_sampling import sample_fast
+    from .fast_sampling import sample_fast, wants_fast
+    if wants_fast(precision, compile, workers, grid):
         res = sample_fast(model, n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
-                          precision=precision, compile=compile, workers=workers or 1)
+                          precision=precision, compile=compile, workers=workers or 1, grid=grid)
     else:
         res = model.sample(n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size)
     df = res.to_frame()
