@@ -92,7 +92,7 @@ FIGURES = [
 
 #: sizes of one measurement; each part runs in its own process (under 2 minutes on a loaded 2-core machine)
 FULL = dict(qm9_n=300, qm9_batch=150, zinc_n=300, steps=30, fwd_batch=250, fwd_reps=6,
-            fast_n=10000, fast_batch=500, fast_compile=True, fast_steps=24, fastgrid_steps=26,
+            fast_n=10000, fast_batch=500, fast_compile=True, fast_steps=24, fastgrid_steps=30,
             am_batch=64, am_time_steps=30, am_loss_times=10, am_steps=4, offline_n=128, surrogate_epochs=2,
             zinc_am_steps=12)
 QUICK = dict(qm9_n=24, qm9_batch=24, zinc_n=16, steps=4, fwd_batch=16, fwd_reps=2,
