@@ -139,6 +139,15 @@ def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor, ex
     return out
 
 
+def _cond_rows(cond, sel):
+    """The per-sample condition of the rows ``sel`` (a slice or an index tensor); ``None`` stays ``None``."""
+    if cond is None or isinstance(sel, slice):
+        return cond
+    if isinstance(cond, torch.Tensor):
+        return cond[sel]
+    return [cond[i] for i in sel.tolist()]
+
+
 def path_log_weights(ct, lam: float, g_values: torch.Tensor) -> torch.Tensor:
     """``log dP*/dP_u`` of each controlled trajectory up to a constant: ``lam g(r) - sum_k (u_k . dW_k + 0.5 |u_k|^2 h)``.
 
@@ -294,29 +303,56 @@ class AdjointMatching:
             size of the loss-time pool.
         """
         xs, ts = traj.xs, traj.ts
-        vb, filled = self._velocity_buffer(xs)
         kc = int(torch.searchsorted(ts, torch.tensor(self.config.terminal_time, dtype=ts.dtype), right=True)) - 1
         kc = max(0, min(kc, xs.shape[0] - 2))
         tc = ts[kc]
+        adj = torch.zeros_like(xs)
+        sel = self._active_rows(gp)
+        if sel is None:
+            return adj, kc + 1
+        vb, filled = self._velocity_buffer(xs)
+        xr_all, cond = xs[:, sel], _cond_rows(traj.cond, sel)
         if self.config.terminal_state == "noisy":  # a reward model of noisy states: its gradient at X_{t_c}
-            jt = terminal_grad(self.reward, xs[kc].detach()).to(xs.dtype)
+            jt = terminal_grad(self.reward, xr_all[kc].detach()).to(xs.dtype)
         else:
             with torch.enable_grad():
-                xr = xs[kc].detach().requires_grad_(True)
+                xr = xr_all[kc].detach().requires_grad_(True)
                 with network_autocast(xs.device, self.config.precision):
-                    v_c = velocity_of(self.base, xr, tc.expand(xr.shape[0]), traj.cond).to(xr.dtype)
-                vb[kc], filled[kc] = v_c.detach(), True
+                    v_c = velocity_of(self.base, xr, tc.expand(xr.shape[0]), cond).to(xr.dtype)
+                vb[kc, sel], filled[kc, sel] = v_c.detach(), True
                 xhat = xr + (1.0 - tc) * v_c
                 g_hat = terminal_grad(self.reward, xhat.detach()).to(xhat.dtype)
                 (jt,) = torch.autograd.grad(xhat, xr, grad_outputs=g_hat)
-        a_c = self._clip(-self.lam * gp.reshape(shape) * jt, shape)
-        adj = torch.zeros_like(xs)
-        adj[: kc + 1] = lean_adjoint(self.base, Trajectory(xs[: kc + 1], ts[: kc + 1], traj.cond), a_c,
-                                     self.config.adjoint_integrator == "exponential", vb[: kc + 1],
-                                     self.config.precision)
-        filled[:kc] = True
-        adj[kc + 1] = a_c  # the control at t_c is regressed on the adjoint one slot later (see step)
+        a_c = self._clip(-self.lam * gp[sel].reshape(shape) * jt, shape)
+        adj[: kc + 1, sel] = self._lean(Trajectory(xr_all[: kc + 1], ts[: kc + 1], cond), a_c, sel, (vb, filled))
+        adj[kc + 1, sel] = a_c  # the control at t_c is regressed on the adjoint one slot later (see step)
         return adj, kc + 1
+
+    def _active_rows(self, gp: torch.Tensor):
+        """The samples whose terminal adjoint is not zero (``g'(r) != 0``): a slice of all of them, the indices of
+        some, or ``None`` for none.
+
+        The network acts on each sample separately, so the lean adjoint of a sample depends on that sample alone
+        and is linear in its terminal value: a sample with ``g'(r) = 0`` (below a right tail's threshold, above a
+        left tail's) has a zero adjoint at every time, and its vector-Jacobian products are skipped.
+        """
+        active = gp != 0
+        if bool(active.all()):
+            return slice(None)
+        if not bool(active.any()):
+            return None
+        return active.nonzero().flatten()
+
+    def _lean(self, traj: Trajectory, a_start: torch.Tensor, sel, buffer) -> torch.Tensor:
+        """:func:`lean_adjoint` on the rows ``sel`` of this step's trajectory (``traj`` already cut to them),
+        recording the base velocities it computes into ``buffer`` (:meth:`_velocity_buffer`)."""
+        vbs = torch.empty_like(traj.xs)
+        out = lean_adjoint(self.base, traj, a_start, self.config.adjoint_integrator == "exponential", vbs,
+                           self.config.precision)
+        vb, filled = buffer
+        last = traj.xs.shape[0] - 1
+        vb[:last, sel], filled[:last, sel] = vbs[:last], True
+        return out
 
     # -- one step ------------------------------------------------------------------
     def _velocity(self, model, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
@@ -325,11 +361,27 @@ class AdjointMatching:
             return model.velocity(x, t, cond).to(x.dtype)
 
     def _velocity_buffer(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's ``(v_base at every grid point, which are filled)``: the lean adjoint's forward passes
-        fill it, and the loss reads the base velocities of its points from it instead of a second forward pass."""
+        """This step's ``(v_base at every grid point and sample, which of them are filled (N, B))``: the lean
+        adjoint's forward passes fill it, and the loss reads the base velocities of its points from it instead of
+        a second forward pass (the points it does not hold are computed there)."""
         if self._base_velocities is None or self._base_velocities[0].shape != xs.shape:
-            self._base_velocities = (torch.empty_like(xs), torch.zeros(xs.shape[0], dtype=torch.bool))
+            self._base_velocities = (torch.empty_like(xs), torch.zeros(xs.shape[:2], dtype=torch.bool))
         return self._base_velocities
+
+    def _loss_base_velocities(self, traj_xs, idx, xs, ts, cond) -> torch.Tensor:
+        """``v_base`` at the loss points ``(xs, ts)`` (grid times ``idx`` of every sample): read from the step's
+        buffer where the adjoint computed them, one batched forward pass for the others."""
+        vb, filled = self._velocity_buffer(traj_xs)
+        self._base_velocities = None
+        need = ~filled[idx].flatten()
+        if not bool(need.any()):
+            return vb[idx].flatten(0, 1)
+        with torch.no_grad():
+            if bool(need.all()) or not (cond is None or isinstance(cond, torch.Tensor)):
+                return self._velocity(self.base, xs, ts, cond)
+            out = vb[idx].flatten(0, 1)
+            out[need] = self._velocity(self.base, xs[need], ts[need], None if cond is None else cond[need])
+            return out
 
     def sample_trajectories(self, n: int) -> Trajectory:
         cond = self.cond_sampler(n, self.generator) if self.cond_sampler else None
@@ -411,10 +463,11 @@ class AdjointMatching:
                 adj, pool = self._denoised_adjoint(traj, gp, shape)
             else:
                 a_T = self._clip(-self.lam * gp.reshape(shape) * rb.grad, shape)  # a(1) = -lam grad g(X_1)
-                vb, filled = self._velocity_buffer(traj.xs)
-                adj = lean_adjoint(self.base, traj, a_T, c.adjoint_integrator == "exponential", vb,
-                                   c.precision)                            # (N, B, *S)
-                filled[:-1] = True
+                adj = torch.zeros_like(traj.xs)                            # (N, B, *S)
+                sel = self._active_rows(gp)
+                if sel is not None:
+                    adj[:, sel] = self._lean(Trajectory(traj.xs[:, sel], traj.ts, _cond_rows(traj.cond, sel)),
+                                             a_T[sel], sel, self._velocity_buffer(traj.xs))
                 pool = traj.xs.shape[0] - 1                                # t_1 .. t_{N-1}
         if weighted:
             pw = self._path_weights(ct, rb.values)
@@ -441,13 +494,7 @@ class AdjointMatching:
         sig = sigma_memoryless(ts).reshape(shape)
         self.model.train()
         v_ft = self._velocity(self.model, xs, ts, cond)
-        vb, filled = self._velocity_buffer(traj.xs)
-        if bool(filled[idx].all()):
-            v_b = vb[idx].flatten(0, 1)
-        else:
-            with torch.no_grad():
-                v_b = self._velocity(self.base, xs, ts, cond)
-        self._base_velocities = None
+        v_b = self._loss_base_velocities(traj.xs, idx, xs, ts, cond)
         u = control(v_ft, v_b, ts)                                         # 2 (v_ft - v_base) / sigma
         per_point = ((u + sig * a) ** 2).flatten(1).sum(1)
         # path weights: importance weights toward the target path measure, the same for every loss time
