@@ -16,6 +16,7 @@ from tfftmol.chem.qm9_model import QM9GraphFlow
 from tfftmol.core.adjoint import AdjointMatching, IdentityTransform
 from tfftmol.core.config import ConfigError
 from tfftmol.core.reward import DifferentiableReward
+from tfftmol.core.flow import VelocityModule
 from tfftmol.core.settings import AMConfig
 from tfftmol.toy2d.gmm import GaussianMixtureFlow
 
@@ -159,3 +160,30 @@ def test_precision_is_checked():
     with pytest.raises(ValueError, match="precision='bf16' needs a float32 flow; this one is torch.float64"):
         AdjointMatching(gmm64, DifferentiableReward(lambda x: x[:, 0]), IdentityTransform(), 1.0,
                         AMConfig(precision="bf16"))
+
+
+class _MLPFlow(VelocityModule):
+    """A plain MLP velocity: under bfloat16 autocast its output is bfloat16 (unlike the graph flow's softmax)."""
+
+    def __init__(self):
+        super().__init__()
+        self.state_shape = (4,)
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.SiLU(), torch.nn.Linear(32, 4))
+
+    def forward(self, x, t, cond=None):
+        return self.net(torch.cat([x, t.reshape(-1, 1).to(x.dtype)], 1))
+
+
+@pytest.mark.parametrize("stage2", ["gradient", "value"])
+def test_bf16_runs_a_flow_whose_network_returns_bfloat16(stage2):
+    """The sampler checks that a velocity comes back in the state's dtype: the bf16 path hands it float32."""
+    import warnings
+    cfg = AMConfig(steps=2, batch_size=8, time_steps=6, loss_time_steps=3, precision="bf16", stage2=stage2, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        am = AdjointMatching(_MLPFlow(), DifferentiableReward(lambda x: x[:, 0]), IdentityTransform(), 1.0, cfg)
+    for _ in range(2):
+        s = am.step()
+        assert torch.isfinite(torch.tensor(s.loss)) and s.loss > 0
+    assert am.sample_trajectories(3).xs.dtype == torch.float32

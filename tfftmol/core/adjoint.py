@@ -139,6 +139,21 @@ def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor, ex
     return out
 
 
+class _InPrecision:
+    """A flow whose ``velocity`` runs under :func:`~tfftmol.core.precision.network_autocast` and returns the state's
+    dtype; every other attribute is the flow's own."""
+
+    def __init__(self, model, precision: str):
+        self._model, self._precision = model, precision
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None) -> torch.Tensor:
+        with network_autocast(x.device, self._precision):
+            return self._model.velocity(x, t, cond).to(x.dtype)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
 def _cond_rows(cond, sel):
     """The per-sample condition of the rows ``sel`` (a slice or an index tensor); ``None`` stays ``None``."""
     if cond is None or isinstance(sel, slice):
@@ -360,6 +375,11 @@ class AdjointMatching:
         with network_autocast(x.device, self.config.precision):
             return model.velocity(x, t, cond).to(x.dtype)
 
+    def _in_precision(self, model):
+        """``model`` itself in float32; else a view of it whose velocity runs in ``AMConfig.precision`` and returns
+        the state's dtype (what the sampler checks a flow for)."""
+        return model if self.config.precision == "fp32" else _InPrecision(model, self.config.precision)
+
     def _velocity_buffer(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This step's ``(v_base at every grid point and sample, which of them are filled (N, B))``: the lean
         adjoint's forward passes fill it, and the loss reads the base velocities of its points from it instead of
@@ -387,9 +407,8 @@ class AdjointMatching:
         cond = self.cond_sampler(n, self.generator) if self.cond_sampler else None
         self.model.eval()
         x0 = self.base.sample_prior(n, generator=self.generator, device="cpu").to(self.device)
-        with network_autocast(self.device, self.config.precision):
-            return sample(self.model, n, method="sde", steps=self.config.time_steps, generator=self.generator,
-                          cond=cond, x0=x0, return_trajectory=True).trajectory
+        return sample(self._in_precision(self.model), n, method="sde", steps=self.config.time_steps,
+                      generator=self.generator, cond=cond, x0=x0, return_trajectory=True).trajectory
 
     def warm_start_value(self, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
                          steps: Optional[int] = None, cond: Optional[torch.Tensor] = None) -> float:
@@ -434,9 +453,8 @@ class AdjointMatching:
         cond = self.cond_sampler(n, self.generator) if self.cond_sampler else None
         self.model.eval()
         x0 = self.base.sample_prior(n, generator=self.generator, device="cpu").to(self.device)
-        with network_autocast(self.device, self.config.precision):
-            return sample_controlled(self.model, self.base, n, self.config.time_steps, generator=self.generator,
-                                     cond=cond, x_start=x0)
+        return sample_controlled(self._in_precision(self.model), self.base, n, self.config.time_steps,
+                                 generator=self.generator, cond=cond, x_start=x0)
 
     def step(self, stage: int = 0) -> StepStats:
         c = self.config
