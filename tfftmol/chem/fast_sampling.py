@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from tfftmol.core.precision import PRECISIONS, bf16_native, check_precision, network_autocast
+from tfftmol.core.precision import PRECISIONS, bf16_native, check_precision, in_precision
 from tfftmol.core.sampling import sample as integrate
 from tfftmol.core.sde import em_step
 
@@ -125,9 +125,7 @@ def sampling_velocity(model: Any, precision: str = "fp32") -> Callable[[torch.Te
     step = getattr(model, "step_velocity", None) or model.velocity
 
     def f(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with network_autocast(x.device, precision):
-            v = step(x, t)
-        return v.to(x.dtype)
+        return in_precision(x, precision, lambda: step(x, t))
 
     return f
 
@@ -161,7 +159,8 @@ def _batch_seeds(seed: int, n_batches: int) -> list[int]:
             for s in np.random.SeedSequence(seed).spawn(n_batches)]
 
 
-# the state of one sampling job, set before the workers fork (read by _run_batches in the children)
+# the state of one sampling job, set before the workers fork (read by _run_batches in the children);
+# "grid": the times of the fast grid, or None for the uniform grid of "method" and "steps"
 _JOB: dict = {}
 
 
@@ -173,8 +172,8 @@ def _run_batches(idx: list[int]) -> list[tuple[int, torch.Tensor, list]]:
         gen = torch.Generator().manual_seed(job["seeds"][i])
         x0 = model.sample_prior(rows, generator=gen, device="cpu").to(job["device"])
         with torch.no_grad():
-            if job["grid"] == "fast":
-                x = _sde_fast_grid(f, x0, fast_grid(job["steps"]), gen)
+            if job["grid"] is not None:
+                x = _sde_fast_grid(f, x0, job["grid"], gen)
             else:
                 x = integrate(f, rows, method=job["method"], steps=job["steps"], generator=gen, x0=x0).x
         m = min(rows, job["n"] - i * rows)
@@ -228,7 +227,8 @@ def sample_fast(model: Any, n: int, *, steps: int = 30, sampler: str = "sde", se
     model.eval()
     _JOB.clear()
     _JOB.update(model=model, f=f, batch_size=batch_size, seeds=_batch_seeds(seed, n_batches), n=n, steps=steps,
-                method=_METHOD[sampler], device=device, decode=decode, grid=grid)
+                method=_METHOD[sampler], device=device, decode=decode,
+                grid=fast_grid(steps) if grid == "fast" else None)
     parts: list = []
     try:
         can_fork = "fork" in mp.get_all_start_methods() and device.type == "cpu"

@@ -37,7 +37,7 @@ from torch import nn
 
 from .estimators import estimate_kl, sample_importance
 from .flow import TIME_FEATURES, FlowModel, VelocityModule, time_features, zero_output_mlp
-from .precision import bf16_native, network_autocast
+from .precision import bf16_native, in_precision
 from .pseudo import ExpectedReward, TerminalTransform
 from .reward import TerminalReward, reward_hook
 from .sampling import Trajectory, sample, velocity_of
@@ -128,10 +128,10 @@ def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor, ex
     out[-1] = a
     for k in range(N - 2, -1, -1):
         t = ts[k]
-        with torch.enable_grad(), network_autocast(xs.device, precision):
+        with torch.enable_grad():
             x = xs[k].detach().requires_grad_(True)
-            v = velocity_of(base, x, t.expand(x.shape[0]), traj.cond)
-            (vjp,) = torch.autograd.grad(v, x, grad_outputs=a.to(v.dtype))
+            v = in_precision(x, precision, lambda: velocity_of(base, x, t.expand(x.shape[0]), traj.cond))
+            (vjp,) = torch.autograd.grad(v, x, grad_outputs=a)
         if velocities is not None:
             velocities[k] = v.detach()
         a = adjoint_step(a, vjp, t, h, exponential)
@@ -140,15 +140,14 @@ def lean_adjoint(base: FlowModel, traj: Trajectory, a_terminal: torch.Tensor, ex
 
 
 class _InPrecision:
-    """A flow whose ``velocity`` runs under :func:`~tfftmol.core.precision.network_autocast` and returns the state's
-    dtype; every other attribute is the flow's own."""
+    """A flow whose ``velocity`` runs in ``precision`` and returns the state's dtype
+    (:func:`~tfftmol.core.precision.in_precision`); every other attribute is the flow's own."""
 
     def __init__(self, model, precision: str):
         self._model, self._precision = model, precision
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None) -> torch.Tensor:
-        with network_autocast(x.device, self._precision):
-            return self._model.velocity(x, t, cond).to(x.dtype)
+        return in_precision(x, self._precision, lambda: self._model.velocity(x, t, cond))
 
     def __getattr__(self, name: str):
         return getattr(self._model, name)
@@ -332,8 +331,8 @@ class AdjointMatching:
         else:
             with torch.enable_grad():
                 xr = xr_all[kc].detach().requires_grad_(True)
-                with network_autocast(xs.device, self.config.precision):
-                    v_c = velocity_of(self.base, xr, tc.expand(xr.shape[0]), cond).to(xr.dtype)
+                v_c = in_precision(xr, self.config.precision,
+                                   lambda: velocity_of(self.base, xr, tc.expand(xr.shape[0]), cond))
                 vb[kc, sel], filled[kc, sel] = v_c.detach(), True
                 xhat = xr + (1.0 - tc) * v_c
                 g_hat = terminal_grad(self.reward, xhat.detach()).to(xhat.dtype)
@@ -372,8 +371,7 @@ class AdjointMatching:
     # -- one step ------------------------------------------------------------------
     def _velocity(self, model, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """``model.velocity(x, t, cond)`` in ``AMConfig.precision``, returned in the state's dtype."""
-        with network_autocast(x.device, self.config.precision):
-            return model.velocity(x, t, cond).to(x.dtype)
+        return in_precision(x, self.config.precision, lambda: model.velocity(x, t, cond))
 
     def _in_precision(self, model):
         """``model`` itself in float32; else a view of it whose velocity runs in ``AMConfig.precision`` and returns

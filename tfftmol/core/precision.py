@@ -7,11 +7,11 @@ adjoints, losses and optimiser steps stay in the state's dtype.  Used by the fas
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["PRECISIONS", "BF16_FLAGS", "bf16_native", "network_autocast", "check_precision"]
+__all__ = ["PRECISIONS", "BF16_FLAGS", "bf16_native", "network_autocast", "check_precision", "in_precision"]
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -58,3 +58,9 @@ def network_autocast(device: Any, precision: str = "fp32"):
     if check_precision(precision) == "fp32":
         return nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def in_precision(x: torch.Tensor, precision: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``fn()``, a network call on the state ``x``, run in ``precision`` and returned in ``x``'s dtype."""
+    with network_autocast(x.device, precision):
+        return fn().to(x.dtype)
