@@ -179,11 +179,17 @@ class _MLPFlow(VelocityModule):
 def test_bf16_runs_a_flow_whose_network_returns_bfloat16(stage2):
     """The sampler checks that a velocity comes back in the state's dtype: the bf16 path hands it float32."""
     import warnings
-    cfg = AMConfig(steps=2, batch_size=8, time_steps=6, loss_time_steps=3, precision="bf16", stage2=stage2, seed=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        am = AdjointMatching(_MLPFlow(), DifferentiableReward(lambda x: x[:, 0]), IdentityTransform(), 1.0, cfg)
-    for _ in range(2):
-        s = am.step()
-        assert torch.isfinite(torch.tensor(s.loss)) and s.loss > 0
+    def trainer(precision):
+        cfg = AMConfig(steps=2, batch_size=8, time_steps=6, loss_time_steps=3, precision=precision, stage2=stage2,
+                       seed=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return AdjointMatching(_MLPFlow(), DifferentiableReward(lambda x: x[:, 0]), IdentityTransform(), 1.0, cfg)
+
+    am, ref = trainer("bf16"), trainer("fp32")
+    # the same seed: the first step's loss differs from float32's by the networks' bfloat16 rounding only
+    # (measured 0.03% on the gradient path, 0.6% on the value path)
+    assert am.step().loss == pytest.approx(ref.step().loss, rel=0.02)
+    s = am.step()
+    assert torch.isfinite(torch.tensor(s.loss)) and s.loss > 0
     assert am.sample_trajectories(3).xs.dtype == torch.float32
