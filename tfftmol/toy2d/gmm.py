@@ -199,19 +199,9 @@ class GaussianMixtureFlow:
         logz = special.logsumexp(np.concatenate([lo, hi]))
         return float(np.exp(special.logsumexp(hi if tail == "right" else lo) - logz))
 
-    def sample_tilted_hinge(self, n: int, w, eta: float, alpha: float, beta: float, tail: str,
-                            seed: int = 0) -> torch.Tensor:
-        """Exact draws from ``p* ∝ p_1 exp(pseudo(w·x) / alpha)`` for the hinge pseudo-reward.
-
-        right: ``pseudo = (r - eta)_+ / (1 - beta)``; left: ``pseudo = -(eta - r)_+ / beta``.
-        Each component is split at ``r = eta``: the untouched side is a truncated normal
-        of ``r``, the tilted side a truncated normal with mean shifted by ``+c sd^2``
-        (``c = 1/(alpha (1-beta))`` above ``eta`` for right, ``1/(alpha beta)`` below for left).
-        The part of ``x`` orthogonal to ``w`` is unchanged.
-        """
-        rng = np.random.default_rng(seed)
-        w = np.asarray(w, dtype=np.float64)
-        wn2 = float(w @ w)
+    def _tilted_hinge_rewards(self, rng: np.random.Generator, n: int, w, eta: float, alpha: float, beta: float,
+                              tail: str) -> tuple[np.ndarray, np.ndarray]:
+        """Component index and exact reward ``r = w·x`` of ``n`` draws of the hinge-tilted target."""
         lo, hi, m, sd, c = self._hinge_pieces(w, eta, alpha, beta, tail)
         K = len(m)
         logits = np.concatenate([lo, hi])
@@ -227,7 +217,30 @@ class GaussianMixtureFlow:
         mean_r = m[k] + shift
         a = np.where(upper, (eta - mean_r) / sd[k], -np.inf)
         b = np.where(upper, np.inf, (eta - mean_r) / sd[k])
-        r = stats.truncnorm.rvs(a, b, loc=mean_r, scale=sd[k], random_state=rng)
+        return k, stats.truncnorm.rvs(a, b, loc=mean_r, scale=sd[k], random_state=rng)
+
+    def sample_tilted_hinge_rewards(self, n: int, w, eta: float, alpha: float, beta: float, tail: str,
+                                    seed: int = 0) -> np.ndarray:
+        """The rewards ``w·x`` (float64, ``(n,)``) of exact draws of the hinge-tilted target: the same
+        law as ``sample_tilted_hinge(...) @ w``, without drawing the part of ``x`` orthogonal to ``w``."""
+        k, r = self._tilted_hinge_rewards(np.random.default_rng(seed), n, np.asarray(w, dtype=np.float64), eta,
+                                          alpha, beta, tail)
+        return r
+
+    def sample_tilted_hinge(self, n: int, w, eta: float, alpha: float, beta: float, tail: str,
+                            seed: int = 0) -> torch.Tensor:
+        """Exact draws from ``p* ∝ p_1 exp(pseudo(w·x) / alpha)`` for the hinge pseudo-reward.
+
+        right: ``pseudo = (r - eta)_+ / (1 - beta)``; left: ``pseudo = -(eta - r)_+ / beta``.
+        Each component is split at ``r = eta``: the untouched side is a truncated normal
+        of ``r``, the tilted side a truncated normal with mean shifted by ``+c sd^2``
+        (``c = 1/(alpha (1-beta))`` above ``eta`` for right, ``1/(alpha beta)`` below for left).
+        The part of ``x`` orthogonal to ``w`` is unchanged.
+        """
+        rng = np.random.default_rng(seed)
+        w = np.asarray(w, dtype=np.float64)
+        wn2 = float(w @ w)
+        k, r = self._tilted_hinge_rewards(rng, n, w, eta, alpha, beta, tail)
         mu = self.means.double().numpy()[k]
         z = rng.standard_normal((n, self.dim)) * self.stds.double().numpy()[k, None]
         z -= np.outer(z @ w / wn2, w)                         # orthogonal part only
