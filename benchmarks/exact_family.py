@@ -17,7 +17,11 @@ fine-tuned model on SDE samples:
 * ``cvar_ft`` vs ``cvar_exact`` (own tail) and ``rel_error = (cvar_ft - cvar_exact) / |cvar_exact|``;
 * ``mass_beyond``: the fine-tuned mass beyond the population ``eta*`` (target ``mass_target`` = 0.1);
 * ``kl_ft`` (control-cost estimate) vs ``kl_exact``;
-* ``flagged``: a guard fired (corrected or stopped the run); ``stopped``: the run was stopped.
+* ``flagged``: a guard fired (corrected or stopped the run); ``stopped``: the run was stopped;
+* ``cvar_se`` and ``exact_within_8pct``: the evaluation's own noise (:func:`estimator_floor`): the spread
+  of the own-tail CVaR over 100 batches of ``--eval-samples`` exact draws of ``p*``, and the share of
+  those batches within 8% of the exact CVaR (far below 1: no fine-tune can show the 8% bar there).
+  ``--report-only`` fills them into CSVs written before they existed.
 
 Writes ``benchmarks/results/exact_family.csv`` and ``.md``.  ``--track none`` runs the same
 family without tracking (the behaviour before on-policy tracking existed), for comparison.
