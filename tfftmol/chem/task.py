@@ -169,9 +169,6 @@ class MoleculeOptions:
                                   f"model={self.model!r} is a graph model (use decode_beam: null)")
         if self.value_molecules is not None:
             check_int(self, "value_molecules", low=0, note=" (0 = off, null = the default for the model)")
-            if self.value_molecules and is_latent(self.model):
-                raise ConfigError(f"value_molecules={self.value_molecules} needs a QM9 graph model; "
-                                  f"model={self.model!r} is a latent model (use value_molecules: 0)")
 
     @property
     def warm_start_size(self) -> int:
@@ -632,14 +629,19 @@ class MoleculeTask:
                        else denoised_copies(base, tc, cfg.seed))
         out = MolecularReward(reward, base.decode, surrogate, sc, o.refit_every, o.reward_jobs, log, denoise,
                               max_failure_fraction=o.max_reward_failure_fraction)
-        if o.value_molecules_size and not is_latent(o.model):
-            from .value_data import QM9ValuePairs
+        if o.value_molecules_size:
+            from .value_data import LatentValuePairs, QM9ValuePairs
 
             # labelled lazily: only a run on the values-only path (tfft.am.stage2: value) pays for it
-            out.value_pairs = QM9ValuePairs(
-                reward, o.value_molecules_size, cfg.tfft.am.time_steps,
-                lambda n, g: base.sample_prior(n, generator=g, device="cpu").float(),
-                cache_dir=cfg.offline_cache_dir, reward_key=out.cache_key, n_jobs=o.reward_jobs, log=log)
+            prior = lambda n, g: base.sample_prior(n, generator=g, device="cpu").float()  # noqa: E731
+            if is_latent(o.model):
+                out.value_pairs = LatentValuePairs(base, reward, o.value_molecules_size, cfg.tfft.am.time_steps,
+                                                   prior, cache_dir=cfg.offline_cache_dir, labels=o.warm_labels,
+                                                   n_jobs=o.reward_jobs, log=log)
+            else:
+                out.value_pairs = QM9ValuePairs(
+                    reward, o.value_molecules_size, cfg.tfft.am.time_steps, prior,
+                    cache_dir=cfg.offline_cache_dir, reward_key=out.cache_key, n_jobs=o.reward_jobs, log=log)
         return out
 
     def cond_sampler(self, cfg, base):

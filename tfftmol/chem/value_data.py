@@ -46,7 +46,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-__all__ = ["qm9_train_subset", "labelled_qm9_states", "QM9ValuePairs", "DEFAULT_VALUE_MOLECULES"]
+__all__ = ["qm9_train_subset", "labelled_qm9_states", "NoisedValuePairs", "QM9ValuePairs", "LatentValuePairs",
+           "DEFAULT_VALUE_MOLECULES"]
 
 #: QM9 training molecules labelled for the value model's warm start (``options.value_molecules: null``)
 DEFAULT_VALUE_MOLECULES = 20000
@@ -134,14 +135,48 @@ def labelled_qm9_states(reward: Any, n: int, cache_dir: Optional[str | Path] = N
     return classes_to_state(nodes, edges), values, valid
 
 
-class QM9ValuePairs:
-    """The reward hook ``value_pairs(n, generator) -> (x_t, t, r(x_1))`` on noised QM9 training molecules.
+class NoisedValuePairs:
+    """The reward hook ``value_pairs(n, generator) -> (x_t, t, r(x_1))`` on noised labelled states.
 
     ``x_t = t x_1 + (1 - t) x_0`` with ``x_0`` drawn from the flow's prior (``prior(n, generator)``)
     and ``t = k / time_steps`` for ``k`` uniform in ``1 .. time_steps - 1`` (the grid on which the
-    fine-tuner evaluates the value model).  The ``n`` pairs cycle through the labelled molecules in
-    a random order (each molecule ``ceil(n / molecules)`` times at most), so every label is used.
-    Labelling happens at the first call and is cached (:func:`labelled_qm9_states`).
+    fine-tuner evaluates the value model): under the pre-trained process these are exact draws of
+    ``(X_t, r(X_1))`` when ``x_1`` is a sample of it (docs/design.md §6, warm start).  The ``n``
+    pairs cycle through the labelled states in a random order (each ``ceil(n / m)`` times at most),
+    so every label is used.  ``data()`` gives the clean states ``x_1`` ``(m, ...)`` and their rewards
+    ``(m,)`` (float64); it is called once, at the first draw.
+    """
+
+    def __init__(self, data: Callable[[], tuple[torch.Tensor, torch.Tensor]], time_steps: int,
+                 prior: Callable[..., torch.Tensor]):
+        if int(time_steps) < 2:
+            raise ValueError(f"time_steps={time_steps} must be >= 2")
+        self._load, self.time_steps, self.prior = data, int(time_steps), prior
+        self._data: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labelled clean states ``x_1`` and their rewards (float64), loaded on first use."""
+        if self._data is None:
+            x1, r = self._load()
+            self._data = (torch.as_tensor(x1), torch.as_tensor(np.asarray(r, dtype=np.float64)))
+        return self._data
+
+    def __call__(self, n: int, generator: Optional[torch.Generator] = None):
+        x1, r = self.data()
+        m = x1.shape[0]
+        reps = max(1, math.ceil(int(n) / m))
+        idx = torch.cat([torch.randperm(m, generator=generator) for _ in range(reps)])[:int(n)]
+        x1, r = x1[idx], r[idx]
+        k = torch.randint(1, self.time_steps, (x1.shape[0],), generator=generator)
+        t = k.to(torch.float32) / self.time_steps
+        x0 = self.prior(x1.shape[0], generator).to(device=x1.device, dtype=x1.dtype)
+        tt = t.reshape((-1,) + (1,) * (x1.dim() - 1)).to(x1.dtype)
+        return tt * x1 + (1 - tt) * x0, t, r
+
+
+class QM9ValuePairs(NoisedValuePairs):
+    """``value_pairs`` on noised QM9 training molecules (:class:`NoisedValuePairs`), labelled with the
+    true reward at the first draw and cached (:func:`labelled_qm9_states`).
 
     Args:
         reward: the true reward; reward_key: its identity (the cache key).
@@ -155,27 +190,38 @@ class QM9ValuePairs:
                  log: Callable[[str], None] = print):
         if int(molecules) < 1 or int(time_steps) < 2:
             raise ValueError(f"molecules={molecules} must be >= 1 and time_steps={time_steps} >= 2")
-        self.reward, self.molecules, self.time_steps = reward, int(molecules), int(time_steps)
-        self.prior, self.cache_dir, self.reward_key = prior, cache_dir, reward_key
+        self.reward, self.molecules = reward, int(molecules)
+        self.cache_dir, self.reward_key = cache_dir, reward_key
         self.n_jobs, self.seed, self.log = int(n_jobs), int(seed), log
-        self._data: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        super().__init__(self._label, time_steps, prior)
 
-    def data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The labelled clean states ``x_1`` ``(m, 189)`` and rewards ``(m,)`` (float64), labelled on first use."""
-        if self._data is None:
-            x1, values, _ = labelled_qm9_states(self.reward, self.molecules, self.cache_dir, self.reward_key,
-                                                self.seed, self.n_jobs, log=self.log)
-            self._data = (x1, torch.from_numpy(values))
-        return self._data
+    def _label(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x1, values, _ = labelled_qm9_states(self.reward, self.molecules, self.cache_dir, self.reward_key,
+                                            self.seed, self.n_jobs, log=self.log)
+        return x1, torch.from_numpy(values)
 
-    def __call__(self, n: int, generator: Optional[torch.Generator] = None):
-        x1, r = self.data()
-        m = x1.shape[0]
-        reps = max(1, math.ceil(int(n) / m))
-        idx = torch.cat([torch.randperm(m, generator=generator) for _ in range(reps)])[:int(n)]
-        x1, r = x1[idx], r[idx]
-        k = torch.randint(1, self.time_steps, (x1.shape[0],), generator=generator)
-        t = k.to(torch.float32) / self.time_steps
-        x0 = self.prior(x1.shape[0], generator).to(device=x1.device, dtype=x1.dtype)
-        tt = t.reshape(-1, 1).to(x1.dtype)
-        return tt * x1 + (1 - tt) * x0, t, r
+
+class LatentValuePairs(NoisedValuePairs):
+    """``value_pairs`` for a latent molecular flow: noised encoded ZINC250k training molecules.
+
+    The clean states are the latents of :func:`~tfftmol.chem.latent_reward.warm_start_data` (the
+    model's own encoder, normalised like its state) with its labels (by default the reward of the
+    molecule each latent *decodes to*, the function the fine-tune sees), shared with the surrogate's
+    warm start through the same cache.
+    """
+
+    def __init__(self, model: Any, reward: Any, molecules: int, time_steps: int,
+                 prior: Callable[..., torch.Tensor], cache_dir: Optional[str | Path] = None,
+                 labels: str = "decoded", n_jobs: int = 1, log: Callable[[str], None] = print):
+        if int(molecules) < 1:
+            raise ValueError(f"molecules={molecules} must be >= 1")
+        self.model, self.reward, self.molecules = model, reward, int(molecules)
+        self.cache_dir, self.labels, self.n_jobs, self.log = cache_dir, labels, int(n_jobs), log
+        super().__init__(self._label, time_steps, prior)
+
+    def _label(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from .latent_reward import warm_start_data
+
+        x, values, _ = warm_start_data(self.model, self.reward, self.molecules, self.cache_dir, labels=self.labels,
+                                       n_jobs=self.n_jobs, log=self.log)
+        return x.float(), torch.from_numpy(values)
