@@ -73,7 +73,7 @@ def test_value_pairs_noise_the_labelled_states_on_the_grid(tmp_path):
     assert all(torch.equal(u, w) for u, w in zip(a, b))
 
 
-def test_the_graph_task_declares_value_pairs_and_a_latent_model_refuses_them(tmp_path):
+def test_the_graph_task_declares_value_pairs(tmp_path):
     from tfftmol.chem.task import MoleculeTask, load_base
 
     cfg = load_run_config({"task": "molecule", "out_dir": str(tmp_path), "options": {"model": "qm9-graph",
@@ -94,7 +94,32 @@ def test_the_graph_task_declares_value_pairs_and_a_latent_model_refuses_them(tmp
     assert load_run_config({"task": "molecule", "options": {"model": "zinc-selfies"}}).options \
         .value_molecules_size == 0
     with pytest.raises(ConfigError, match="value_molecules"):
-        load_run_config({"task": "molecule", "options": {"model": "zinc-selfies", "value_molecules": 100}})
+        load_run_config({"task": "molecule", "options": {"model": "qm9-graph", "value_molecules": -1}})
+
+
+def test_a_latent_model_supplies_noised_encoded_training_molecules_as_value_pairs(tmp_path):
+    """zinc-selfies with value_molecules: the pairs are t x_1 + (1 - t) x_0 of encoded ZINC250k training latents,
+    labelled with the reward of the molecule each latent decodes to (the surrogate's warm-start data and cache)."""
+    from tfftmol.chem.latent_reward import warm_start_data
+    from tfftmol.chem.task import MoleculeTask, load_base
+
+    n = 40
+    cfg = load_run_config({"task": "molecule", "out_dir": str(tmp_path),
+                           "options": {"model": "zinc-selfies", "reward": {"name": "qed"}, "value_molecules": n}})
+    base = load_base("zinc-selfies")
+    reward = MoleculeTask().build_reward(cfg, base, "cpu", lambda s: None)
+    fn = reward_hook(reward, "value_pairs")
+    assert callable(fn)
+    x_t, t, r = fn(3 * n, torch.Generator().manual_seed(0))
+    assert x_t.shape == (3 * n, 64) and t.shape == (3 * n,) and r.shape == (3 * n,)
+    assert torch.isfinite(x_t).all() and ((t > 0) & (t < 1)).all()
+    x1, values, _ = warm_start_data(base, build_reward({"name": "qed"}), n, cfg.offline_cache_dir, log=lambda s: None)
+    assert sorted(r.tolist()) == pytest.approx(sorted(np.tile(values, 3).tolist()))  # every label, each 3 times
+    N = cfg.tfft.am.time_steps
+    assert torch.allclose(t * N, (t * N).round(), atol=1e-4)  # on the fine-tuner's grid k / N, 0 < k < N
+    # x_t = t x_1 + (1 - t) x_0: near t = 0 the pairs are prior draws, and their spread grows back toward the
+    # latents' own as t -> 1 (the latents are normalised, so both are about 1 per coordinate)
+    assert float(x1.std()) == pytest.approx(1.0, abs=0.35)
 
 
 def test_distribution_warm_start_on_qm9_pairs_leaves_the_control_cost_scale_alone(tmp_path):

@@ -11,9 +11,10 @@ Options (``RunConfig.options``)::
     warm_labels: decoded           # warm-start labels: reward of the decoded latent, or of the data molecule
     decode_beam: null              # latent models: beams of the SELFIES decoder (1 = greedy; null = the weights
                                    # file's own setting, greedy for the shipped file); docs/design.md §8.1
-    value_molecules: null          # graph models, values-only stage 2 (tfft.am.stage2: value): QM9 training
-                                   # molecules labelled with the true reward whose noised copies warm-start
-                                   # the value model (MolecularReward.value_pairs; null = 20000, 0 = off:
+    value_molecules: null          # values-only stage 2 (tfft.am.stage2: value): training molecules labelled
+                                   # with the true reward whose noised copies warm-start the value model
+                                   # (MolecularReward.value_pairs; QM9 for a graph model, null = 20000; encoded
+                                   # ZINC250k for a latent model, labelled like warm_start, null = 0; 0 = off:
                                    # the noised offline batch); cached in the cache dir by reward identity
     reward_jobs: 1                 # worker processes for the true reward
     grid_size: 12                  # molecules per tail grid
