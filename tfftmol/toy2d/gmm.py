@@ -223,9 +223,8 @@ class GaussianMixtureFlow:
                                     seed: int = 0) -> np.ndarray:
         """The rewards ``w·x`` (float64, ``(n,)``) of exact draws of the hinge-tilted target: the same
         law as ``sample_tilted_hinge(...) @ w``, without drawing the part of ``x`` orthogonal to ``w``."""
-        k, r = self._tilted_hinge_rewards(np.random.default_rng(seed), n, np.asarray(w, dtype=np.float64), eta,
-                                          alpha, beta, tail)
-        return r
+        return self._tilted_hinge_rewards(np.random.default_rng(seed), n, np.asarray(w, dtype=np.float64), eta,
+                                          alpha, beta, tail)[1]
 
     def sample_tilted_hinge(self, n: int, w, eta: float, alpha: float, beta: float, tail: str,
                             seed: int = 0) -> torch.Tensor:
