@@ -105,7 +105,8 @@ def test_a_latent_model_supplies_noised_encoded_training_molecules_as_value_pair
 
     n = 40
     cfg = load_run_config({"task": "molecule", "out_dir": str(tmp_path),
-                           "options": {"model": "zinc-selfies", "reward": {"name": "qed"}, "value_molecules": n}})
+                           "options": {"model": "zinc-selfies", "reward": {"name": "qed"}, "value_molecules": n,
+                                       "warm_start": 0}})  # no surrogate warm start: only the value pairs
     base = load_base("zinc-selfies")
     reward = MoleculeTask().build_reward(cfg, base, "cpu", lambda s: None)
     fn = reward_hook(reward, "value_pairs")
