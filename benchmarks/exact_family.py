@@ -97,7 +97,12 @@ def estimator_floor(case: int, alpha: float, tail: str, n: int, w_norm: float = 
     beta = 0.9 if tail == "right" else 0.1
     g, w = make_case(case, w_norm)
     eta, _ = population_threshold(g, w, alpha, beta, tail)
-    exact = hinge_target_stats(g, w, eta, alpha, beta, tail)["cvar"]
+    return _floor(g, w, eta, hinge_target_stats(g, w, eta, alpha, beta, tail)["cvar"], case, alpha, tail, n, reps)
+
+
+def _floor(g, w, eta: float, exact: float, case: int, alpha: float, tail: str, n: int, reps: int = FLOOR_REPS) -> dict:
+    """:func:`estimator_floor` for a case whose population ``eta*`` and exact CVaR are already known."""
+    beta = 0.9 if tail == "right" else 0.1
     r = g.sample_tilted_hinge_rewards(n * reps, w, eta, alpha, beta, tail, seed=40_000 + case).reshape(reps, n)
     est = np.array([cvar(row, beta, tail) for row in r])
     return {"cvar_se": float(est.std(ddof=1)),
@@ -185,7 +190,7 @@ def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_s
         "stopped": stopped, "sampler": cfg.offline_sampler, "offline_steps": cfg.offline_steps,
         "offline_n": n_off, "track": track, "steps": steps,
         "path_weights": path_weights, "adjoint_integrator": adjoint_integrator, "wall_s": wall,
-        **estimator_floor(case, alpha, tail, eval_samples, w_norm),
+        **_floor(g, w, eta, ex["cvar"], case, alpha, tail, eval_samples),
     }
 
 
