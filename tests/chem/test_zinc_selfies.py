@@ -286,6 +286,10 @@ def test_fcd_matches_the_fcd_package_and_is_zero_on_itself():
 
 @pytest.mark.slow
 def test_quick_benchmark_runs(tmp_path):
+    """The quick mode against the shipped model's training view (``--reference auto``, the MOSES view: see
+    :func:`test_benchmark_reference_follows_the_data_the_card_names`): the data row is the MOSES view of the
+    training split, so it passes every filter and is not novel against the neutral training forms; the
+    random row is far from both."""
     sys.path.insert(0, str(ROOT))
     from benchmarks.zinc_model import main
     out = main(["--quick", "--out-dir", str(tmp_path), "--threads", "1", "--cache-dir", str(tmp_path / "cache")])
@@ -293,6 +297,9 @@ def test_quick_benchmark_runs(tmp_path):
     df = pd.read_csv(tmp_path / "zinc_model_quick.csv")
     assert list(df["model"]) == ["zinc-selfies", "random-selfies", "data (train)"]
     rows = df.set_index("model")
+    assert rows.loc["data (train)", "filters"] == 1.0 and rows.loc["random-selfies", "novelty"] == 1.0
+    assert rows.loc["data (train)", "snn"] > rows.loc["random-selfies", "snn"]
+    assert "MOSES view" in (tmp_path / "zinc_model_quick.md").read_text()
     assert rows.loc["zinc-selfies", "validity"] >= 0.99
     assert rows.loc["data (train)", "novelty"] == 0.0
     assert rows.loc["data (train)", "fcd"] < rows.loc["random-selfies", "fcd"]
@@ -325,21 +332,6 @@ def test_benchmark_reference_follows_the_data_the_card_names(tmp_path):
         assert p(["--weights", str(tmp_path / "p.safetensors")]).reference == "zinc250k"
         assert p(["--weights", str(tmp_path / "m.safetensors"), "--reference", "zinc250k"]).reference == "zinc250k"
         assert p([]).reference == training_view(CARD_PATH) == "moses"  # the shipped model: the MOSES view
-
-
-def test_quick_benchmark_against_the_moses_view(tmp_path):
-    """``--reference moses``: the data row is the MOSES view of the training split, so it passes every
-    filter and is not novel against the neutral training forms; the random row is far from both."""
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.zinc_model import main
-    main(["--quick", "--reference", "moses", "--no-fcd", "--out-dir", str(tmp_path), "--threads", "1",
-          "--cache-dir", str(tmp_path / "cache")])
-    import pandas as pd
-    rows = pd.read_csv(tmp_path / "zinc_model_quick.csv").set_index("model")
-    assert rows.loc["data (train)", "filters"] == 1.0 and rows.loc["data (train)", "novelty"] == 0.0
-    assert rows.loc["random-selfies", "novelty"] == 1.0
-    assert rows.loc["data (train)", "snn"] > rows.loc["random-selfies", "snn"]
-    assert "MOSES view" in (tmp_path / "zinc_model_quick.md").read_text()
 
 
 def test_pretrain_script_moses_view_init_from_and_export(tmp_path):

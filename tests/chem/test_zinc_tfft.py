@@ -259,9 +259,10 @@ def test_latent_tfft_run_through_pipeline_moves_right_cvar(tiny_path, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not WEIGHTS_PATH.exists(), reason="zinc-selfies weights not trained yet")
 def test_short_right_cvar_run_on_zinc_selfies_moves_the_tail(tmp_path):
-    """configs/zinc_osimertinib_mpo_right.yaml at a smaller budget (seed 0, ~2 minutes on one thread) raises the
-    right-CVaR_0.9 of osimertinib MPO clearly (the tail frontier's demo budget: +0.13 on each of 3 seeds) and
-    keeps validity and uniqueness.  Seed tried: 0.
+    """configs/zinc_osimertinib_mpo_right.yaml at a smaller budget (60 steps, about 50 s on one thread) raises
+    the right-CVaR_0.9 of osimertinib MPO clearly (the tail frontier's demo budget: +0.13 on each of 3 seeds)
+    and keeps validity and uniqueness.  At this budget seeds 0, 1, 2 gave +0.080, +0.123, +0.089; the test
+    runs seed 0 (the config's).
 
     Not QED: on the shipped model QED's top 10% already averages about 0.915 of QED's maximum 0.948 and its
     latent surrogate knows little about that tail, so a short run moves it by less than the evaluation noise
@@ -271,10 +272,10 @@ def test_short_right_cvar_run_on_zinc_selfies_moves_the_tail(tmp_path):
     cfg = load_run_config(ROOT / "configs" / "zinc_osimertinib_mpo_right.yaml", out_dir=str(tmp_path),
                           cache_dir=str(tmp_path / "cache"))
     d = cfg.to_dict()
-    d["eval"].update(samples=1000, kl_samples=200)
-    d["tfft"].update(offline_samples=3000, refine_samples=1000, bootstrap=0)
-    d["tfft"]["am"].update(steps=150)
-    d["options"].update(warm_start=5000)
+    d["eval"].update(samples=600, kl_samples=200)
+    d["tfft"].update(offline_samples=2000, refine_samples=1000, bootstrap=0)
+    d["tfft"]["am"].update(steps=60)
+    d["options"].update(warm_start=2000)
     res = run(d, progress=False, log=lambda s: None)
     m = res.metrics
     pre, post = m["reward_cvar_right_0.9"]

@@ -1,5 +1,5 @@
 """Property-based testing helpers (hypothesis): every property runs twice, a cheap default budget in every
-test run and four times as many cases under ``@pytest.mark.slow``.
+test run and twice as many cases under ``@pytest.mark.slow``.
 
 ``fast, slow = cases(check, n, *strategies)`` returns the two test functions; a module binds them to
 ``test_<name>`` and ``test_<name>_many``.  Examples are derandomized (the same cases on every machine,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-SLOW_FACTOR = 4
+SLOW_FACTOR = 2
 _COMMON = dict(deadline=None, database=None, derandomize=True, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                       HealthCheck.data_too_large, HealthCheck.large_base_example])
