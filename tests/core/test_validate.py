@@ -403,8 +403,10 @@ def test_float64_fine_tune_matches_float32_within_the_seed_spread():
 
     pre = float(cvar(circle_gmm().sample_data(4000, torch.Generator().manual_seed(99))[:, 0].double().numpy(), 0.9,
                      "right"))
-    c32 = [own_cvar(torch.float32, s) for s in (0, 1)]
+    # four float32 seeds: with the tail balance (the default on a tracked right tail) they agree within about
+    # 0.04 (measured 2.688-2.729; without it 2.59-2.91), so two seeds alone under-state the spread
+    c32 = [own_cvar(torch.float32, s) for s in (0, 1, 2, 3)]
     c64 = own_cvar(torch.float64, 0)
     assert min(c32) > pre + 0.2 and c64 > pre + 0.2               # every run moves its tail
-    spread = abs(c32[0] - c32[1])
+    spread = max(c32) - min(c32)
     assert abs(c64 - c32[0]) <= max(2 * spread, 0.03), (c64, c32, spread)

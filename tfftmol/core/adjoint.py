@@ -371,7 +371,7 @@ class AdjointMatching:
     # -- one step ------------------------------------------------------------------
     def _velocity(self, model, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """``model.velocity(x, t, cond)`` in ``AMConfig.precision``, returned in the state's dtype."""
-        return in_precision(x, self.config.precision, lambda: model.velocity(x, t, cond))
+        return _InPrecision(model, self.config.precision).velocity(x, t, cond)
 
     def _in_precision(self, model):
         """``model`` itself in float32; else a view of it whose velocity runs in ``AMConfig.precision`` and returns
@@ -487,6 +487,10 @@ class AdjointMatching:
                 pool = traj.xs.shape[0] - 1                                # t_1 .. t_{N-1}
         if weighted:
             pw = self._path_weights(ct, rb.values)
+        tw = self.transform.regression_weights(rb.values) if hasattr(self.transform, "regression_weights") else None
+        if tw is not None:  # the transform's own weights (the tracker's tail balance), times the path weights
+            tw = tw.to(device=x1.device, dtype=x1.dtype).reshape(-1)
+            pw = tw if pw is None else pw * tw / (pw * tw).mean()
         k = pool if c.loss_time_steps in (0, None) or c.loss_time_steps >= pool else c.loss_time_steps
         idx = torch.randperm(pool, generator=self.generator)[:k].sort().values
         B = x1.shape[0]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -67,6 +67,12 @@ class TerminalTransform:
     def grad(self, r: ArrayLike) -> ArrayLike:
         """``g'(r) = dg/dr``, elementwise."""
         raise NotImplementedError
+
+    def regression_weights(self, r: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-trajectory weights (mean 1) of the Adjoint Matching regression for the batch rewards ``r``, or
+        ``None`` (the default: every trajectory counts once).  The on-policy threshold tracker uses it for
+        its tail balance (:meth:`tfftmol.core.tracking.ThresholdTracker.regression_weights`)."""
+        return None
 
     def __call__(self, r: ArrayLike) -> ArrayLike:
         return self.value(r)

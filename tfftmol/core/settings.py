@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from .config import ConfigError, check_choice, check_int, check_number, from_dict
 from .value import ValueConfig
@@ -228,6 +228,15 @@ class TFFTConfig:
         track_catch_up_batches: consecutive batches that must exceed that mass before the jump (1 = any
             single batch, the earlier rule; default 2: a runaway persists, a batch of 64 crossing on noise
             does not).
+        track_balance: while the threshold tracker is the target (``track_threshold`` not ``"none"``),
+            weight the trajectories of the Adjoint Matching regression so that the batch has the target's
+            tail mass (``1 - beta`` beyond the threshold, right; ``beta`` below it, left): tail trajectories
+            by ``kappa / m``, the others by ``(1 - kappa) / (1 - m)`` for a batch with tail mass ``m``.
+            Every weight is 1 at the self-consistent optimum, so the target is unchanged; away from it the
+            weights break the feedback by which a model with too much (too little) tail mass gets a
+            stronger (weaker) regression target, the runaway-and-collapse cycle of strong right tilts
+            (docs/design.md §5.5).  ``"auto"`` (default): on where the threshold is tracked (the right
+            tail under ``track_threshold="auto"``); ``True``/``False``: always on / off.
         guard_band_low, guard_band_high: allowed ratio of the on-policy tail mass to ``1 - beta``
             (right) or ``beta`` (left).
         guard_kl_factor: allowed multiple of the KL stage 1 predicts for the on-policy CVaR.
@@ -269,6 +278,7 @@ class TFFTConfig:
     track_hold: float = 0.3
     track_catch_up: bool = True
     track_catch_up_batches: int = 2
+    track_balance: Union[str, bool] = "auto"
     guard_band_low: float = 0.5
     guard_band_high: float = 2.0
     guard_kl_factor: float = 3.0
@@ -308,6 +318,8 @@ class TFFTConfig:
         if not isinstance(self.track_catch_up, bool):
             raise ConfigError(f"track_catch_up={self.track_catch_up!r} must be true or false")
         check_int(self, "track_catch_up_batches", low=1)
+        if self.track_balance not in ("auto", True, False):
+            raise ConfigError(f"track_balance={self.track_balance!r} must be 'auto', true or false")
         check_number(self, "guard_band_low", 0, 1, low_open=True, high_open=True)
         check_number(self, "guard_band_high", 1, None, low_open=True)
         check_number(self, "guard_kl_factor", 1, None, low_open=True)

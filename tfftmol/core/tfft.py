@@ -308,8 +308,12 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
                               hold=cfg.track_hold, band=(cfg.guard_band_low, cfg.guard_band_high),
                               kl_factor=cfg.guard_kl_factor, catch_up=cfg.track_catch_up,
                               catch_up_batches=cfg.track_catch_up_batches,
+                              balance=(mode != "off") if cfg.track_balance == "auto" else bool(cfg.track_balance),
                               a_min=cfg.adaptive_active_fraction if cfg.continuation in ("auto", "adaptive") else None)
         tracker = ThresholdTracker(fin.threshold, tcfg, total_steps=fin.stop - fin.start, smoothing=cfg.smoothing, log=log)
+        if tcfg.balance:
+            log(f"tail balance: the regression sees the batch with the target's tail mass {tracker.target_mass:g} "
+                f"(track_balance={cfg.track_balance!r})")
 
     def target(stage: Stage):
         if custom:
@@ -441,7 +445,7 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     tracking = None
     if tracker is not None:
         tracking = {"eta": tracker.eta, "eta_stage1": tracker.eta0, "corrections": tracker.corrections,
-                    "catch_ups": tracker.catch_ups, "tracked": tracker.tracking,
+                    "catch_ups": tracker.catch_ups, "tracked": tracker.tracking, "balance": tracker.cfg.balance,
                     "flags": list(tracker.flags), "trace": tracker.trace, "trust": trust.message if trust else None,
                     "sampler": cfg.offline_sampler}
         log(f"threshold tracking: eta {tracker.eta0:.5g} (stage 1) -> {tracker.eta:.5g} (self-consistent, on-policy); "

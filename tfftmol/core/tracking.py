@@ -42,6 +42,16 @@ runaway persists from batch to batch; a single batch of 64 crosses the band on n
 demo config jumped on such batches and realised 0.49 and 0.45 of stage 1's gain on seeds 0 and 2,
 against 0.53 and 0.50 without the jumps).
 
+**Tail balance** (``TrackingConfig.balance``; ``TFFTConfig.track_balance``).  The runaway and the collapse
+come from a feedback inside Adjoint Matching: its regression target is an expectation under the *current*
+model, and for a hinge tilt it grows with the current model's mass beyond ``eta``, so a model with too much
+tail mass gets a stronger target and one with too little a weaker one.  With a tracked ``eta`` this turns
+into a cycle of runaway, catch-up, collapse and regrowth that never settles (docs/design.md §5.5).  The
+tracker therefore hands the trainer per-trajectory weights (:meth:`ThresholdTracker.regression_weights`):
+``kappa / m`` for the batch's trajectories beyond ``eta`` and ``(1 - kappa) / (1 - m)`` for the others, ``m``
+the batch's mass beyond ``eta`` and ``kappa`` the target's.  The weighted batch has exactly the target's
+tail mass; at the self-consistent optimum every weight is 1, so the fixed point is unchanged.
+
 The dead-hinge continuation is kept: the hinge actually used on a batch is
 ``min(eta, Q_batch(1 - a_min))`` (right) / ``max(eta, Q_batch(a_min))`` (left), as in
 :class:`~tfftmol.core.tfft.AdaptiveHinge`; with ``a_min`` below the target tail mass it
@@ -125,6 +135,7 @@ class TrackingConfig:
     patience: int = 60
     catch_up: bool = True
     catch_up_batches: int = 2
+    balance: bool = True
 
     def __post_init__(self):
         if self.mode not in ("mass", "quantile", "off"):
@@ -234,6 +245,27 @@ class ThresholdTracker(TerminalTransform):
 
     def grad(self, r):
         return self._pseudo(r).grad(r)
+
+    def regression_weights(self, r) -> Optional[torch.Tensor]:
+        """Tail balance (``TrackingConfig.balance``): per-trajectory weights, mean 1, that give the batch
+        the target's tail mass ``kappa`` beyond ``eta`` (module docstring, "Tail balance"); ``None`` when off.
+
+        A batch with mass ``m`` beyond ``eta`` weights its tail trajectories by ``kappa / m`` and the others by
+        ``(1 - kappa) / (1 - m)`` (``m`` clipped to ``[1/B, 1 - 1/B]``).  At the self-consistent optimum
+        ``m = kappa`` and every weight is 1.
+        """
+        if not self.cfg.balance:
+            return None
+        rr = (r if isinstance(r, torch.Tensor) else torch.as_tensor(np.asarray(r, dtype=np.float64))).detach()
+        flat = rr.double().flatten()
+        n = flat.numel()
+        if n < 2:
+            return None
+        beyond = flat > self.eta if self.tail == "right" else flat < self.eta
+        m = min(max(float(beyond.double().mean()), 1.0 / n), 1.0 - 1.0 / n)
+        k = self.target_mass
+        w = torch.where(beyond, torch.full_like(flat, k / m), torch.full_like(flat, (1.0 - k) / (1.0 - m)))
+        return (w / w.mean()).reshape(rr.shape)
 
     def exact(self) -> PseudoReward:
         """The pseudo-reward at the current tracked threshold (no batch floor)."""
