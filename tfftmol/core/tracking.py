@@ -261,7 +261,7 @@ class ThresholdTracker(TerminalTransform):
         n = flat.numel()
         if n < 2:
             return None
-        beyond = flat > self.eta if self.tail == "right" else flat < self.eta
+        beyond = self._beyond_mask(flat, self.eta)
         m = min(max(float(beyond.double().mean()), 1.0 / n), 1.0 - 1.0 / n)
         k = self.target_mass
         w = torch.where(beyond, torch.full_like(flat, k / m), torch.full_like(flat, (1.0 - k) / (1.0 - m)))
@@ -272,8 +272,12 @@ class ThresholdTracker(TerminalTransform):
         return PseudoReward(self.tail, self.beta, self.eta, self.smoothing)
 
     # -- after each step ----------------------------------------------------------
+    def _beyond_mask(self, r: torch.Tensor, eta: float) -> torch.Tensor:
+        """Which rewards lie in the tail beyond ``eta`` (above it, right; below it, left)."""
+        return r > eta if self.tail == "right" else r < eta
+
     def _beyond(self, r: torch.Tensor, eta: float) -> float:
-        return float((r > eta).double().mean() if self.tail == "right" else (r < eta).double().mean())
+        return float(self._beyond_mask(r, eta).double().mean())
 
     def update(self, step: int, kl: Optional[float] = None) -> dict:
         """Move ``eta`` with the last batch, update the guard averages and check the guards.
