@@ -38,6 +38,8 @@ from tfftmol.toy2d.experiment import Toy2DConfig, run_toy2d  # noqa: E402
 from tfftmol.toy2d.gmm import circle_gmm, population_threshold  # noqa: E402
 from tfftmol.tables import markdown_table  # noqa: E402
 
+METHODS = ["pretrained", "expected", "tfft-right", "tfft-left"]
+
 
 def _weights_tv(x, gmm, target):
     k = target.assign(x)
@@ -45,12 +47,12 @@ def _weights_tv(x, gmm, target):
     return float(0.5 * (emp - target.weights.double()).abs().sum())
 
 
-def run_main(steps, offline, eval_samples, alphas, seed, out, quiet, refine=20000):
+def run_main(steps, offline, eval_samples, alphas, seed, out, quiet, refine=20000, methods=None):
     g = circle_gmm()
     w = [1.0, 0.0]
     rows = []
     for alpha in alphas:
-        cfg = Toy2DConfig(alpha=alpha, eval_samples=eval_samples, eval_steps=100, kl_samples=min(2000, eval_samples),
+        cfg = Toy2DConfig(alpha=alpha, methods=list(methods or Toy2DConfig().methods), eval_samples=eval_samples, eval_steps=100, kl_samples=min(2000, eval_samples),
                           seed=seed,
                           tfft=TFFTConfig(offline_samples=offline, bootstrap=50, refine_samples=refine,
                                           am=AMConfig(steps=steps, batch_size=256, loss_time_steps=0, hidden=128,
@@ -84,7 +86,7 @@ def run_main(steps, offline, eval_samples, alphas, seed, out, quiet, refine=2000
                                  else (extras["rewards"]["pretrained"] < eta_pop).mean())
                 table.loc[i, "pretrained_mass_beyond_eta_population"] = pre_mass
         rows.append(table)
-        if out is not None and alpha == alphas[-1]:
+        if out is not None and alpha == alphas[-1] and methods is None:
             from tfftmol.toy2d.experiment import plot_toy2d
             plot_toy2d(extras, cfg, Path(out) / "toy2d.png")
     return pd.concat(rows, ignore_index=True)
@@ -123,6 +125,22 @@ def run_continuation(steps, offline, eval_samples, seed, quiet, refine=20000):
     return pd.DataFrame(rows)
 
 
+def merge_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``old`` with its ``(alpha, method)`` rows replaced by those of ``new`` (the pre-trained row of an
+    alpha is the same model and noise, so the new one replaces it too); rows sorted as the benchmark writes them.
+
+    A re-run row keeps no ``time_ratio_vs_expected``: wall times of separate runs (another load, another
+    day) do not compare, so a time ratio is only ever taken within one run.
+    """
+    key = list(zip(new["alpha"], new["method"]))
+    keep = old[[k not in key for k in zip(old["alpha"], old["method"])]]
+    df = pd.concat([keep, new], ignore_index=True)
+    order = {m: i for i, m in enumerate(METHODS)}
+    df["_a"] = [-a for a in df["alpha"]]
+    df["_m"] = [order.get(m, len(order)) for m in df["method"]]
+    return df.sort_values(["_a", "_m"], kind="stable").drop(columns=["_a", "_m"]).reset_index(drop=True)
+
+
 def run_threshold_speed(quick):
     import threshold_speed
     res = threshold_speed.run(n=10 ** 4 if quick else 10 ** 6, repeats=1 if quick else 5)
@@ -141,6 +159,12 @@ def main(argv=None):
     p.add_argument("--only-continuation", action="store_true",
                    help="only the dead-hinge continuation ablation (writes toy2d_continuation.csv)")
     p.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.5])
+    p.add_argument("--methods", nargs="+", choices=METHODS[1:], default=None,
+                   help="run only these methods (with the pre-trained row); with --merge their rows replace "
+                        "the same (alpha, method) rows of OUT/toy2d.csv, the others are kept")
+    p.add_argument("--merge", action="store_true",
+                   help="merge into the existing OUT/toy2d.csv (and keep OUT/toy2d_continuation.csv in the "
+                        "markdown when --skip-continuation)")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
@@ -155,7 +179,10 @@ def main(argv=None):
         ct.to_csv(out / "toy2d_continuation.csv", index=False)
         print(ct.to_string(index=False))
         return ct
-    main_t = run_main(a.steps, a.offline, a.eval_samples, a.alphas, a.seed, out, a.quiet, a.refine)
+    methods = None if a.methods is None else ["pretrained"] + list(a.methods)
+    main_t = run_main(a.steps, a.offline, a.eval_samples, a.alphas, a.seed, out, a.quiet, a.refine, methods)
+    if a.merge and (out / "toy2d.csv").exists():
+        main_t = merge_rows(pd.read_csv(out / "toy2d.csv"), main_t)
     main_t.to_csv(out / "toy2d.csv", index=False)
     md = [f"# toy2d benchmark\n\nExact 6-component circle GMM flow, r(x) = x_1, {a.steps} Adjoint Matching steps "
           f"(batch 256, 50 SDE steps, all time steps in the loss, Adam 1e-3 cosine, EMA 0.99), offline batch "
@@ -167,9 +194,13 @@ def main(argv=None):
                         "mean_error", "weight_tv", "stages"] if c in main_t.columns]
     md.append(markdown_table(main_t[keep]))
     print(main_t[keep].to_string(index=False))
+    ct = None
     if not a.skip_continuation:
         ct = run_continuation(a.steps, a.offline, a.eval_samples, a.seed, a.quiet, a.refine)
         ct.to_csv(out / "toy2d_continuation.csv", index=False)
+    elif a.merge and (out / "toy2d_continuation.csv").exists():
+        ct = pd.read_csv(out / "toy2d_continuation.csv")
+    if ct is not None:
         md.append("\n## Dead-hinge continuation (right tail, beta=0.9, alpha=0.5)\n")
         md.append(markdown_table(ct))
         print(ct.to_string(index=False))

@@ -57,3 +57,31 @@ def test_benchmark_quick_mode_runs(tmp_path):
     assert set(table.method) == {"pretrained", "expected", "tfft-right", "tfft-left"}
     for f in ("toy2d.csv", "toy2d.md", "toy2d_continuation.csv", "toy2d_threshold_speed.csv"):
         assert (tmp_path / f).exists(), f
+    # re-run one method at one alpha and merge: only that row (and its alpha's pre-trained row) change
+    before = pd.read_csv(tmp_path / "toy2d.csv")
+    merged = mod.main(["--quick", "--quiet", "--out", str(tmp_path), "--alphas", "0.5", "--methods", "tfft-right",
+                       "--merge", "--skip-continuation"])
+    assert list(zip(merged.alpha, merged.method)) == list(zip(before.alpha, before.method))
+    keep = ~((merged.alpha == 0.5) & merged.method.isin(["tfft-right", "pretrained"]))
+    pd.testing.assert_frame_equal(merged[keep].reset_index(drop=True), before[keep].reset_index(drop=True))
+    assert "Dead-hinge continuation" in (tmp_path / "toy2d.md").read_text()
+
+
+def test_benchmark_merge_replaces_the_rerun_rows_and_times_nothing_across_runs():
+    mod = load_benchmark("toy2d")
+    old = pd.DataFrame({"alpha": [1.0] * 4 + [0.5] * 4, "method": mod.METHODS * 2,
+                        "cvar_right_0.9": [2.0, 2.4, 2.9, 2.1, 2.0, 2.6, 3.8, 2.1],
+                        "wall_s": [1.0, 100.0, 110.0, 120.0, 1.0, 200.0, 210.0, 220.0],
+                        "stage2_s": [None, 90.0, 95.0, 99.0, None, 190.0, 195.0, 199.0],
+                        "time_ratio_vs_expected": [None, None, 1.1, 1.2, None, None, 1.05, 1.1],
+                        "stage2_time_ratio_vs_expected": [None, None, 95 / 90, 1.1, None, None, 195 / 190, 199 / 190]})
+    new = pd.DataFrame({"alpha": [0.5, 0.5], "method": ["pretrained", "tfft-right"], "cvar_right_0.9": [2.0, 3.7],
+                        "wall_s": [1.5, 300.0], "stage2_s": [None, 285.0]})
+    df = mod.merge_rows(old, new)
+    assert list(zip(df.alpha, df.method)) == list(zip(old.alpha, old.method))
+    row = df[(df.alpha == 0.5) & (df.method == "tfft-right")].iloc[0]
+    assert row["cvar_right_0.9"] == 3.7
+    assert pd.isna(row["time_ratio_vs_expected"]) and pd.isna(row["stage2_time_ratio_vs_expected"])
+    assert df[(df.alpha == 0.5) & (df.method == "tfft-left")].iloc[0]["time_ratio_vs_expected"] == 1.1
+    pd.testing.assert_frame_equal(df[df.alpha == 1.0].reset_index(drop=True), old[old.alpha == 1.0].reset_index(drop=True),
+                                  check_dtype=False)
