@@ -68,8 +68,11 @@ def test_the_loss_reuses_the_lean_adjoints_base_velocities(terminal_time, termin
             assert calls == [6] * 4
         else:
             assert calls == [6] * 3 + [6]
+    # Adam divides each gradient element by its own running scale, so a float32 rounding difference in a
+    # near-zero gradient element can move that one parameter by a small fraction of lr (a clean-clone run
+    # measured 4.8e-6 on 1 of 1,024 elements); a wrong base velocity would move them by about lr = 1e-3
     for p, q in zip(fast.params, ref.params):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 class _Full(AdjointMatching):

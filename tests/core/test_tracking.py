@@ -309,10 +309,12 @@ def test_config_defaults_and_validation():
 def test_tail_balance_ends_the_runaway_and_collapse_cycle_of_a_strong_right_tilt():
     """Exact family, case 3, right-CVaR_0.9 at alpha 0.25 (exact KL 4.5): stage 1's eta* is so low that its target
     would put nearly all mass beyond the population eta*.  Without the tail balance the tracked run cycles through
-    runaway, catch-up and collapse until the guards stop it near p_pre; with it (the default) it ends at p*.
+    runaway, catch-up and collapse; with it (the default) it ends at p*.
 
-    Measured (1,600 steps, the exact-family benchmark's settings): balance on, gap error +7.0%, mass 0.100, KL 4.30;
-    off, stopped at step 954 with mass 0.007 and KL 0.13.
+    Measured (1,600 steps, the exact-family benchmark's settings): balance on, gap error +7.0%, mass 0.100, KL 4.30.
+    Without the balance the cycle is chaotic: the same seeds were stopped by the guards at step 954 (mass 0.007,
+    KL 0.13) on one machine and completed at gap error -1.5% (mass 0.105) on another, so only the balanced run,
+    which ends at p* on both, is asserted here.
     """
     alpha, beta, case = 0.25, 0.9, 3
     g, w = _case(case)
@@ -341,5 +343,3 @@ def test_tail_balance_ends_the_runaway_and_collapse_cycle_of_a_strong_right_tilt
     assert 0.07 <= mass <= 0.13, mass
     assert kl <= 1.5 * exact["kl"], (kl, exact["kl"])
     assert abs(gap_error) <= 0.15, gap_error
-    with pytest.raises(ThresholdGuardError, match="on-policy mass above"):
-        run(False)
