@@ -38,7 +38,7 @@ from tfftmol.toy2d.experiment import Toy2DConfig, run_toy2d  # noqa: E402
 from tfftmol.toy2d.gmm import circle_gmm, population_threshold  # noqa: E402
 from tfftmol.tables import markdown_table  # noqa: E402
 
-METHODS = ["pretrained", "expected", "tfft-right", "tfft-left"]
+METHODS = list(Toy2DConfig().methods)  # pretrained, expected, tfft-right, tfft-left
 
 
 def _weights_tv(x, gmm, target):
@@ -52,7 +52,8 @@ def run_main(steps, offline, eval_samples, alphas, seed, out, quiet, refine=2000
     w = [1.0, 0.0]
     rows = []
     for alpha in alphas:
-        cfg = Toy2DConfig(alpha=alpha, methods=list(methods or Toy2DConfig().methods), eval_samples=eval_samples, eval_steps=100, kl_samples=min(2000, eval_samples),
+        cfg = Toy2DConfig(alpha=alpha, methods=list(methods or METHODS), eval_samples=eval_samples, eval_steps=100,
+                          kl_samples=min(2000, eval_samples),
                           seed=seed,
                           tfft=TFFTConfig(offline_samples=offline, bootstrap=50, refine_samples=refine,
                                           am=AMConfig(steps=steps, batch_size=256, loss_time_steps=0, hidden=128,
