@@ -322,16 +322,12 @@ def test_tail_balance_ends_the_runaway_and_collapse_cycle_of_a_strong_right_tilt
     exact = hinge_target_stats(g, w, eta_pop, alpha, beta, "right")
     pre = cvar(g.sample_data(20000, generator=torch.Generator().manual_seed(1)).double().numpy() @ w, beta, "right")
 
-    def run(balance):
-        cfg = TFFTConfig(tail="right", beta=beta, alpha=alpha, offline_samples=10000, offline_steps=50, bootstrap=50,
-                         seed=case, track_balance=balance,
-                         am=AMConfig(steps=1600, batch_size=256, time_steps=20, loss_time_steps=10, lr=2e-3,
-                                     grad_clip=0.0, ema=0.95, seed=case, adjoint_integrator="exponential"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", TfftWarning)
-            return run_tfft(g, linear_reward([float(v) for v in w]), cfg, progress=False, log=lambda s: None)
-
-    res = run("auto")
+    cfg = TFFTConfig(tail="right", beta=beta, alpha=alpha, offline_samples=10000, offline_steps=50, bootstrap=50,
+                     seed=case, am=AMConfig(steps=1600, batch_size=256, time_steps=20, loss_time_steps=10, lr=2e-3,
+                                            grad_clip=0.0, ema=0.95, seed=case, adjoint_integrator="exponential"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TfftWarning)
+        res = run_tfft(g, linear_reward([float(v) for v in w]), cfg, progress=False, log=lambda s: None)
     assert res.tracking["balance"] is True and res.tracking["tracked"]
     eta1 = res.tracking["eta_stage1"]
     assert hinge_target_stats(g, w, eta1, alpha, beta, "right")["mass_beyond"] > 0.9  # the construction: a runaway target
