@@ -37,7 +37,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from exact_family import case_config, make_case  # noqa: E402
+from exact_family import BETA, case_config, make_case  # noqa: E402
 from tfftmol.tables import markdown_table  # noqa: E402
 from tfftmol.core.adjoint import lean_adjoint, path_log_weights  # noqa: E402
 from tfftmol.core.pseudo import PseudoReward  # noqa: E402
@@ -76,7 +76,7 @@ def target_bias(case: int, alpha: float, tail: str, grids, n: int) -> pd.DataFra
     1 at every time would make ``u*`` a fixed point of the discrete regression; below 1 the discrete
     fixed point is a shrunk control whatever the optimiser does (an O(h) bias of the grid).
     """
-    beta = 0.9 if tail == "right" else 0.1
+    beta = BETA[tail]
     g, w = make_case(case)
     eta, _ = population_threshold(g, w, alpha, beta, tail)
     rows = []
@@ -128,7 +128,7 @@ def control_slopes(model, g, w, eta: float, alpha: float, beta: float, tail: str
 
 def run(case: int, alpha: float, tail: str, steps: int, batch: int, lr: float, time_steps: int, n: int,
         eval_samples: int) -> tuple[pd.DataFrame, dict]:
-    beta = 0.9 if tail == "right" else 0.1
+    beta = BETA[tail]
     g, w = make_case(case)
     cfg = case_config(case, alpha, tail, steps, 10000, time_steps, "auto", batch, lr)
     t0 = time.perf_counter()

@@ -11,8 +11,8 @@ its own-tail CVaR, its KL to ``p_pre`` and its tail mass ``1 - beta`` (right) / 
 
 Each case runs :func:`tfftmol.core.tfft.run_tfft` with the default settings of the package
 (SDE offline batch, on-policy threshold tracking with guards, adaptive dead-hinge continuation)
-at alpha in {0.25, 0.5, 1, 2}, right tail (beta 0.9) and left tail (beta 0.1), and evaluates the
-fine-tuned model on SDE samples:
+at alpha in {0.25, 0.5, 1, 2}, right tail (beta 0.9) and left tail (beta 0.1), on the library's 50
+SDE steps (``--time-steps``), and evaluates the fine-tuned model on SDE samples of the same grid:
 
 * ``cvar_ft`` vs ``cvar_exact`` (own tail) and ``rel_error = (cvar_ft - cvar_exact) / |cvar_exact|``;
 * ``mass_beyond``: the fine-tuned mass beyond the population ``eta*`` (target ``mass_target`` = 0.1);
@@ -61,6 +61,8 @@ COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft
            "cvar_se", "exact_within_8pct"]
 
 #: Independent draws of the exact target behind ``cvar_se`` and ``exact_within_8pct``.
+#: the tail level of each tail: the right-CVaR of the top 10%, the left-CVaR of the bottom 10%
+BETA = {"right": 0.9, "left": 0.1}
 FLOOR_REPS = 100
 
 
@@ -76,7 +78,7 @@ def case_config(case: int, alpha: float, tail: str, steps: int, offline: int, ti
                 adjoint_integrator: str = "euler", offline_steps: Optional[int] = None,
                 catch_up_batches: int = 2) -> TFFTConfig:
     """The TFFT settings of one run of the family (``offline_steps`` None: the SDE's ``time_steps``)."""
-    return TFFTConfig(tail=tail, beta=0.9 if tail == "right" else 0.1, alpha=alpha, offline_samples=offline,
+    return TFFTConfig(tail=tail, beta=BETA[tail], alpha=alpha, offline_samples=offline,
                       offline_steps=offline_steps or time_steps, bootstrap=50, seed=case, track_threshold=track,
                       track_catch_up_batches=catch_up_batches,
                       am=AMConfig(steps=steps, batch_size=batch, time_steps=time_steps, loss_time_steps=10,
@@ -94,7 +96,7 @@ def estimator_floor(case: int, alpha: float, tail: str, n: int, w_norm: float = 
     shows), and ``exact_within_8pct``, the share of them whose ``|rel_error|`` is at most 8%: where it
     is far below 1, the relative-error target cannot be shown by any fine-tune, the exact one included.
     """
-    beta = 0.9 if tail == "right" else 0.1
+    beta = BETA[tail]
     g, w = make_case(case, w_norm)
     eta, _ = population_threshold(g, w, alpha, beta, tail)
     return _floor(g, w, eta, hinge_target_stats(g, w, eta, alpha, beta, tail)["cvar"], case, alpha, tail, n, reps)
@@ -102,7 +104,7 @@ def estimator_floor(case: int, alpha: float, tail: str, n: int, w_norm: float = 
 
 def _floor(g, w, eta: float, exact: float, case: int, alpha: float, tail: str, n: int, reps: int = FLOOR_REPS) -> dict:
     """:func:`estimator_floor` for a case whose population ``eta*`` and exact CVaR are already known."""
-    beta = 0.9 if tail == "right" else 0.1
+    beta = BETA[tail]
     r = g.sample_tilted_hinge_rewards(n * reps, w, eta, alpha, beta, tail, seed=40_000 + case).reshape(reps, n)
     est = np.array([cvar(row, beta, tail) for row in r])
     return {"cvar_se": float(est.std(ddof=1)),
@@ -145,7 +147,7 @@ def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_s
             time_steps: int, track: str, w_norm: float, batch: int = 256, lr: float = 2e-3, log=None,
             path_weights: float = 0.0, adjoint_integrator: str = "euler", offline_steps: Optional[int] = None,
             catch_up_batches: int = 2) -> dict:
-    beta = 0.9 if tail == "right" else 0.1
+    beta = BETA[tail]
     g, w = make_case(case, w_norm)
     reward = linear_reward([float(v) for v in w])
     cfg = case_config(case, alpha, tail, steps, offline, time_steps, track, batch, lr, path_weights, adjoint_integrator,
@@ -247,7 +249,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--time-steps", type=int, default=20)
+    p.add_argument("--time-steps", type=int, default=50)
     p.add_argument("--offline", type=int, default=10000)
     p.add_argument("--offline-steps", type=int, default=50,
                    help="SDE steps of the offline batch (TFFTConfig.offline_steps; default the library's 50)")

@@ -69,7 +69,7 @@ def run_main(steps, offline, eval_samples, alphas, seed, out, quiet, refine=2000
                 table.loc[i, "weight_tv"] = _weights_tv(x, g, tgt)
             if m.startswith("tfft"):
                 tail = "right" if m == "tfft-right" else "left"
-                beta = 0.9 if tail == "right" else 0.1
+                beta = cfg.beta_right if tail == "right" else cfg.beta_left
                 eta_pop, _ = population_threshold(g, w, alpha, beta, tail)
                 r1 = extras["rewards"][m]
                 table.loc[i, "eta_population"] = eta_pop
