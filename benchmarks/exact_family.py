@@ -237,7 +237,9 @@ def per_setting(df: pd.DataFrame) -> pd.DataFrame:
                  median_mass=("mass_beyond", "median"), max_kl_ratio=("kl_ratio", "max"),
                  median_kl_ratio=("kl_ratio", "median"), stage1_runaway_mass=("stage1_runaway_mass", "median"),
                  median_abs_gap_error=("gap_error", lambda s: s.abs().median()), tracked=("tracked", "sum"),
-                 flagged=("flagged", "sum")).reset_index()
+                 flagged=("flagged", "sum")).reset_index().sort_values(
+        ["track", "tail", "alpha"], key=lambda c: c.map({t: i for i, t in enumerate(df["track"].unique())})
+        if c.name == "track" else c, kind="stable", ignore_index=True)
 
 
 def main(argv=None):
