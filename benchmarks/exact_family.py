@@ -60,9 +60,9 @@ COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft
            "offline_steps", "offline_n", "track", "steps", "path_weights", "adjoint_integrator", "wall_s",
            "cvar_se", "exact_within_8pct"]
 
-#: Independent draws of the exact target behind ``cvar_se`` and ``exact_within_8pct``.
-#: the tail level of each tail: the right-CVaR of the top 10%, the left-CVaR of the bottom 10%
+#: The tail level of each tail: the right-CVaR of the top 10%, the left-CVaR of the bottom 10%.
 BETA = {"right": 0.9, "left": 0.1}
+#: Independent draws of the exact target behind ``cvar_se`` and ``exact_within_8pct``.
 FLOOR_REPS = 100
 
 
