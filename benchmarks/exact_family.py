@@ -230,16 +230,15 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_setting(df: pd.DataFrame) -> pd.DataFrame:
-    g = df.groupby(["track", "tail", "alpha"], sort=False)
+    track = df["track"].astype(pd.CategoricalDtype(df["track"].unique()))  # tracks in the order they ran
+    g = df.groupby([track, "tail", "alpha"], observed=True)
     return g.agg(runs=("case", "size"), median_abs_rel_error=("rel_error", lambda s: s.abs().median()),
                  worst_abs_rel_error=("rel_error", lambda s: s.abs().max()),
                  mass_in_band=("mass_beyond", lambda s: s.between(0.07, 0.13).mean()),
                  median_mass=("mass_beyond", "median"), max_kl_ratio=("kl_ratio", "max"),
                  median_kl_ratio=("kl_ratio", "median"), stage1_runaway_mass=("stage1_runaway_mass", "median"),
                  median_abs_gap_error=("gap_error", lambda s: s.abs().median()), tracked=("tracked", "sum"),
-                 flagged=("flagged", "sum")).reset_index().sort_values(
-        ["track", "tail", "alpha"], key=lambda c: c.map({t: i for i, t in enumerate(df["track"].unique())})
-        if c.name == "track" else c, kind="stable", ignore_index=True)
+                 flagged=("flagged", "sum")).reset_index()
 
 
 def main(argv=None):
