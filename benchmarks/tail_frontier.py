@@ -75,6 +75,8 @@ TARGETS = {
     "zinc_fexofenadine_mpo_right": ("zinc_fexofenadine_mpo_right", {}),
 }
 DEFAULT_TARGETS = ["qed_right", "qed_left_validity", "gap_right", "sa_left", "digits_right"]
+#: Axes per row of the frontier plot (one axis per target).
+PLOT_COLUMNS = 4
 METHODS = ("tfft", "expected")
 MOLECULE_ONLY = ("surrogate", "refit_every", "warm_start")  # budget keys an image config does not take
 CSV, CURVE = "tail_frontier.csv", "tail_frontier_curve.csv"
@@ -112,15 +114,16 @@ def config_alpha(target: str) -> float:
     return float(target_config(target, "full")["tfft"]["alpha"])
 
 
-def plan(targets: list[str], factors: list[float], seeds: int, config_seeds: int) -> list[tuple]:
+def plan(targets: list[str], factors: list[float], seeds: int, config_seeds: int, first_seed: int = 0) -> list[tuple]:
     """(target, method, factor, seed) in the order that makes a partial run most useful.
 
     Seed by seed: every alpha of seed 0 (the config's alpha first, TFFT before expected-FT),
-    then seed 1, ...; the extra seeds of the config's alpha come last.
+    then seed 1, ...; the extra seeds of the config's alpha come last.  ``first_seed`` leaves out
+    the seeds below it (so that two processes can share one plan's seeds).
     """
     order = sorted(factors, key=lambda f: (not math.isclose(f, 1.0), factors.index(f)))
     out = []
-    for s in range(max(seeds, config_seeds)):
+    for s in range(first_seed, max(seeds, config_seeds)):
         for t in targets:
             for f in order:
                 if s < (config_seeds if math.isclose(f, 1.0) else seeds):
@@ -347,9 +350,13 @@ def plot(df: pd.DataFrame, curve: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     targets = list(dict.fromkeys(df.target))
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 4.0), squeeze=False)
+    ncols = min(len(targets), PLOT_COLUMNS)
+    nrows = -(-len(targets) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(targets):]:
+        ax.set_visible(False)
     colors = {"expected": "tab:blue", "tfft": "tab:red"}
-    for ax, target in zip(axes[0], targets):
+    for ax, target in zip(axes.flat, targets):
         d = df[df.target == target]
         tail, beta = d["tail"].iloc[0], float(d["beta"].iloc[0])
         pre = float(d.cvar_pretrained.mean())
@@ -378,7 +385,7 @@ def plot(df: pd.DataFrame, curve: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("KL(p_ft || p_pre) (nats)")
         ax.set_ylabel(f"{tail}-CVaR$_{{{beta:g}}}$ (own tail)")
         a0 = float((d.alpha / d.alpha_factor).iloc[0])
-        ax.set_title(f"{target}: config α = {a0:.3g} (points labelled by α / config α)", fontsize=9)
+        ax.set_title(f"{target}\nconfig α = {a0:.3g} (points labelled by α / config α)", fontsize=9)
         ax.legend(fontsize=6.5, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -393,6 +400,8 @@ def main(argv=None) -> int:
                     help="factors of each config's alpha (default 0.3 1 3; 1 is the config's alpha)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per alpha (default 2)")
     ap.add_argument("--config-seeds", type=int, default=None, help="seeds at the config's alpha (default 3)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="skip the seeds below this one (split one plan's seeds between processes)")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes of 1 thread")
     ap.add_argument("--append", action="store_true",
                     help="keep the existing CSV rows and skip runs already in it (add runs in chunks)")
@@ -420,7 +429,9 @@ def main(argv=None) -> int:
         factors = a.alphas or [0.3, 1.0, 3.0]
         seeds = a.seeds if a.seeds is not None else 2
         cseeds = a.config_seeds if a.config_seeds is not None else 3
-    todo = plan(targets, factors, seeds, cseeds)
+    if a.first_seed < 0:
+        ap.error(f"--first-seed={a.first_seed} must be >= 0")
+    todo = plan(targets, factors, seeds, cseeds, a.first_seed)
     if a.append and (out / CSV).exists():
         have = pd.read_csv(out / CSV)
         alpha0 = {t: config_alpha(t) for t in targets}

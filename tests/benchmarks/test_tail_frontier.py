@@ -21,6 +21,15 @@ def test_plan_runs_the_config_alpha_first_and_its_extra_seeds_last(tf):
     assert sum(1 for t, m, f, s in p if f == 1.0 and m == "tfft") == 3
 
 
+def test_plan_from_a_first_seed_keeps_only_the_later_seeds(tf):
+    full = tf.plan(["qed_right"], [0.3, 1.0, 3.0], seeds=2, config_seeds=3)
+    later = tf.plan(["qed_right"], [0.3, 1.0, 3.0], seeds=2, config_seeds=3, first_seed=1)
+    assert later == [j for j in full if j[3] >= 1]
+    assert len(later) == 2 * (3 + 1)
+    assert tf.plan(["qed_right"], [0.3, 1.0, 3.0], seeds=1, config_seeds=3, first_seed=2) == [
+        ("qed_right", "tfft", 1.0, 2), ("qed_right", "expected", 1.0, 2)]
+
+
 def test_matched_kl_interpolates_along_expected_frontier(tf):
     rows = []
     for seed, noise in ((0, -0.01), (1, 0.01)):
