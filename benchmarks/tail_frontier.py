@@ -77,6 +77,8 @@ TARGETS = {
 DEFAULT_TARGETS = ["qed_right", "qed_left_validity", "gap_right", "sa_left", "digits_right"]
 #: Axes per row of the frontier plot (one axis per target).
 PLOT_COLUMNS = 4
+#: A run whose KL exceeds this multiple of its target's median run KL sits at the plot's right edge.
+FAR_KL = 20.0
 METHODS = ("tfft", "expected")
 MOLECULE_ONLY = ("surrogate", "refit_every", "warm_start")  # budget keys an image config does not take
 CSV, CURVE = "tail_frontier.csv", "tail_frontier_curve.csv"
@@ -360,7 +362,10 @@ def plot(df: pd.DataFrame, curve: pd.DataFrame, path: Path) -> None:
         d = df[df.target == target]
         tail, beta = d["tail"].iloc[0], float(d["beta"].iloc[0])
         pre = float(d.cvar_pretrained.mean())
-        xmax = 1.25 * float(np.nanmax(np.r_[d.kl.to_numpy(), d.kl_predicted.to_numpy(), 1e-3]))
+        # a run whose KL is far beyond the others' (a collapsed fine-tune) is drawn at the axis edge, labelled
+        far = d.kl > FAR_KL * float(np.nanmedian(d.kl))
+        near = d.kl.where(~far)
+        xmax = 1.25 * float(np.nanmax(np.r_[near.to_numpy(), d.kl_predicted.to_numpy(), 1e-3]))
         c = curve[curve.target == target] if len(curve) else curve
         for i, (seed, cs) in enumerate(c.groupby("seed") if len(c) else []):
             cs = cs.sort_values("kl_predicted")
@@ -372,9 +377,13 @@ def plot(df: pd.DataFrame, curve: pd.DataFrame, path: Path) -> None:
             m = d[d.method == method]
             if m.empty:
                 continue
-            ax.scatter(m.kl, m.cvar_own, s=14, color=colors[method], alpha=0.45)
+            ax.scatter(m.kl.clip(upper=xmax), m.cvar_own, s=14, color=colors[method], alpha=0.45)
+            for _, r in m[far[m.index]].iterrows():
+                ax.annotate(f"KL {r.kl:.3g} →", (xmax, r.cvar_own), fontsize=7, color=colors[method], ha="right",
+                            xytext=(-4, -10), textcoords="offset points")
             g = m.groupby("alpha").agg(kl=("kl", "mean"), cv=("cvar_own", "mean"), sd=("cvar_own", "std"),
                                        f=("alpha_factor", "first")).sort_values("kl")
+            g["kl"] = g.kl.clip(upper=xmax)
             ax.errorbar(g.kl, g.cv, yerr=g.sd.fillna(0.0), fmt="o-", ms=6, capsize=3, color=colors[method],
                         label={"tfft": "TFFT", "expected": "expected-FT"}[method] + " (mean ± std over seeds)")
             for a, r in g.iterrows():
