@@ -364,8 +364,7 @@ def plot(df: pd.DataFrame, curve: pd.DataFrame, path: Path) -> None:
         pre = float(d.cvar_pretrained.mean())
         # a run whose KL is far beyond the others' (a collapsed fine-tune) is drawn at the axis edge, labelled
         far = d.kl > FAR_KL * float(np.nanmedian(d.kl))
-        near = d.kl.where(~far)
-        xmax = 1.25 * float(np.nanmax(np.r_[near.to_numpy(), d.kl_predicted.to_numpy(), 1e-3]))
+        xmax = 1.25 * float(np.nanmax(np.r_[d.kl[~far].to_numpy(), d.kl_predicted.to_numpy(), 1e-3]))
         c = curve[curve.target == target] if len(curve) else curve
         for i, (seed, cs) in enumerate(c.groupby("seed") if len(c) else []):
             cs = cs.sort_values("kl_predicted")
