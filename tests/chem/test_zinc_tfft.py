@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tfftmol.chem.latent_reward import LatentSurrogate, warm_start_data
+from tfftmol.chem.latent_reward import LatentNet, LatentSurrogate, warm_start_data
 from tfftmol.chem.rewards import build_reward
 from tfftmol.chem.rewards.guacamol import FEXOFENADINE, OSIMERTINIB
 from tfftmol.chem.selfies import SelfiesVocab, ZincSelfiesFlow, load_zinc_selfies, save_zinc_selfies
@@ -101,6 +101,45 @@ def test_latent_surrogate_fit_reduces_error_and_gradient_points_uphill():
     # a refit on fresh samples (with replay) keeps it accurate
     rep2 = sur.refit(x[2000:], y[2000:], epochs=3)
     assert rep2.r2 > 0.7, rep2
+
+
+def test_an_ensemble_net_is_the_mean_of_its_members_each_the_plain_mlp_with_its_weights():
+    torch.manual_seed(0)
+    ens = LatentNet(DIM, hidden=16, layers=2, members=3)
+    x = torch.randn(7, DIM)
+    outs = ens.member_outputs(x)
+    assert outs.shape == (3, 7, 2)
+    torch.testing.assert_close(ens(x), outs.mean(0))
+    assert not torch.allclose(outs[0], outs[1])  # independently initialised
+    for k in range(3):  # the reference: nn.Linear layers holding member k's weights
+        single = LatentNet(DIM, hidden=16, layers=2)
+        with torch.no_grad():
+            for lin, w, b in zip([m for m in single.body if isinstance(m, torch.nn.Linear)], ens.weights, ens.biases):
+                lin.weight.copy_(w[k].t())
+                lin.bias.copy_(b[k, 0])
+        torch.testing.assert_close(single(x), outs[k])
+    with pytest.raises(ValueError, match="members=0"):
+        LatentNet(DIM, members=0)
+
+
+def test_an_ensemble_surrogate_trains_every_member_on_its_own_loss_and_round_trips():
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x, x_test = torch.randn(2000, DIM, generator=g), torch.randn(500, DIM, generator=g)
+    y, y_test = _known(x), _known(x_test)
+    sur = LatentSurrogate(DIM, hidden=64, layers=2, lr=3e-3, batch_size=128, seed=0, members=4)
+    rep = sur.fit(x, y, epochs=40, valid_fraction=0.2, patience=5)
+    assert rep.r2 > 0.8 and rep.spearman > 0.9, rep
+    with torch.no_grad():  # each member fits the function by itself (a loss on the mean would not make them)
+        members = sur.net.member_outputs(x_test)[:, :, 0] * sur.y_std + sur.y_mean
+    for k, pred in enumerate(members.numpy()):
+        r2 = 1 - np.mean((pred - y_test) ** 2) / np.var(y_test)
+        assert r2 > 0.7, (k, r2)
+    other = LatentSurrogate(DIM, hidden=64, layers=2, seed=9, members=4)
+    other.load_state_dict(sur.state_dict())
+    torch.testing.assert_close(other.predict(x_test), sur.predict(x_test))
+    with pytest.raises(ConfigError, match="members=2 needs a latent model"):
+        load_run_config({"task": "molecule", "options": {"model": "qm9-graph", "surrogate": {"members": 2}}})
 
 
 def test_latent_surrogate_hurdle_state_round_trip_and_bad_input():
