@@ -142,6 +142,39 @@ def test_an_ensemble_surrogate_trains_every_member_on_its_own_loss_and_round_tri
         load_run_config({"task": "molecule", "options": {"model": "qm9-graph", "surrogate": {"members": 2}}})
 
 
+def test_a_pessimistic_ensemble_is_its_mean_minus_k_member_stds_and_its_gradient_leads_away_from_disagreement():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(400, DIM, generator=g)
+    y = _known(x)
+    valid = x[:, 4].numpy() > -1.0
+    y[~valid] = -5.0
+    sur = LatentSurrogate(DIM, hidden=32, layers=2, seed=0, members=3, pessimism=2.0)
+    sur.fit(x, y, valid, epochs=5)
+    xt = torch.randn(50, DIM, generator=g)
+    with torch.no_grad():  # the reference: each member's hurdle reward p m + (1 - p) penalty
+        outs = sur.net.member_outputs(xt)
+        per = []
+        for o in outs:
+            m, p = o[:, 0] * sur.y_std + sur.y_mean, torch.sigmoid(o[:, 1])
+            per.append(p * m + (1 - p) * -5.0)
+        per = torch.stack(per)
+    mean_out = outs.mean(0)
+    mean = torch.sigmoid(mean_out[:, 1]) * (mean_out[:, 0] * sur.y_std + sur.y_mean) \
+        + (1 - torch.sigmoid(mean_out[:, 1])) * -5.0
+    vals, grad = sur.grad(xt)
+    torch.testing.assert_close(vals, mean - 2.0 * per.std(0))
+    torch.testing.assert_close(sur.predict(xt), mean)  # predictions stay the mean: only the gradient is cautious
+    xr = xt.clone().requires_grad_(True)  # the spread's own gradient enters with weight -2
+    spread = torch.stack([sur._combine(o) for o in sur.net.member_outputs(xr)]).std(0)
+    (gs,) = torch.autograd.grad(spread.sum(), xr)
+    (g_mean,) = torch.autograd.grad(sur._combine(sur.net(xr)).sum(), xr)
+    torch.testing.assert_close(grad, g_mean - 2.0 * gs, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs members >= 2"):
+        LatentSurrogate(DIM, members=1, pessimism=1.0)
+    with pytest.raises(ConfigError, match="pessimism=1 needs an ensemble"):
+        load_run_config({"task": "molecule", "options": {"model": "zinc-selfies", "surrogate": {"pessimism": 1}}})
+
+
 def test_latent_surrogate_hurdle_state_round_trip_and_bad_input():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(400, DIM, generator=g)

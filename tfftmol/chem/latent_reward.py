@@ -122,7 +122,11 @@ class LatentSurrogate(Surrogate):
 
     def __init__(self, dim: int, hidden: int = 256, layers: int = 3, lr: float = 1e-3, batch_size: int = 256,
                  weight_decay: float = 1e-4, augment: float = 0.0, replay_size: int = 20_000, seed: int = 0,
-                 device: str | torch.device = "cpu", members: int = 1):
+                 device: str | torch.device = "cpu", members: int = 1, pessimism: float = 0.0):
+        if pessimism < 0 or (pessimism > 0 and members < 2):
+            raise ValueError(f"latent surrogate: pessimism={pessimism} must be >= 0, and needs members >= 2 "
+                             f"(got members={members})")
+        self.pessimism = float(pessimism)
         self.dim = int(dim)
         self.config = dict(dim=self.dim, hidden=int(hidden), layers=int(layers), members=int(members))
         self.lr, self.batch_size, self.weight_decay = float(lr), int(batch_size), float(weight_decay)
@@ -137,6 +141,17 @@ class LatentSurrogate(Surrogate):
         self._rng = np.random.default_rng(self.seed)
         self.history: list[SurrogateReport] = []
         self._warm: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable surrogate rewards ``(B,)``; with ``pessimism`` k the ensemble's mean minus k times the
+        spread (std) of its members' rewards, so the gradient also leads away from where they disagree."""
+        if self.pessimism == 0:
+            return super().__call__(x)
+        self._check()
+        self.net.eval()
+        outs = self.net.member_outputs(x.to(self.device))
+        per = torch.stack([self._combine(o) for o in outs])
+        return (self._combine(outs.mean(0)) - self.pessimism * per.std(0)).to(x.device)
 
     def _train_loss(self, xb: torch.Tensor, yz: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """An ensemble trains each member on its own loss (their mean), not the loss of their mean output."""
