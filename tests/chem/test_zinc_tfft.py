@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tfftmol.chem.latent_reward import LatentNet, LatentSurrogate, warm_start_data
+from tfftmol.chem.latent_reward import LatentSurrogate, warm_start_data
 from tfftmol.chem.rewards import build_reward
 from tfftmol.chem.rewards.guacamol import FEXOFENADINE, OSIMERTINIB
 from tfftmol.chem.selfies import SelfiesVocab, ZincSelfiesFlow, load_zinc_selfies, save_zinc_selfies
@@ -101,78 +101,6 @@ def test_latent_surrogate_fit_reduces_error_and_gradient_points_uphill():
     # a refit on fresh samples (with replay) keeps it accurate
     rep2 = sur.refit(x[2000:], y[2000:], epochs=3)
     assert rep2.r2 > 0.7, rep2
-
-
-def test_an_ensemble_net_is_the_mean_of_its_members_each_the_plain_mlp_with_its_weights():
-    torch.manual_seed(0)
-    ens = LatentNet(DIM, hidden=16, layers=2, members=3)
-    x = torch.randn(7, DIM)
-    outs = ens.member_outputs(x)
-    assert outs.shape == (3, 7, 2)
-    torch.testing.assert_close(ens(x), outs.mean(0))
-    assert not torch.allclose(outs[0], outs[1])  # independently initialised
-    for k in range(3):  # the reference: nn.Linear layers holding member k's weights
-        single = LatentNet(DIM, hidden=16, layers=2)
-        with torch.no_grad():
-            for lin, w, b in zip([m for m in single.body if isinstance(m, torch.nn.Linear)], ens.weights, ens.biases):
-                lin.weight.copy_(w[k].t())
-                lin.bias.copy_(b[k, 0])
-        torch.testing.assert_close(single(x), outs[k])
-    with pytest.raises(ValueError, match="members=0"):
-        LatentNet(DIM, members=0)
-
-
-def test_an_ensemble_surrogate_trains_every_member_on_its_own_loss_and_round_trips():
-    torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(0)
-    x, x_test = torch.randn(2000, DIM, generator=g), torch.randn(500, DIM, generator=g)
-    y, y_test = _known(x), _known(x_test)
-    sur = LatentSurrogate(DIM, hidden=64, layers=2, lr=3e-3, batch_size=128, seed=0, members=4)
-    rep = sur.fit(x, y, epochs=40, valid_fraction=0.2, patience=5)
-    assert rep.r2 > 0.8 and rep.spearman > 0.9, rep
-    with torch.no_grad():  # each member fits the function by itself (a loss on the mean would not make them)
-        members = sur.net.member_outputs(x_test)[:, :, 0] * sur.y_std + sur.y_mean
-    for k, pred in enumerate(members.numpy()):
-        r2 = 1 - np.mean((pred - y_test) ** 2) / np.var(y_test)
-        assert r2 > 0.7, (k, r2)
-    other = LatentSurrogate(DIM, hidden=64, layers=2, seed=9, members=4)
-    other.load_state_dict(sur.state_dict())
-    torch.testing.assert_close(other.predict(x_test), sur.predict(x_test))
-    with pytest.raises(ConfigError, match="members=2 needs a latent model"):
-        load_run_config({"task": "molecule", "options": {"model": "qm9-graph", "surrogate": {"members": 2}}})
-
-
-def test_a_pessimistic_ensemble_is_its_mean_minus_k_member_stds_and_its_gradient_leads_away_from_disagreement():
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(400, DIM, generator=g)
-    y = _known(x)
-    valid = x[:, 4].numpy() > -1.0
-    y[~valid] = -5.0
-    sur = LatentSurrogate(DIM, hidden=32, layers=2, seed=0, members=3, pessimism=2.0)
-    sur.fit(x, y, valid, epochs=5)
-    xt = torch.randn(50, DIM, generator=g)
-    with torch.no_grad():  # the reference: each member's hurdle reward p m + (1 - p) penalty
-        outs = sur.net.member_outputs(xt)
-        per = []
-        for o in outs:
-            m, p = o[:, 0] * sur.y_std + sur.y_mean, torch.sigmoid(o[:, 1])
-            per.append(p * m + (1 - p) * -5.0)
-        per = torch.stack(per)
-    mean_out = outs.mean(0)
-    mean = torch.sigmoid(mean_out[:, 1]) * (mean_out[:, 0] * sur.y_std + sur.y_mean) \
-        + (1 - torch.sigmoid(mean_out[:, 1])) * -5.0
-    vals, grad = sur.grad(xt)
-    torch.testing.assert_close(vals, mean - 2.0 * per.std(0))
-    torch.testing.assert_close(sur.predict(xt), mean)  # predictions stay the mean: only the gradient is cautious
-    xr = xt.clone().requires_grad_(True)  # the spread's own gradient enters with weight -2
-    spread = torch.stack([sur._combine(o) for o in sur.net.member_outputs(xr)]).std(0)
-    (gs,) = torch.autograd.grad(spread.sum(), xr)
-    (g_mean,) = torch.autograd.grad(sur._combine(sur.net(xr)).sum(), xr)
-    torch.testing.assert_close(grad, g_mean - 2.0 * gs, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="needs members >= 2"):
-        LatentSurrogate(DIM, members=1, pessimism=1.0)
-    with pytest.raises(ConfigError, match="pessimism=1 needs an ensemble"):
-        load_run_config({"task": "molecule", "options": {"model": "zinc-selfies", "surrogate": {"pessimism": 1}}})
 
 
 def test_latent_surrogate_hurdle_state_round_trip_and_bad_input():

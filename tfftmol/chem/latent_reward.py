@@ -64,47 +64,21 @@ class LatentNet(nn.Module):
     """MLP ``(B, dim) -> (B, 2)``: column 0 the standardised reward of a valid molecule, column 1 the
     validity logit (the two heads of the :class:`~tfftmol.chem.surrogate.Surrogate` hurdle model).
 
-    ``layers`` hidden layers of width ``hidden`` with SiLU (smooth, so ``grad_x`` is too).  With
-    ``members > 1`` it is an ensemble of that many independently initialised MLPs of those sizes,
-    evaluated as one batched matrix product per layer; :meth:`forward` returns their mean output and
-    :meth:`member_outputs` each one's ``(members, B, 2)``.
+    ``layers`` hidden layers of width ``hidden`` with SiLU (smooth, so ``grad_x`` is too).
     """
 
-    def __init__(self, dim: int, hidden: int = 256, layers: int = 3, members: int = 1):
+    def __init__(self, dim: int, hidden: int = 256, layers: int = 3):
         super().__init__()
-        if dim < 1 or hidden < 1 or layers < 1 or members < 1:
-            raise ValueError(f"latent surrogate: dim={dim}, hidden={hidden}, layers={layers}, members={members} "
-                             "must all be >= 1")
-        self.members = int(members)
-        if self.members == 1:
-            mods: list[nn.Module] = [nn.Linear(dim, hidden), nn.SiLU()]
-            for _ in range(layers - 1):
-                mods += [nn.Linear(hidden, hidden), nn.SiLU()]
-            mods.append(nn.Linear(hidden, 2))
-            self.body = nn.Sequential(*mods)
-            return
-        sizes = [dim] + [hidden] * layers + [2]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for a, b in zip(sizes[:-1], sizes[1:]):  # nn.Linear's own initialisation, drawn per member
-            lins = [nn.Linear(a, b) for _ in range(self.members)]
-            self.weights.append(nn.Parameter(torch.stack([m.weight.detach().t() for m in lins])))
-            self.biases.append(nn.Parameter(torch.stack([m.bias.detach() for m in lins]).unsqueeze(1)))
-
-    def member_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Every member's output, ``(members, B, 2)``."""
-        if self.members == 1:
-            return self.body(x).unsqueeze(0)
-        h = x.unsqueeze(0).expand(self.members, *x.shape)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, h, w)
-            if i < last:
-                h = nn.functional.silu(h)
-        return h
+        if dim < 1 or hidden < 1 or layers < 1:
+            raise ValueError(f"latent surrogate: dim={dim}, hidden={hidden}, layers={layers} must all be >= 1")
+        mods: list[nn.Module] = [nn.Linear(dim, hidden), nn.SiLU()]
+        for _ in range(layers - 1):
+            mods += [nn.Linear(hidden, hidden), nn.SiLU()]
+        mods.append(nn.Linear(hidden, 2))
+        self.body = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) if self.members == 1 else self.member_outputs(x).mean(0)
+        return self.body(x)
 
 
 class LatentSurrogate(Surrogate):
@@ -122,13 +96,9 @@ class LatentSurrogate(Surrogate):
 
     def __init__(self, dim: int, hidden: int = 256, layers: int = 3, lr: float = 1e-3, batch_size: int = 256,
                  weight_decay: float = 1e-4, augment: float = 0.0, replay_size: int = 20_000, seed: int = 0,
-                 device: str | torch.device = "cpu", members: int = 1, pessimism: float = 0.0):
-        if pessimism < 0 or (pessimism > 0 and members < 2):
-            raise ValueError(f"latent surrogate: pessimism={pessimism} must be >= 0, and needs members >= 2 "
-                             f"(got members={members})")
-        self.pessimism = float(pessimism)
+                 device: str | torch.device = "cpu"):
         self.dim = int(dim)
-        self.config = dict(dim=self.dim, hidden=int(hidden), layers=int(layers), members=int(members))
+        self.config = dict(dim=self.dim, hidden=int(hidden), layers=int(layers))
         self.lr, self.batch_size, self.weight_decay = float(lr), int(batch_size), float(weight_decay)
         self.augment = float(augment)
         self.replay_size, self.seed, self.device = int(replay_size), int(seed), torch.device(device)
@@ -141,24 +111,6 @@ class LatentSurrogate(Surrogate):
         self._rng = np.random.default_rng(self.seed)
         self.history: list[SurrogateReport] = []
         self._warm: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Differentiable surrogate rewards ``(B,)``; with ``pessimism`` k the ensemble's mean minus k times the
-        spread (std) of its members' rewards, so the gradient also leads away from where they disagree."""
-        if self.pessimism == 0:
-            return super().__call__(x)
-        self._check()
-        self.net.eval()
-        outs = self.net.member_outputs(x.to(self.device))
-        per = torch.stack([self._combine(o) for o in outs])
-        return (self._combine(outs.mean(0)) - self.pessimism * per.std(0)).to(x.device)
-
-    def _train_loss(self, xb: torch.Tensor, yz: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """An ensemble trains each member on its own loss (their mean), not the loss of their mean output."""
-        if self.net.members == 1:
-            return self._loss(self.net(xb), yz, v)
-        outs = self.net.member_outputs(xb)
-        return torch.stack([self._loss(o, yz, v) for o in outs]).mean()
 
     # -- data ---------------------------------------------------------------------
     def _as_xyv(self, x: Any, y: Any, valid: Any):

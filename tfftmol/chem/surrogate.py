@@ -433,10 +433,6 @@ class Surrogate:
             loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(out[:, 1], v.float())
         return loss
 
-    def _train_loss(self, xb: torch.Tensor, yz: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The loss of one training minibatch (an ensemble sums its members' own losses)."""
-        return self._loss(self.net(xb), yz, v)
-
     def _train(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
                v_val: torch.Tensor, epochs: int, lr: float, patience: Optional[int], progress: bool) -> int:
         """Minibatch AdamW; keeps the weights with the best held-out loss."""
@@ -455,7 +451,7 @@ class Surrogate:
                 xb = x[idx]
                 if self.augment > 0:  # fresh input noise each pass: the label of a slightly moved state is the same
                     xb = xb + self.augment * torch.randn(xb.shape, generator=gen)
-                loss = self._train_loss(xb.to(self.device), yz[idx].to(self.device), v[idx].to(self.device))
+                loss = self._loss(self.net(xb.to(self.device)), yz[idx].to(self.device), v[idx].to(self.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)

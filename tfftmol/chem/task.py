@@ -91,10 +91,6 @@ class SurrogateConfig:
         refit_epochs: epochs of each refit on fresh samples.
         replay_size: samples kept in the replay buffer for refits.
         valid_fraction: held-out fraction in [0, 1) of every (re)fit, for the accuracy report.
-        members: an ensemble of this many independently initialised surrogates, whose mean is the
-            surrogate (latent models only; 1 = a single network).
-        pessimism: with ``members >= 2``, stage 2 follows the gradient of the members' mean minus this
-            many standard deviations of their rewards (0 = the mean).
     """
 
     hidden: int = 64
@@ -108,11 +104,9 @@ class SurrogateConfig:
     refit_epochs: int = 3
     replay_size: int = 20000
     valid_fraction: float = 0.2
-    members: int = 1
-    pessimism: float = 0.0
 
     def __post_init__(self):
-        check_int(self, "hidden", "layers", "heads", "batch_size", "epochs", "refit_epochs", "members")
+        check_int(self, "hidden", "layers", "heads", "batch_size", "epochs", "refit_epochs")
         check_int(self, "patience", low=0, note=" (0 = off)")
         check_int(self, "replay_size", low=0)
         if self.hidden % self.heads:
@@ -120,9 +114,6 @@ class SurrogateConfig:
         check_number(self, "temperature", 0, None, low_open=True)
         check_number(self, "lr", 0, None, low_open=True)
         check_number(self, "valid_fraction", 0, 1, high_open=True)
-        check_number(self, "pessimism", 0, None)
-        if self.pessimism > 0 and self.members < 2:
-            raise ConfigError(f"pessimism={self.pessimism} needs an ensemble: members={self.members} must be >= 2")
 
 
 @dataclass
@@ -177,9 +168,6 @@ class MoleculeOptions:
             if not is_latent(self.model):
                 raise ConfigError(f"decode_beam={self.decode_beam} needs a latent model {list(LATENT_MODELS)}; "
                                   f"model={self.model!r} is a graph model (use decode_beam: null)")
-        if self.surrogate.members != 1 and not is_latent(self.model):
-            raise ConfigError(f"surrogate.members={self.surrogate.members} needs a latent model {list(LATENT_MODELS)}; "
-                              f"model={self.model!r} is a graph model, whose surrogate is one network (use members: 1)")
         if self.value_molecules is not None:
             check_int(self, "value_molecules", low=0, note=" (0 = off, null = the default for the model)")
 
@@ -627,7 +615,7 @@ class MoleculeTask:
             from .latent_reward import LatentSurrogate, warm_start_data
             surrogate = LatentSurrogate(int(base.state_shape[0]), hidden=sc.hidden, layers=sc.layers, lr=sc.lr,
                                         batch_size=sc.batch_size, replay_size=sc.replay_size, seed=cfg.seed,
-                                        device=device, members=sc.members, pessimism=sc.pessimism)
+                                        device=device)
             if o.warm_start_size:
                 surrogate.set_warm_start(*warm_start_data(base, reward, o.warm_start_size, cfg.offline_cache_dir,
                                                           labels=o.warm_labels, n_jobs=o.reward_jobs, log=log))
