@@ -63,15 +63,13 @@ MOL_QUICK = {"budget": {"tfft": {"offline_samples": 150, "refine_samples": 100,
                         "surrogate": {"epochs": 2, "patience": 0, "refit_epochs": 1, "hidden": 32, "heads": 2,
                                       "layers": 2},
                         "refit_every": 2, "eval_samples": 100, "eval_steps": 15, "kl_samples": 0, "grid_size": 4},
-             "eval_every": 2, "intermediate_samples": 50, "constraints": [{"metric": "validity", "min": 0.5}],
-             "run_seeds": 1}
+             "eval_every": 2, "intermediate_samples": 50, "constraints": [{"metric": "validity", "min": 0.5}]}
 MOL_FULL = {"budget": {"tfft": {"offline_samples": 1000, "refine_samples": 300,
                                 "am": {"steps": 100, "batch_size": 16, "time_steps": 30, "loss_time_steps": 8,
                                        "lr": 0.001}},
                        "surrogate": {"epochs": 10, "patience": 3, "refit_epochs": 2},
                        "refit_every": 25, "eval_samples": 500, "kl_samples": 100},
-            "eval_every": 25, "intermediate_samples": 200, "n_startup_trials": 3, "prune_warmup_steps": 50,
-            "run_seeds": 1}  # one run seed per trial; confirm() re-runs the best and the default on further seeds
+            "eval_every": 25, "intermediate_samples": 200, "n_startup_trials": 3, "prune_warmup_steps": 50}
 
 
 def _study_config(path: Path, patch: dict) -> dict:
@@ -266,6 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
 
     if not a.skip_mol:
         mol = _study_config(ROOT / "configs" / "tune_qed_right.yaml", MOL_QUICK if q else MOL_FULL)
+        mol["run_seeds"] = 1  # one run seed per trial: confirm() re-runs the best and the default on further seeds
         log(f"== molecular study (QED, right tail): {mol_n} trials")
         res = run_study(mol, "qed", n_trials=mol_n, out_dir=work, log=log)
         row = _row("molecules (qm9-graph, QED)", res, mol)
