@@ -274,8 +274,8 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--report-only", nargs="+", metavar="CSV",
                    help="no runs: merge these CSVs into OUT/exact_family.csv and rewrite the markdown")
-    p.add_argument("--compare", default=None, metavar="CSV",
-                   help="add a section comparing this run with the rows of another exact_family.csv")
+    p.add_argument("--compare", nargs="+", default=None, metavar="CSV",
+                   help="add a section comparing this run with the rows of other exact_family CSVs (one or more)")
     p.add_argument("--refresh-flags", action="store_true",
                    help="with --report-only: recompute each row's stage-1 near-tie flag (stage 1 only, on the "
                         "run's own offline batch; --offline and --time-steps must be the rows' settings)")
@@ -367,8 +367,9 @@ def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
           "than 95% of evaluations, no fine-tune can show the relative-error target.\n",
           "## Targets\n", markdown_table(summary(df)), "\n## Per setting\n", markdown_table(per_setting(df)), "\n"]
     if getattr(a, "compare", None):
-        base = pd.read_csv(a.compare)
-        md += [f"## Against {Path(a.compare).name} (same cases, alphas and tails)\n",
+        files = [a.compare] if isinstance(a.compare, str) else list(a.compare)
+        base = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+        md += [f"## Against {', '.join(Path(f).name for f in files)} (same cases, alphas and tails)\n",
                markdown_table(compare(base, df)), "\n"]
     (out / "exact_family.md").write_text("\n".join(md))
 

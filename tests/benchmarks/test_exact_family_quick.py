@@ -94,6 +94,17 @@ def test_quick_mode_writes_the_table(tmp_path):
     assert "runs whose exact p* meets 8% in < 95% of evaluations" in md
     assert (t.stage2 == "gradient").all() and "values only" not in md  # r = w·x has a gradient: the default uses it
 
+    # --compare reads several CSVs: the run against its own rows, split by tail, matches both rows and finds
+    # no run smaller than itself
+    t[t["tail"] == "right"].to_csv(tmp_path / "right.csv", index=False)
+    t[t["tail"] == "left"].to_csv(tmp_path / "left.csv", index=False)
+    mod.main(["--report-only", str(tmp_path / "exact_family.csv"), "--compare", str(tmp_path / "right.csv"),
+              str(tmp_path / "left.csv"), "--out", str(tmp_path / "report")])
+    md = (tmp_path / "report" / "exact_family.md").read_text()
+    assert "## Against right.csv, left.csv" in md
+    last = [ln for ln in md.splitlines() if ln.startswith("| all | all |")][-1]
+    assert last.startswith("| all | all | 2 |") and last.rstrip().endswith("| 0 |")
+
 
 def test_quick_mode_values_only(tmp_path):
     """--stage2 value: the trainer gets the reward's values only, and the rows and the report say so."""
