@@ -50,6 +50,7 @@ from tfftmol.core.tfft import run_tfft  # noqa: E402
 from tfftmol.core.offline import offline_batch  # noqa: E402
 from tfftmol.core.threshold import TfftWarning, solve_threshold  # noqa: E402
 from tfftmol.core.tracking import ThresholdGuardError  # noqa: E402
+from tfftmol.core.value import ValueConfig  # noqa: E402
 from tfftmol.toy2d.gmm import hinge_target_stats, population_threshold, random_gmm  # noqa: E402
 from tfftmol.toy2d.flows import linear_reward  # noqa: E402
 from tfftmol.tables import markdown_table  # noqa: E402
@@ -57,7 +58,7 @@ from tfftmol.tables import markdown_table  # noqa: E402
 COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft", "cvar_exact", "rel_error",
            "gap_error", "gap_cut", "mass_beyond", "mass_target", "kl_ft", "kl_exact", "kl_ratio", "eta_stage1", "eta_final",
            "eta_exact", "stage1_runaway_mass", "tracked", "corrections", "flagged", "near_tie", "stopped", "sampler",
-           "offline_steps", "offline_n", "track", "steps", "path_weights", "adjoint_integrator", "stage2", "wall_s",
+           "offline_steps", "offline_n", "track", "steps", "path_weights", "adjoint_integrator", "stage2", "value_iters", "wall_s",
            "cvar_se", "exact_within_8pct"]
 
 #: The tail level of each tail: the right-CVaR of the top 10%, the left-CVaR of the bottom 10%.
@@ -76,14 +77,14 @@ def make_case(case: int, w_norm: float = 0.25):
 def case_config(case: int, alpha: float, tail: str, steps: int, offline: int, time_steps: int, track: str,
                 batch: int = 256, lr: float = 2e-3, path_weights: float = 0.0,
                 adjoint_integrator: str = "euler", offline_steps: Optional[int] = None,
-                catch_up_batches: int = 2, stage2: str = "auto") -> TFFTConfig:
+                catch_up_batches: int = 2, stage2: str = "auto", value_iters: int = 1) -> TFFTConfig:
     """The TFFT settings of one run of the family (``offline_steps`` None: the SDE's ``time_steps``)."""
     return TFFTConfig(tail=tail, beta=BETA[tail], alpha=alpha, offline_samples=offline,
                       offline_steps=offline_steps or time_steps, bootstrap=50, seed=case, track_threshold=track,
                       track_catch_up_batches=catch_up_batches,
                       am=AMConfig(steps=steps, batch_size=batch, time_steps=time_steps, loss_time_steps=10,
                                   path_weights=path_weights, adjoint_integrator=adjoint_integrator,
-                                  stage2=stage2, lr=lr, grad_clip=0.0, ema=0.95, seed=case))
+                                  stage2=stage2, value=ValueConfig(iters=value_iters), lr=lr, grad_clip=0.0, ema=0.95, seed=case))
 
 
 def estimator_floor(case: int, alpha: float, tail: str, n: int, w_norm: float = 0.25,
@@ -146,12 +147,12 @@ def stage1_near_tie(case: int, cfg: TFFTConfig, w_norm: float) -> bool:
 def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_samples: int, kl_samples: int,
             time_steps: int, track: str, w_norm: float, batch: int = 256, lr: float = 2e-3, log=None,
             path_weights: float = 0.0, adjoint_integrator: str = "euler", offline_steps: Optional[int] = None,
-            catch_up_batches: int = 2, stage2: str = "auto") -> dict:
+            catch_up_batches: int = 2, stage2: str = "auto", value_iters: int = 1) -> dict:
     beta = BETA[tail]
     g, w = make_case(case, w_norm)
     reward = linear_reward([float(v) for v in w])
     cfg = case_config(case, alpha, tail, steps, offline, time_steps, track, batch, lr, path_weights, adjoint_integrator,
-                      offline_steps, catch_up_batches, stage2)
+                      offline_steps, catch_up_batches, stage2, value_iters)
     t0 = time.perf_counter()
     stopped = False
     with warnings.catch_warnings():
@@ -192,7 +193,7 @@ def run_one(case: int, alpha: float, tail: str, steps: int, offline: int, eval_s
         "stopped": stopped, "sampler": cfg.offline_sampler, "offline_steps": cfg.offline_steps,
         "offline_n": n_off, "track": track, "steps": steps,
         "path_weights": path_weights, "adjoint_integrator": adjoint_integrator,
-        "stage2": path, "wall_s": wall,
+        "stage2": path, "value_iters": value_iters if path == "value" else 0, "wall_s": wall,
         **_floor(g, w, eta, ex["cvar"], case, alpha, tail, eval_samples),
     }
 
@@ -268,6 +269,8 @@ def main(argv=None):
     p.add_argument("--stage2", default="auto", choices=["auto", "gradient", "value"],
                    help="AMConfig.stage2: 'value' hands the trainer the reward as values only (docs/design.md §6); "
                         "'auto' takes the reward gradient, as r = w·x has one")
+    p.add_argument("--value-iters", type=int, default=1,
+                   help="with --stage2 value: value-model updates per fine-tuning step (ValueConfig.iters)")
     p.add_argument("--quick", action="store_true", help="one case, alpha 1, 10 steps (used by the tests)")
     p.add_argument("--append", action="store_true", help="add rows to an existing CSV (runs split in chunks)")
     p.add_argument("--out", default=str(HERE / "results"))
@@ -311,7 +314,8 @@ def main(argv=None):
                     row = run_one(case, alpha, tail, a.steps, a.offline, a.eval_samples, a.kl_samples, a.time_steps,
                                   track, a.w_norm, a.batch, a.lr, path_weights=a.path_weights,
                                   adjoint_integrator=a.adjoint_integrator, offline_steps=a.offline_steps,
-                                  catch_up_batches=a.catch_up_batches, stage2=a.stage2)
+                                  catch_up_batches=a.catch_up_batches, stage2=a.stage2,
+                                  value_iters=a.value_iters)
                     rows.append(row)
                     if not a.quiet:
                         print(f"[{time.perf_counter() - t0:6.0f}s] case {case} alpha {alpha:g} {tail:5s} {track}: "
@@ -355,7 +359,8 @@ def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
           + (f" Adjoint integrator: {a.adjoint_integrator} (AMConfig.adjoint_integrator, docs/design.md §4.7)."
              if getattr(a, "adjoint_integrator", "euler") != "euler" else "")
           + (" Stage 2 from reward values only (AMConfig.stage2 = value: the gradient of a learned value, "
-             "docs/design.md §6)." if getattr(a, "stage2", "auto") == "value" else "")
+             f"docs/design.md §6; {getattr(a, 'value_iters', 1)} value-model update(s) per step)."
+             if getattr(a, "stage2", "auto") == "value" else "")
           + (f" This run: {seconds:.0f} s on one thread." if np.isfinite(seconds) else "") + "\n",
           "rel_error = (cvar_ft - cvar_exact) / |cvar_exact| depends on where the reward's zero is; "
           "gap_error = (cvar_ft - cvar_exact) / |cvar_exact - cvar_pre| does not.  flagged: a guard fired "

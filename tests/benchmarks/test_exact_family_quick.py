@@ -92,7 +92,8 @@ def test_quick_mode_writes_the_table(tmp_path):
     md = (tmp_path / "exact_family.md").read_text()
     assert "median |rel_error|" in md and "mass in [0.07, 0.13]" in md
     assert "runs whose exact p* meets 8% in < 95% of evaluations" in md
-    assert (t.stage2 == "gradient").all() and "values only" not in md  # r = w·x has a gradient: the default uses it
+    # r = w·x has a gradient: the default path uses it
+    assert (t.stage2 == "gradient").all() and (t.value_iters == 0).all() and "values only" not in md
 
     # --compare reads several CSVs: the run against its own rows, split by tail, matches both rows and finds
     # no run smaller than itself
@@ -109,7 +110,10 @@ def test_quick_mode_writes_the_table(tmp_path):
 def test_quick_mode_values_only(tmp_path):
     """--stage2 value: the trainer gets the reward's values only, and the rows and the report say so."""
     mod = load_benchmark("exact_family")
-    mod.main(["--quick", "--quiet", "--tails", "right", "--stage2", "value", "--out", str(tmp_path)])
+    mod.main(["--quick", "--quiet", "--tails", "right", "--stage2", "value", "--value-iters", "2", "--out",
+              str(tmp_path)])
     t = pd.read_csv(tmp_path / "exact_family.csv")
-    assert list(t.stage2) == ["value"] and np.isfinite(t[["cvar_ft", "kl_ft"]].to_numpy()).all()
+    assert list(t.stage2) == ["value"] and list(t.value_iters) == [2]
+    assert np.isfinite(t[["cvar_ft", "kl_ft"]].to_numpy()).all()
     assert "Stage 2 from reward values only" in (tmp_path / "exact_family.md").read_text()
+    assert mod.case_config(0, 1.0, "right", 10, 100, 20, "auto", stage2="value", value_iters=3).am.value.iters == 3
