@@ -58,7 +58,8 @@ from tfftmol.tables import markdown_table  # noqa: E402
 COLUMNS = ["case", "alpha", "tail", "beta", "n_components", "cvar_pre", "cvar_ft", "cvar_exact", "rel_error",
            "gap_error", "gap_cut", "mass_beyond", "mass_target", "kl_ft", "kl_exact", "kl_ratio", "eta_stage1", "eta_final",
            "eta_exact", "stage1_runaway_mass", "tracked", "corrections", "flagged", "near_tie", "stopped", "sampler",
-           "offline_steps", "offline_n", "track", "steps", "path_weights", "adjoint_integrator", "stage2", "value_iters", "wall_s",
+           "offline_steps", "offline_n", "track", "steps", "path_weights", "adjoint_integrator", "stage2",
+           "value_iters", "wall_s",
            "cvar_se", "exact_within_8pct"]
 
 #: The tail level of each tail: the right-CVaR of the top 10%, the left-CVaR of the bottom 10%.
@@ -84,7 +85,8 @@ def case_config(case: int, alpha: float, tail: str, steps: int, offline: int, ti
                       track_catch_up_batches=catch_up_batches,
                       am=AMConfig(steps=steps, batch_size=batch, time_steps=time_steps, loss_time_steps=10,
                                   path_weights=path_weights, adjoint_integrator=adjoint_integrator,
-                                  stage2=stage2, value=ValueConfig(iters=value_iters), lr=lr, grad_clip=0.0, ema=0.95, seed=case))
+                                  stage2=stage2, value=ValueConfig(iters=value_iters), lr=lr, grad_clip=0.0,
+                                  ema=0.95, seed=case))
 
 
 def estimator_floor(case: int, alpha: float, tail: str, n: int, w_norm: float = 0.25,
@@ -346,6 +348,17 @@ def _offline_steps(df: pd.DataFrame, a) -> str:
     return "/".join(str(v) for v in vals)
 
 
+def _stage2_note(df: pd.DataFrame) -> str:
+    """The report's sentence on the values-only path, from the rows themselves (none for gradient rows)."""
+    if "stage2" not in df or not (df["stage2"] == "value").any():
+        return ""
+    v = df[df["stage2"] == "value"]
+    iters = "/".join(str(int(i)) for i in sorted(v["value_iters"].dropna().unique())) if "value_iters" in v else "?"
+    share = "" if len(v) == len(df) else f" in {len(v)} of the {len(df)} runs"
+    return (f" Stage 2 from reward values only{share} (AMConfig.stage2 = value: the gradient of a learned value, "
+            f"docs/design.md §6; {iters} value-model update(s) per step).")
+
+
 def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
     md = [f"# Exact-family benchmark\n",
           f"{df['case'].nunique()} random 2D Gaussian mixtures (2-6 components), r = w·x with |w| = {a.w_norm:g}, "
@@ -358,9 +371,7 @@ def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
              if a.path_weights > 0 else "")
           + (f" Adjoint integrator: {a.adjoint_integrator} (AMConfig.adjoint_integrator, docs/design.md §4.7)."
              if getattr(a, "adjoint_integrator", "euler") != "euler" else "")
-          + (" Stage 2 from reward values only (AMConfig.stage2 = value: the gradient of a learned value, "
-             f"docs/design.md §6; {getattr(a, 'value_iters', 1)} value-model update(s) per step)."
-             if getattr(a, "stage2", "auto") == "value" else "")
+          + _stage2_note(df)
           + (f" This run: {seconds:.0f} s on one thread." if np.isfinite(seconds) else "") + "\n",
           "rel_error = (cvar_ft - cvar_exact) / |cvar_exact| depends on where the reward's zero is; "
           "gap_error = (cvar_ft - cvar_exact) / |cvar_exact - cvar_pre| does not.  flagged: a guard fired "
