@@ -115,5 +115,6 @@ def test_quick_mode_values_only(tmp_path):
     t = pd.read_csv(tmp_path / "exact_family.csv")
     assert list(t.stage2) == ["value"] and list(t.value_iters) == [2]
     assert np.isfinite(t[["cvar_ft", "kl_ft"]].to_numpy()).all()
-    assert "Stage 2 from reward values only" in (tmp_path / "exact_family.md").read_text()
+    assert "Stage 2 from reward values only (" in (md := (tmp_path / "exact_family.md").read_text())
+    assert "; 2 value-model update(s) per step" in md
     assert mod.case_config(0, 1.0, "right", 10, 100, 20, "auto", stage2="value", value_iters=3).am.value.iters == 3
