@@ -353,7 +353,7 @@ def _stage2_note(df: pd.DataFrame) -> str:
     if "stage2" not in df or not (df["stage2"] == "value").any():
         return ""
     v = df[df["stage2"] == "value"]
-    iters = "/".join(str(int(i)) for i in sorted(v["value_iters"].dropna().unique())) if "value_iters" in v else "?"
+    iters = "/".join(str(int(i)) for i in sorted(v["value_iters"].unique()))
     share = "" if len(v) == len(df) else f" in {len(v)} of the {len(df)} runs"
     return (f" Stage 2 from reward values only{share} (AMConfig.stage2 = value: the gradient of a learned value, "
             f"docs/design.md §6; {iters} value-model update(s) per step).")
@@ -383,9 +383,8 @@ def write_markdown(df: pd.DataFrame, out: Path, a, seconds: float) -> None:
           "than 95% of evaluations, no fine-tune can show the relative-error target.\n",
           "## Targets\n", markdown_table(summary(df)), "\n## Per setting\n", markdown_table(per_setting(df)), "\n"]
     if getattr(a, "compare", None):
-        files = [a.compare] if isinstance(a.compare, str) else list(a.compare)
-        base = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
-        md += [f"## Against {', '.join(Path(f).name for f in files)} (same cases, alphas and tails)\n",
+        base = pd.concat([pd.read_csv(f) for f in a.compare], ignore_index=True)
+        md += [f"## Against {', '.join(Path(f).name for f in a.compare)} (same cases, alphas and tails)\n",
                markdown_table(compare(base, df)), "\n"]
     (out / "exact_family.md").write_text("\n".join(md))
 
