@@ -248,6 +248,11 @@ def matched(df: pd.DataFrame) -> pd.DataFrame:
     means, the pre-trained model being the point (0, its CVaR); a TFFT KL beyond expected-FT's
     largest measured KL is not interpolated.  ``spread`` = root sum of squares of TFFT's seed
     std and expected-FT's interpolated one; with one TFFT seed there is no verdict.
+
+    Beyond expected-FT's KL range a verdict is still possible one way, by dominance: when TFFT's CVaR
+    lies below the best expected-FT mean measured at a *smaller* KL by more than their spread,
+    expected-FT reaches more for less KL (``TFFT below, at more KL``; columns ``cvar_expected_less_kl``,
+    ``kl_expected_less_kl``, ``tfft_minus_expected_less_kl``).  No such verdict exists for TFFT above.
     """
     out = []
     for target, d in df.groupby("target", sort=False):
@@ -263,11 +268,19 @@ def matched(df: pd.DataFrame) -> pd.DataFrame:
             se = float(np.interp(kl, f.kl, f["std"])) if inside else float("nan")
             diff = cv - ce  # a larger CVaR is better in either tail
             spread = math.sqrt(np.nan_to_num(sd) ** 2 + np.nan_to_num(se) ** 2)
+            below = f[(f.kl <= kl) & np.isfinite(f.alpha)]  # measured expected-FT points at less KL
+            best = below.loc[below.cvar.idxmax()] if len(below) else None
+            dom = float("nan") if best is None else cv - float(best.cvar)
+            dom_spread = float("nan") if best is None else math.hypot(np.nan_to_num(sd), float(best["std"]))
             out.append({"target": target, "alpha": alpha, "alpha_factor": float(g.alpha_factor.iloc[0]),
                         "seeds": int(g.seed.nunique()), "kl_tfft": kl, "cvar_tfft": cv, "std_tfft": sd,
                         "cvar_expected_at_kl": ce, "std_expected": se, "tfft_minus_expected": diff,
                         "spread": spread,
-                        "verdict": ("outside expected-FT's KL range" if not inside else
+                        "cvar_expected_less_kl": float("nan") if best is None else float(best.cvar),
+                        "kl_expected_less_kl": float("nan") if best is None else float(best.kl),
+                        "tfft_minus_expected_less_kl": dom,
+                        "verdict": (("TFFT below, at more KL" if len(g) > 1 and -dom > dom_spread else
+                                     "outside expected-FT's KL range") if not inside else
                                     "one TFFT seed: no spread" if len(g) < 2 else
                                     "TFFT above" if diff > spread else "TFFT below" if -diff > spread else
                                     "within spread")})
@@ -330,7 +343,9 @@ def write(out: Path) -> str:
               "## TFFT against expected-FT at matched KL", "",
               "Expected-FT's own-tail CVaR interpolated at TFFT's mean KL along expected-FT's measured frontier "
               "(its per-alpha means, linear in KL, from the pre-trained model at KL 0); `spread` = root sum of "
-              "squares of TFFT's seed std and expected-FT's interpolated seed std.", "",
+              "squares of TFFT's seed std and expected-FT's interpolated seed std. Where TFFT's KL lies beyond "
+              "expected-FT's largest, `*_less_kl` is the best expected-FT mean at a smaller KL: TFFT below it by "
+              "more than the spread is `TFFT below, at more KL`.", "",
               _md_table(matched(df)), "",
               "## Checks at the config's alpha", "",
               "The target: realisation >= 0.7 with KL <= 2x the stage-1 prediction for each TFFT run at the "

@@ -39,12 +39,18 @@ def test_matched_kl_interpolates_along_expected_frontier(tf):
                  for a, f, kl, c in ((0.1, 1.0, 1.0, 0.6), (0.03, 0.3, 3.0, 0.7))]
         rows += [dict(target="t", tail="right", method="tfft", alpha=a, alpha_factor=f, seed=seed, kl=kl,
                       cvar_own=c + noise, cvar_pretrained=0.5, train_seconds=10.5)
-                 for a, f, kl, c in ((0.1, 1.0, 2.0, 0.72), (0.3, 3.0, 0.5, 0.55), (0.03, 0.3, 5.0, 0.9))]
+                 for a, f, kl, c in ((0.1, 1.0, 2.0, 0.72), (0.3, 3.0, 0.5, 0.55), (0.03, 0.3, 5.0, 0.9),
+                                     (0.01, 0.1, 6.0, 0.62))]
     m = tf.matched(pd.DataFrame(rows)).set_index("alpha_factor")
     assert m.loc[1.0, "cvar_expected_at_kl"] == pytest.approx(0.65)  # halfway between KL 1 and 3
     assert m.loc[3.0, "cvar_expected_at_kl"] == pytest.approx(0.55)  # between the pre-trained point and KL 1
     assert m.loc[1.0, "verdict"] == "TFFT above" and m.loc[3.0, "verdict"] == "within spread"
     assert np.isnan(m.loc[0.3, "cvar_expected_at_kl"]) and "outside" in m.loc[0.3, "verdict"]
+    # beyond expected-FT's KL range: below its best point at less KL (0.7 at KL 3) by more than the spread
+    assert np.isnan(m.loc[0.1, "cvar_expected_at_kl"]) and m.loc[0.1, "verdict"] == "TFFT below, at more KL"
+    assert m.loc[0.1, "cvar_expected_less_kl"] == pytest.approx(0.7) and m.loc[0.1, "kl_expected_less_kl"] == 3.0
+    assert m.loc[0.1, "tfft_minus_expected_less_kl"] == pytest.approx(-0.08)
+    assert m.loc[0.3, "tfft_minus_expected_less_kl"] == pytest.approx(0.2)  # above it: no one-sided verdict
     assert m.loc[1.0, "spread"] == pytest.approx(np.hypot(np.std([-0.01, 0.01], ddof=1),
                                                           np.std([-0.01, 0.01], ddof=1)))
 
