@@ -494,6 +494,19 @@ class AdjointMatching:
         k = pool if c.loss_time_steps in (0, None) or c.loss_time_steps >= pool else c.loss_time_steps
         idx = torch.randperm(pool, generator=self.generator)[:k].sort().values
         B = x1.shape[0]
+        # after terminal_time the target is zero: the control there is regressed toward the base
+        # (late_loss_steps), instead of left to drift with the weights it shares with earlier times
+        late_pool = traj.xs.shape[0] - 1 - pool if adj is not None and c.terminal_time < 1.0 else 0
+        k_late = min(c.late_loss_steps, late_pool)
+        if k_late > 0:
+            late = pool + torch.randperm(late_pool, generator=self.generator)[:k_late].sort().values
+            idx = torch.cat([idx, late])
+            # each group stands for its share of the grid: the loss is the time integral over [0, 1)
+            tpw = torch.cat([torch.full((k,), pool / k), torch.full((k_late,), late_pool / k_late)])
+            tpw = (tpw / tpw.mean()).to(device=x1.device, dtype=x1.dtype).repeat_interleave(B)
+        else:
+            tpw = None
+        kt = idx.numel()
         xs = traj.xs[idx].flatten(0, 1)                                    # (k B, *S)
         ts = traj.ts[idx].repeat_interleave(B)                             # (k B,)
         cond = traj.cond
@@ -518,7 +531,9 @@ class AdjointMatching:
         u = control(v_ft, v_b, ts)                                         # 2 (v_ft - v_base) / sigma
         per_point = ((u + sig * a) ** 2).flatten(1).sum(1)
         # path weights: importance weights toward the target path measure, the same for every loss time
-        loss = (per_point * pw.repeat(k)).mean() if pw is not None else per_point.mean()
+        if tpw is not None:
+            per_point = per_point * tpw
+        loss = (per_point * pw.repeat(kt)).mean() if pw is not None else per_point.mean()
         measure = self.config.step_trust > 0 and self.lr_scale is None
         old = [p.detach().clone() for p in self.params] if measure else None
         lr = self.lr_at(self.step_count) * (self.lr_scale or 1.0)
@@ -536,7 +551,10 @@ class AdjointMatching:
                 for e, p in zip(self.ema_params, self.params):
                     e.lerp_(p.detach(), 1 - c.ema)
         h = 1.0 / c.time_steps
-        kl = float(0.5 * (u.detach() ** 2).flatten(1).sum(1).mean() * pool * h)
+        u2 = 0.5 * (u.detach() ** 2).flatten(1).sum(1) * h
+        kl = float(u2[: k * B].mean() * pool)
+        if k_late > 0:  # the late times' control cost too (zero target: the guards must see it)
+            kl += float(u2[k * B:].mean() * late_pool)
         stats = StepStats(self.step_count, float(loss.detach()), kl, float((gp != 0).float().mean()),
                           float(rb.values.mean()), lr, stage, self.stage2, vloss)
         self.step_count += 1
