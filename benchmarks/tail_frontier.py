@@ -44,6 +44,7 @@ the same patch without the molecular keys (surrogate, refit period).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import warnings
@@ -159,14 +160,18 @@ def _stage1(rewards: np.ndarray, beta: float, alpha: float, tail: str):
 
 
 def run_frontier_one(target: str, method: str, factor: float, seed: int, budget: str, model: str | None,
-                     runs_dir: str, progress: bool) -> tuple[dict | None, list[dict]]:
-    """One run: its CSV row (``None`` if the run failed) and the stage-1 curve of its seed's offline batch."""
+                     runs_dir: str, progress: bool, patch: dict | None = None) -> tuple[dict | None, list[dict]]:
+    """One run: its CSV row (``None`` if the run failed) and the stage-1 curve of its seed's offline batch.
+
+    ``patch``: a config patch merged last (recorded as JSON in the row's ``patch`` column)."""
     import torch
 
     from tfftmol.pipeline.metrics import realisation_ratio
 
     torch.set_num_threads(1)
     base = target_config(target, budget, model)
+    if patch:
+        base = _merge(base, patch)
     a0 = float(base["tfft"]["alpha"])
     alpha = a0 * factor
     base = _merge(base, {"tfft": {"alpha": alpha}})
@@ -192,7 +197,8 @@ def run_frontier_one(target: str, method: str, factor: float, seed: int, budget:
            "accuracy": float(post["accuracy"]) if "accuracy" in post.index else float("nan"),
            "train_seconds": train, "wall_seconds": wall, "steps": int(post["steps"]),
            "reward_mean": float(post["reward_mean"]), "eta": float(res.eta) if res.eta is not None else float("nan"),
-           "stage2_path": str(post.get("stage2_path", "")), "budget": budget}
+           "stage2_path": str(post.get("stage2_path", "")), "budget": budget,
+           "patch": json.dumps(patch, sort_keys=True) if patch else ""}
     curve = []
     for f in sorted(set(GRID.tolist()) | {factor}):
         c = _stage1(rewards, t.beta, a0 * f, t.tail)
@@ -330,6 +336,7 @@ def write(out: Path) -> str:
         ["target", "tail", "beta", "method", "alpha", "seed", "kl", "cvar_own", "cvar_pretrained", "cvar_predicted",
          "kl_predicted", "realisation", "validity", "uniqueness", "train_seconds"]]
     budgets = ", ".join(f"`{b}`" for b in sorted(set(df.budget)))
+    patches = sorted({str(p) for p in df.get("patch", pd.Series(dtype=str)).fillna("") if str(p)})
     lines = ["# Tail frontier: TFFT and expected-FT over alpha, against stage 1's prediction", ""]
     if quick:
         lines += ["**Quick mode (smoke budget): these numbers mean nothing; they only show the script runs.**", ""]
@@ -339,7 +346,8 @@ def write(out: Path) -> str:
               "(`cvar_pretrained`: the pre-trained model on the same noise); `cvar_predicted` / `kl_predicted` "
               "stage 1 at the run's alpha on the offline batch of its seed (filled for expected-FT rows too); "
               "`realisation` = (cvar_own - cvar_pretrained) / (cvar_predicted - cvar_pretrained); "
-              "`train_seconds` = stage 1 + stage 2 (+ refinement, value warm start).", "",
+              "`train_seconds` = stage 1 + stage 2 (+ refinement, value warm start)."
+              + "".join(f" Config patch: `{p}`." for p in patches), "",
               "## TFFT against expected-FT at matched KL", "",
               "Expected-FT's own-tail CVaR interpolated at TFFT's mean KL along expected-FT's measured frontier "
               "(its per-alpha means, linear in KL, from the pre-trained model at KL 0); `spread` = root sum of "
@@ -436,6 +444,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=None, help="per-run reports (default runs/tail_frontier)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="do not print the markdown at the end")
+    ap.add_argument("--patch", type=json.loads, default=None,
+                    help='a JSON config patch merged into every run\'s config last, e.g. '
+                         '\'{"tfft": {"am": {"late_loss_steps": 10}}}\' (use with --out: a patched frontier is a '
+                         'different experiment)')
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -465,7 +477,7 @@ def main(argv=None) -> int:
         for f in (CSV, CURVE):
             (out / f).unlink(missing_ok=True)
     runs_dir = str(Path(a.runs) if a.runs else ROOT / "runs" / "tail_frontier")
-    calls = [(t, m, f, s, budget, a.model, runs_dir, a.progress) for t, m, f, s in todo]
+    calls = [(t, m, f, s, budget, a.model, runs_dir, a.progress, a.patch) for t, m, f, s in todo]
     print(f"{len(calls)} runs: " + ", ".join(f"{t}/{m}/{f:g}a/s{s}" for t, m, f, s in todo), flush=True)
     for _, (row, curve) in run_jobs(run_frontier_one, calls, a.jobs):
         if row is None:

@@ -1,5 +1,7 @@
 """benchmarks/tail_frontier.py: --quick end to end (CSV, curve, md, png, --append, --replot) and the matched-KL rule."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -81,6 +83,23 @@ def test_quick_mode_writes_csv_md_png_and_appends(tf, tmp_path):
     (out / "tail_frontier.md").unlink()
     tf.main(["--replot", "--quiet", "--out", str(out)])
     assert (out / "tail_frontier.md").read_text() == md
+
+
+@pytest.mark.slow  # about 6 s: two smoke-budget fine-tunes
+def test_patch_reaches_the_run_and_is_recorded(tf, tmp_path):
+    """--patch merges into every run's config (here the late loss times of the qm9 graph flow's
+    terminal_time 0.5), is kept in the row's ``patch`` column and named in the report."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    patch = {"tfft": {"am": {"late_loss_steps": 3}}}
+    tf.main(["--quick", "--quiet", "--alphas", "1", "--patch", json.dumps(patch), "--out", str(out),
+             "--runs", str(runs)])
+    t = pd.read_csv(out / "tail_frontier.csv")
+    assert len(t) == 2 and (t.patch == json.dumps(patch, sort_keys=True)).all()
+    for name in ("qed_right-tfft-a1-s0", "qed_right-expected-a1-s0"):
+        assert "late_loss_steps: 3" in (runs / name / "config.yaml").read_text()
+    assert "Config patch: `" in (out / "tail_frontier.md").read_text()
+    with pytest.raises(SystemExit):
+        tf.main(["--patch", "{not json", "--quiet", "--out", str(out)])
 
 
 def test_every_target_builds_a_valid_config_at_every_budget():
