@@ -275,15 +275,15 @@ def matched(df: pd.DataFrame) -> pd.DataFrame:
             diff = cv - ce  # a larger CVaR is better in either tail
             spread = math.sqrt(np.nan_to_num(sd) ** 2 + np.nan_to_num(se) ** 2)
             below = f[(f.kl <= kl) & np.isfinite(f.alpha)]  # measured expected-FT points at less KL
-            best = below.loc[below.cvar.idxmax()] if len(below) else None
-            dom = float("nan") if best is None else cv - float(best.cvar)
-            dom_spread = float("nan") if best is None else math.hypot(np.nan_to_num(sd), float(best["std"]))
+            best = below.loc[below.cvar.idxmax()] if len(below) else pd.Series({"kl": np.nan, "cvar": np.nan,
+                                                                                   "std": np.nan})
+            dom = cv - float(best.cvar)
+            dom_spread = math.hypot(np.nan_to_num(sd), float(best["std"]))
             out.append({"target": target, "alpha": alpha, "alpha_factor": float(g.alpha_factor.iloc[0]),
                         "seeds": int(g.seed.nunique()), "kl_tfft": kl, "cvar_tfft": cv, "std_tfft": sd,
                         "cvar_expected_at_kl": ce, "std_expected": se, "tfft_minus_expected": diff,
                         "spread": spread,
-                        "cvar_expected_less_kl": float("nan") if best is None else float(best.cvar),
-                        "kl_expected_less_kl": float("nan") if best is None else float(best.kl),
+                        "cvar_expected_less_kl": float(best.cvar), "kl_expected_less_kl": float(best.kl),
                         "tfft_minus_expected_less_kl": dom,
                         "verdict": (("TFFT below, at more KL" if len(g) > 1 and -dom > dom_spread else
                                      "outside expected-FT's KL range") if not inside else

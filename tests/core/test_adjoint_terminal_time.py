@@ -86,7 +86,7 @@ def test_noisy_terminal_state_takes_the_reward_gradient_at_the_state_itself():
 
 def _late_run(late: int):
     """60 steps on the two points with t_c = 0.5; returns (mass on +1, per-step control cost of 2,000 SDE
-    trajectories of the final model against the base, the last 10 batch KL estimates)."""
+    trajectories of the final model against the base, the mean of the last 10 batch KL estimates)."""
     from tfftmol.core.sampling import sample
 
     base = _two_points()

@@ -507,8 +507,8 @@ class AdjointMatching:
         else:
             tpw = None
         kt = idx.numel()
-        xs = traj.xs[idx].flatten(0, 1)                                    # (k B, *S)
-        ts = traj.ts[idx].repeat_interleave(B)                             # (k B,)
+        xs = traj.xs[idx].flatten(0, 1)                                    # (kt B, *S)
+        ts = traj.ts[idx].repeat_interleave(B)                             # (kt B,)
         cond = traj.cond
         if cond is not None and isinstance(cond, torch.Tensor):
             cond = cond.repeat(k, *([1] * (cond.dim() - 1)))
