@@ -120,3 +120,31 @@ def test_late_loss_steps_must_be_a_non_negative_integer():
     for bad in (-1, 1.5, True):
         with pytest.raises(ConfigError, match="late_loss_steps"):
             AMConfig(late_loss_steps=bad)
+
+
+def test_late_loss_times_carry_their_class_condition():
+    """A class-conditional flow: every loss point, the late ones included, is evaluated with its
+    trajectory's own condition (the velocity below reads it row by row, so a condition tiled for the
+    early times only cannot broadcast against the stacked early and late points)."""
+    g = _two_points()
+    seen = []
+
+    class Conditional:
+        state_shape = (1,)
+
+        def velocity(self, x, t, cond=None):
+            seen.append((x.shape[0], None if cond is None else cond.shape[0]))
+            return g.velocity(x, t) + 0.0 * cond.to(x.dtype)[:, None]
+
+        def sample_prior(self, n, generator=None, device=None):
+            return g.sample_prior(n, generator=generator, device=device)
+
+    cs = lambda n, gen: torch.randint(0, 3, (n,), generator=gen)
+    am = AdjointMatching(Conditional(), DifferentiableReward(lambda x: x[:, 0]), IdentityTransform(), 1.0,
+                         AMConfig(steps=2, batch_size=8, time_steps=10, loss_time_steps=3, terminal_time=0.5,
+                                  late_loss_steps=2, seed=0), cond_sampler=cs)
+    seen.clear()
+    st = am.step()
+    assert st.kl == st.kl
+    assert all(n == c for n, c in seen), seen
+    assert (5 * 8, 5 * 8) in seen  # the loss's forward pass: 3 early + 2 late times of 8 trajectories

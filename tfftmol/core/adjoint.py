@@ -511,7 +511,7 @@ class AdjointMatching:
         ts = traj.ts[idx].repeat_interleave(B)                             # (kt B,)
         cond = traj.cond
         if cond is not None and isinstance(cond, torch.Tensor):
-            cond = cond.repeat(k, *([1] * (cond.dim() - 1)))
+            cond = cond.repeat(kt, *([1] * (cond.dim() - 1)))  # early and late loss times alike
         # The control at t_k moves X_{k+1}: its target is the adjoint at t_{k+1}.  For the Euler-Maruyama
         # process this is the exact discrete optimum (the tilted Gaussian transition's mean shift,
         # h sigma_k^2 E[grad V_{k+1}(X_{k+1})]); the adjoint at t_k itself carries the factor
