@@ -23,7 +23,8 @@ Writes to ``--out`` (default ``benchmarks/results``):
   (cvar_predicted - cvar_pretrained)``.  Rows are appended as runs finish, so a killed
   job keeps what it finished;
 * ``tail_frontier_curve.csv``: the stage-1 predicted curve per (target, seed) over the
-  alpha grid;
+  alpha grid, with the exact expected-reward optimum's CVaR at each predicted KL
+  (``cvar_mean_tilt``; also a column of the run table);
 * ``tail_frontier.md``: per-run table, per-alpha means, TFFT's own-tail CVaR against
   expected-FT's interpolated at the same KL along expected-FT's measured frontier (with
   the seed spread), the realisation check at the config's alpha and the time ratio;
@@ -33,6 +34,7 @@ Writes to ``--out`` (default ``benchmarks/results``):
     python benchmarks/tail_frontier.py --targets qed_right --budget demo --jobs 1
     python benchmarks/tail_frontier.py --targets digits_right --budget demo --append   # add runs to the CSV
     python benchmarks/tail_frontier.py --replot            # rebuild md/png from the CSVs, run nothing
+    python benchmarks/tail_frontier.py --fill-margins      # add cvar_mean_tilt to older rows, then replot
     python benchmarks/tail_frontier.py --quick --out DIR   # smoke budget (the test); numbers mean nothing
 
 Budgets: ``demo`` is the ``tfftmol demo-mol`` budget (150 Adjoint Matching steps of
@@ -85,8 +87,8 @@ MOLECULE_ONLY = ("surrogate", "refit_every", "warm_start")  # budget keys an ima
 CSV, CURVE = "tail_frontier.csv", "tail_frontier_curve.csv"
 KEY = ["target", "method", "alpha", "seed"]
 COLUMNS = ["target", "tail", "beta", "method", "alpha", "alpha_factor", "seed", "kl", "cvar_own", "cvar_pretrained",
-           "cvar_predicted", "kl_predicted", "realisation", "validity", "uniqueness", "accuracy", "train_seconds",
-           "wall_seconds", "steps", "reward_mean", "eta", "stage2_path", "budget"]
+           "cvar_predicted", "kl_predicted", "cvar_mean_tilt", "realisation", "validity", "uniqueness", "accuracy",
+           "train_seconds", "wall_seconds", "steps", "reward_mean", "eta", "stage2_path", "budget"]
 GRID = np.geomspace(1 / 30, 30, 61)  # factors of the config alpha for the predicted curve
 
 
@@ -159,6 +161,13 @@ def _stage1(rewards: np.ndarray, beta: float, alpha: float, tail: str):
         return solve_threshold(rewards, beta, alpha, tail)
 
 
+def _mean_tilt_cvar(rewards: np.ndarray, s1, beta: float, tail: str) -> float:
+    """CVaR of the exact expected-reward optimum on the batch at stage 1's predicted KL (``tfftmol.core.mean_tilt``)."""
+    from tfftmol.core.mean_tilt import mean_tilt_at_kl
+
+    return float(mean_tilt_at_kl(rewards, float(s1.predicted_kl), beta, tail).cvar)
+
+
 def run_frontier_one(target: str, method: str, factor: float, seed: int, budget: str, model: str | None,
                      runs_dir: str, progress: bool, patch: dict | None = None) -> tuple[dict | None, list[dict]]:
     """One run: its CSV row (``None`` if the run failed) and the stage-1 curve of its seed's offline batch.
@@ -190,7 +199,7 @@ def run_frontier_one(target: str, method: str, factor: float, seed: int, budget:
     row = {"target": target, "tail": t.tail, "beta": t.beta, "method": method, "alpha": alpha,
            "alpha_factor": factor, "seed": seed, "kl": float(res.kl), "cvar_own": float(post[own]),
            "cvar_pretrained": cvar_pre, "cvar_predicted": float(s1.predicted_cvar),
-           "kl_predicted": float(s1.predicted_kl),
+           "kl_predicted": float(s1.predicted_kl), "cvar_mean_tilt": _mean_tilt_cvar(rewards, s1, t.beta, t.tail),
            "realisation": realisation_ratio(cvar_pre, float(post[own]), float(s1.predicted_cvar)),
            "validity": float(post["validity"]) if "validity" in post.index else float("nan"),
            "uniqueness": float(post["uniqueness"]) if "uniqueness" in post.index else float("nan"),
@@ -204,6 +213,7 @@ def run_frontier_one(target: str, method: str, factor: float, seed: int, budget:
         c = _stage1(rewards, t.beta, a0 * f, t.tail)
         curve.append({"target": target, "seed": seed, "alpha": a0 * f, "alpha_factor": f,
                       "kl_predicted": float(c.predicted_kl), "cvar_predicted": float(c.predicted_cvar),
+                      "cvar_mean_tilt": _mean_tilt_cvar(rewards, c, t.beta, t.tail),
                       "cvar_pretrained_offline": float(c.pre_cvar), "n_offline": int(c.n), "budget": budget})
     print(f"{name}: KL {row['kl']:.3g}, {own} {cvar_pre:.4g} -> {row['cvar_own']:.4g} (stage 1 predicts "
           f"{row['cvar_predicted']:.4g} at KL {row['kl_predicted']:.3g}; realisation {row['realisation']:.2f}); "
@@ -259,6 +269,10 @@ def matched(df: pd.DataFrame) -> pd.DataFrame:
     lies below the best expected-FT mean measured at a *smaller* KL by more than their spread,
     expected-FT reaches more for less KL (``TFFT below, at more KL``; columns ``cvar_expected_less_kl``,
     ``kl_expected_less_kl``, ``tfft_minus_expected_less_kl``).  No such verdict exists for TFFT above.
+
+    ``tail_margin``: stage 1's predicted CVaR less the exact expected-reward optimum's at the same predicted
+    KL, on each seed's offline batch (mean over TFFT's seeds; :mod:`tfftmol.core.mean_tilt`): the lead the
+    two exact optima have at that KL, of which runs that realise a share ``s`` of both show about ``s``.
     """
     out = []
     for target, d in df.groupby("target", sort=False):
@@ -278,11 +292,12 @@ def matched(df: pd.DataFrame) -> pd.DataFrame:
             best = below.loc[below.cvar.idxmax()] if len(below) else pd.Series({"kl": np.nan, "cvar": np.nan,
                                                                                    "std": np.nan})
             dom = cv - float(best.cvar)
+            margin = (g.cvar_predicted - g.cvar_mean_tilt).mean() if "cvar_mean_tilt" in g else float("nan")
             dom_spread = math.hypot(np.nan_to_num(sd), float(best["std"]))
             out.append({"target": target, "alpha": alpha, "alpha_factor": float(g.alpha_factor.iloc[0]),
                         "seeds": int(g.seed.nunique()), "kl_tfft": kl, "cvar_tfft": cv, "std_tfft": sd,
                         "cvar_expected_at_kl": ce, "std_expected": se, "tfft_minus_expected": diff,
-                        "spread": spread,
+                        "spread": spread, "tail_margin": float(margin),
                         "cvar_expected_less_kl": float(best.cvar), "kl_expected_less_kl": float(best.kl),
                         "tfft_minus_expected_less_kl": dom,
                         "verdict": (("TFFT below, at more KL" if len(g) > 1 and -dom > dom_spread else
@@ -353,7 +368,10 @@ def write(out: Path) -> str:
               "(its per-alpha means, linear in KL, from the pre-trained model at KL 0); `spread` = root sum of "
               "squares of TFFT's seed std and expected-FT's interpolated seed std. Where TFFT's KL lies beyond "
               "expected-FT's largest, `*_less_kl` is the best expected-FT mean at a smaller KL: TFFT below it by "
-              "more than the spread is `TFFT below, at more KL`.", "",
+              "more than the spread is `TFFT below, at more KL`. `tail_margin`: stage 1's predicted CVaR less the "
+              "CVaR of the exact expected-reward optimum at the same predicted KL on the same offline batch "
+              "(`tfftmol.core.mean_tilt`; mean over seeds): the lead of the exact TFFT optimum over the exact "
+              "expected-FT optimum, of which runs realising a share s of both show about s.", "",
               _md_table(matched(df)), "",
               "## Checks at the config's alpha", "",
               "The target: realisation >= 0.7 with KL <= 2x the stage-1 prediction for each TFFT run at the "
@@ -394,6 +412,11 @@ def plot(df: pd.DataFrame, curve: pd.DataFrame, path: Path) -> None:
             cs = cs[cs.kl_predicted <= xmax]
             ax.plot(cs.kl_predicted, cs.cvar_predicted, "-", color="k", lw=1, alpha=0.7 if i == 0 else 0.3,
                     label="stage 1 predicted (offline batch)" if i == 0 else None)
+        for i, (seed, cs) in enumerate(c.groupby("seed") if len(c) and "cvar_mean_tilt" in c else []):
+            cs = cs.sort_values("kl_predicted")
+            cs = cs[cs.kl_predicted <= xmax]
+            ax.plot(cs.kl_predicted, cs.cvar_mean_tilt, "-.", color="tab:blue", lw=1, alpha=0.7 if i == 0 else 0.3,
+                    label="exact expected-FT optimum (offline batch)" if i == 0 else None)
         ax.plot(d.kl_predicted, d.cvar_predicted, "x", color="k", ms=5, label="predicted at the run alphas")
         for method in METHODS:
             m = d[d.method == method]
@@ -423,6 +446,56 @@ def plot(df: pd.DataFrame, curve: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def fill_margins(out: Path, runs_dir: str, model: str | None = None, log=print) -> int:
+    """Fill ``cvar_mean_tilt`` of the rows (and curve points) that lack it, from each (target, seed)'s offline
+    batch: cached under ``<runs_dir>/cache`` or drawn again, exactly as the run drew it.  A batch whose stage-1
+    prediction differs from the row's (another model or budget) is left unfilled, with a line saying so.
+    Returns the number of run rows filled."""
+    from tfftmol.pipeline import plan as stage1_plan
+
+    df = pd.read_csv(out / CSV)
+    curve = pd.read_csv(out / CURVE) if (out / CURVE).exists() else pd.DataFrame(columns=["target", "seed", "alpha"])
+    for d in (df, curve):
+        if "cvar_mean_tilt" not in d:
+            d["cvar_mean_tilt"] = np.nan
+    todo = df[df.cvar_mean_tilt.isna()]
+    filled = 0
+    for (target, seed, budget, patch), g in todo.groupby(["target", "seed", "budget", df.get("patch", pd.Series(
+            "", index=df.index)).fillna("").astype(str)], sort=False):
+        base = target_config(target, budget, model)
+        if patch:
+            base = _merge(base, json.loads(patch))
+        base.update(name=f"{target}-margins-s{seed}", seed=int(seed), out_dir=str(runs_dir),
+                    cache_dir=str(Path(runs_dir) / "cache"), threads=1)
+        c_rows = curve[(curve.target == target) & (curve.seed == seed)]
+        alphas = sorted(set(g.alpha.tolist()) | set(c_rows.alpha.tolist()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stage1_plan(base, alphas=alphas, plots=False, log=lambda s: None,
+                              out=Path(runs_dir) / "margins" / f"{target}-s{seed}")
+        tab = res.table[np.isclose(res.table.beta, float(g.beta.iloc[0]))]
+        look = lambda a: tab.iloc[int(np.argmin(np.abs(tab.alpha.to_numpy() - a)))]  # noqa: E731
+        bad = [a for a, p in zip(g.alpha, g.cvar_predicted) if not math.isclose(look(a).predicted_cvar, p,
+                                                                                  rel_tol=1e-6, abs_tol=1e-9)]
+        if bad:
+            log(f"{target} seed {seed}: the offline batch drawn now predicts other CVaRs than the rows "
+                f"(alpha {bad[0]:g}: {look(bad[0]).predicted_cvar:.6g}); left unfilled")
+            continue
+        for i in g.index:
+            df.loc[i, "cvar_mean_tilt"] = float(look(df.loc[i, "alpha"]).mean_tilt_cvar)
+            filled += 1
+        for i in c_rows.index:
+            curve.loc[i, "cvar_mean_tilt"] = float(look(curve.loc[i, "alpha"]).mean_tilt_cvar)
+        log(f"{target} seed {seed}: {len(g)} rows filled ({'cached' if res.cached else 'drawn'} batch)")
+    df = df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
+    for d, f in ((df, CSV), (curve, CURVE)):
+        if len(d):
+            tmp = (out / f).with_suffix(".csv.tmp")
+            d.to_csv(tmp, index=False)
+            tmp.replace(out / f)
+    return filled
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--targets", nargs="+", default=None, choices=list(TARGETS))
@@ -437,6 +510,9 @@ def main(argv=None) -> int:
     ap.add_argument("--append", action="store_true",
                     help="keep the existing CSV rows and skip runs already in it (add runs in chunks)")
     ap.add_argument("--replot", action="store_true", help="rebuild the .md and .png from the CSVs, run nothing")
+    ap.add_argument("--fill-margins", action="store_true",
+                    help="fill the cvar_mean_tilt column of rows that lack it from each seed's offline batch "
+                         "(cached under --runs, or drawn again), then rebuild the .md and .png")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: qed_right, budget quick, alphas 1 4, one seed (numbers mean nothing)")
     ap.add_argument("--model", default=None, help="override the configs' model")
@@ -451,7 +527,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    if a.replot:
+    if a.fill_margins:
+        n = fill_margins(out, str(Path(a.runs) if a.runs else ROOT / "runs" / "tail_frontier"), a.model)
+        print(f"{n} rows filled")
+    if a.replot or a.fill_margins:
         md = write(out)
         if not a.quiet:
             print(md)

@@ -43,7 +43,11 @@ def test_matched_kl_interpolates_along_expected_frontier(tf):
                       cvar_own=c + noise, cvar_pretrained=0.5, train_seconds=10.5)
                  for a, f, kl, c in ((0.1, 1.0, 2.0, 0.72), (0.3, 3.0, 0.5, 0.55), (0.03, 0.3, 5.0, 0.9),
                                      (0.01, 0.1, 6.0, 0.62))]
-    m = tf.matched(pd.DataFrame(rows)).set_index("alpha_factor")
+    df = pd.DataFrame(rows)
+    df["cvar_predicted"], df["cvar_mean_tilt"] = 0.8, 0.74 + 0.01 * df.seed  # exact optima: margins 0.06, 0.05
+    m = tf.matched(df).set_index("alpha_factor")
+    assert m.loc[1.0, "tail_margin"] == pytest.approx(0.055)
+    assert np.isnan(tf.matched(df.drop(columns="cvar_mean_tilt")).tail_margin).all()
     assert m.loc[1.0, "cvar_expected_at_kl"] == pytest.approx(0.65)  # halfway between KL 1 and 3
     assert m.loc[3.0, "cvar_expected_at_kl"] == pytest.approx(0.55)  # between the pre-trained point and KL 1
     assert m.loc[1.0, "verdict"] == "TFFT above" and m.loc[3.0, "verdict"] == "within spread"
@@ -72,16 +76,28 @@ def test_quick_mode_writes_csv_md_png_and_appends(tf, tmp_path):
     for _, g in t.groupby("alpha"):
         assert g.cvar_predicted.nunique() == 1 and g.kl_predicted.nunique() == 1
     assert np.allclose(t.realisation, (t.cvar_own - t.cvar_pretrained) / (t.cvar_predicted - t.cvar_pretrained))
+    # the exact expected-reward optimum at stage 1's KL never holds more of the tail than stage 1's optimum
+    assert np.isfinite(t.cvar_mean_tilt).all() and (t.cvar_mean_tilt <= t.cvar_predicted + 1e-9).all()
     curve = pd.read_csv(out / "tail_frontier_curve.csv")
     assert len(curve) >= len(tf.GRID) and (np.diff(curve.sort_values("alpha").kl_predicted) <= 1e-9).all()
+    assert (curve.cvar_mean_tilt <= curve.cvar_predicted + 1e-9).all()
     md = (out / "tail_frontier.md").read_text()
-    assert "Quick mode" in md and "matched KL" in md and "Checks at the config's alpha" in md
+    assert "Quick mode" in md and "matched KL" in md and "tail_margin" in md and "Checks at the config's alpha" in md
     assert (out / "tail_frontier.png").stat().st_size > 1000
     # --append skips runs already in the CSV; --replot rebuilds the md from the CSVs
     tf.main(["--quick", "--quiet", "--append", "--out", str(out), "--runs", str(runs)])
     assert len(pd.read_csv(out / "tail_frontier.csv")) == 4
     (out / "tail_frontier.md").unlink()
     tf.main(["--replot", "--quiet", "--out", str(out)])
+    assert (out / "tail_frontier.md").read_text() == md
+    # --fill-margins restores the expected-reward optimum's CVaR from the cached offline batches
+    full, cfull = pd.read_csv(out / "tail_frontier.csv"), pd.read_csv(out / "tail_frontier_curve.csv")
+    full.drop(columns="cvar_mean_tilt").to_csv(out / "tail_frontier.csv", index=False)
+    cfull.drop(columns="cvar_mean_tilt").to_csv(out / "tail_frontier_curve.csv", index=False)
+    tf.main(["--fill-margins", "--quiet", "--out", str(out), "--runs", str(runs)])
+    again, cagain = pd.read_csv(out / "tail_frontier.csv"), pd.read_csv(out / "tail_frontier_curve.csv")
+    np.testing.assert_allclose(again.cvar_mean_tilt, full.cvar_mean_tilt, rtol=1e-9)
+    np.testing.assert_allclose(cagain.cvar_mean_tilt, cfull.cvar_mean_tilt, rtol=1e-9)
     assert (out / "tail_frontier.md").read_text() == md
 
 

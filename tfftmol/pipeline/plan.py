@@ -10,7 +10,12 @@ same config reuses it):
   (nats), the active fraction, the tilt ESS, and a degenerate-tail flag
   (:func:`tfftmol.core.threshold.tail_degeneracy`: ``saturated`` = nothing to gain,
   ``expected`` = TFFT reduces to scaled expected-reward fine-tuning);
-* the predicted CVaR-KL curve (``plan.png``);
+* the tail margin: the CVaR the exact *expected-reward* optimum holds at the same predicted KL
+  (:func:`tfftmol.core.mean_tilt.mean_tilt_at_kl`, column ``mean_tilt_cvar``) and the predicted CVaR's
+  lead over it (``tail_margin``, ``>= 0``): the most a tail fine-tune can gain over plain
+  expected-reward fine-tuning at that KL on this batch.  A margin near 0 says the tail objective
+  buys nothing the mean does not;
+* the predicted CVaR-KL curve, with the expected-reward optimum's (``plan.png``);
 * with a KL budget: the recommended alpha, the smallest alpha (the largest predicted
   CVaR) whose predicted KL stays within the budget, found by bisection on the exact
   solve (predicted KL falls as alpha grows).
@@ -38,6 +43,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..core.mean_tilt import mean_tilt_at_kl
 from ..core.threshold import TfftWarning, solve_threshold, tail_degeneracy
 
 __all__ = ["plan", "PlanResult", "DEFAULT_ALPHAS", "recommend_alpha"]
@@ -46,7 +52,7 @@ __all__ = ["plan", "PlanResult", "DEFAULT_ALPHAS", "recommend_alpha"]
 DEFAULT_ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 COLUMNS = ["tail", "beta", "alpha", "eta", "eta_low", "eta_high", "pre_cvar", "predicted_cvar", "predicted_gain",
-           "predicted_kl", "active_fraction", "ess", "ess_fraction", "degenerate", "config", "recommended"]
+           "predicted_kl", "mean_tilt_cvar", "tail_margin", "active_fraction", "ess", "ess_fraction", "degenerate", "config", "recommended"]
 #: Added with ``ceiling=True``.
 CEILING_COLUMNS = ["ceiling_cvar", "ceiling_gain", "ceiling_kl", "ceiling_share"]
 
@@ -86,7 +92,7 @@ class PlanResult:
         cfg = self.config
         t = cfg.tfft
         cols = ["beta", "alpha", "eta", "eta_low", "eta_high", "pre_cvar", "predicted_cvar", "predicted_kl",
-                "active_fraction", "ess", "degenerate"]
+                "tail_margin", "active_fraction", "ess", "degenerate"]
         if "ceiling_cvar" in self.table:
             cols += ["ceiling_cvar", "ceiling_kl", "ceiling_share"]
         tab = self.table[cols].copy()
@@ -116,6 +122,14 @@ class PlanResult:
                          f"batch), reaches {share:.0%} of the predicted gain at the config's alpha; a run driven by it "
                          "gets more only by spending more KL (ceiling_* columns: the ceiling at each alpha) or by "
                          "learning more in its on-policy refits (docs/design.md §8.1)")
+        c = self.table[self.table["config"]]
+        if len(c):
+            c = c.iloc[0]
+            share = c["tail_margin"] / c["predicted_gain"] if c["predicted_gain"] > 0 else float("nan")
+            lines.append(f"tail margin at the config's alpha: the exact expected-reward optimum at the same KL holds "
+                         f"{c['mean_tilt_cvar']:.4g}, so the tail objective leads it by {c['tail_margin']:.3g} "
+                         f"({share:.0%} of the predicted gain); a fine-tune that realises a share of both optima "
+                         "shows about that share of the margin over expected-reward fine-tuning")
         lines += [f"note: {m}" for m in self.messages]
         lines.append("stage 1 predicts the exact optimum; a run realises a share of the predicted gain "
                      "(its realisation ratio) at a KL that can differ from the prediction")
@@ -187,6 +201,9 @@ def plot_plan(table: pd.DataFrame, path: Path, title: str = "", kl_budget: Optio
                 ax.plot(row["predicted_kl"], row["predicted_cvar"], "ks", ms=8, mfc="none")
             if row["recommended"]:
                 ax.plot(row["predicted_kl"], row["predicted_cvar"], "r*", ms=12)
+        if "mean_tilt_cvar" in g:
+            ax.plot(g["predicted_kl"], g["mean_tilt_cvar"], ls="-.", lw=1, color=line.get_color(),
+                    label=f"beta={beta:g}, expected-reward optimum at that KL")
         if "ceiling_cvar" in g:
             c = g.sort_values("ceiling_kl")
             ax.plot(c["ceiling_kl"], c["ceiling_cvar"], ls="--", marker=".", color=line.get_color(),
@@ -285,12 +302,14 @@ def plan(config: Any, *, alphas: Optional[Sequence[float]] = None, betas: Option
     def row(beta, alpha, recommended=False):
         res = _solve(rewards, beta, alpha, t, t.bootstrap)
         deg = tail_degeneracy(res, bounds)
+        mt = mean_tilt_at_kl(rewards, res.predicted_kl, beta, t.tail)
         if deg is not None and deg.message not in messages:
             messages.append(deg.message)
         lo, hi = res.eta_interval if res.eta_interval is not None else (np.nan, np.nan)
         out = {"tail": t.tail, "beta": beta, "alpha": alpha, "eta": res.eta, "eta_low": lo, "eta_high": hi,
                "pre_cvar": res.pre_cvar, "predicted_cvar": res.predicted_cvar,
                "predicted_gain": res.predicted_cvar - res.pre_cvar, "predicted_kl": res.predicted_kl,
+               "mean_tilt_cvar": mt.cvar, "tail_margin": res.predicted_cvar - mt.cvar,
                "active_fraction": res.active_fraction, "ess": res.ess, "ess_fraction": res.ess_fraction,
                "degenerate": "" if deg is None else deg.kind,
                "config": bool(alpha == t.alpha and beta == t.beta), "recommended": recommended}
