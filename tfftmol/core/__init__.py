@@ -4,6 +4,7 @@ One concern per module:
 
 * :mod:`~tfftmol.core.risk`, :mod:`~tfftmol.core.threshold`, :mod:`~tfftmol.core.pseudo`:
   CVaR, the exact stage-1 threshold solver, pseudo-rewards;
+* :mod:`~tfftmol.core.mean_tilt`: the exact expected-reward optimum at a given KL (the tail margin);
 * :mod:`~tfftmol.core.flow`, :mod:`~tfftmol.core.reward`: the model and reward protocols;
 * :mod:`~tfftmol.core.sde`: the memoryless-SDE maths (sigma, drift, control, one EM step);
 * :mod:`~tfftmol.core.sampling`: the one sampler (ODE/Heun/SDE);
@@ -17,6 +18,7 @@ One concern per module:
 from .adjoint import AdjointMatching, IdentityTransform, ResidualFlow, lean_adjoint
 from .config import ConfigError, from_dict, load_yaml, to_dict
 from .estimators import estimate_kl, sample_importance
+from .mean_tilt import MeanTilt, mean_tilt, mean_tilt_at_kl
 from .flow import FlowModel, VelocityModule, gaussian_prior, time_features
 from .pseudo import AdaptiveHinge, ExpectedReward, PseudoReward, TerminalTransform
 from .reward import DifferentiableReward, RewardBatch, TerminalReward
@@ -37,7 +39,7 @@ __all__ = [
     "FlowModel", "VelocityModule", "gaussian_prior", "time_features",
     "AdaptiveHinge", "ExpectedReward", "PseudoReward", "TerminalTransform",
     "DifferentiableReward", "RewardBatch", "TerminalReward",
-    "cvar", "var",
+    "cvar", "var", "MeanTilt", "mean_tilt", "mean_tilt_at_kl",
     "Samples", "Trajectory", "sample", "sample_ode", "sample_sde", "sigma_memoryless",
     "ThresholdResult", "TfftWarning", "objective", "solve_eta", "solve_threshold",
     "DegenerateTailError", "TailDegeneracy", "tail_degeneracy",
