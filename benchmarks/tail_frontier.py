@@ -257,6 +257,17 @@ def _frontier(e: pd.DataFrame, pre: float) -> pd.DataFrame:
     return f.sort_values("kl").reset_index(drop=True)
 
 
+def _margin(tfft_rows: pd.DataFrame, expected_rows: pd.DataFrame) -> float:
+    """Mean ``cvar_predicted - cvar_mean_tilt`` of TFFT's rows, else of expected-FT's at the same alpha (stage 1
+    on the plain offline batch, where a TFFT run enlarged its batch to settle a near-tie); NaN without them."""
+    for rows in (tfft_rows, expected_rows):
+        if "cvar_mean_tilt" in rows:
+            m = (rows.cvar_predicted - rows.cvar_mean_tilt).dropna()
+            if len(m):
+                return float(m.mean())
+    return float("nan")
+
+
 def matched(df: pd.DataFrame) -> pd.DataFrame:
     """Per target and TFFT alpha: TFFT's mean own-tail CVaR against expected-FT's at the same KL.
 
@@ -271,8 +282,9 @@ def matched(df: pd.DataFrame) -> pd.DataFrame:
     ``kl_expected_less_kl``, ``tfft_minus_expected_less_kl``).  No such verdict exists for TFFT above.
 
     ``tail_margin``: stage 1's predicted CVaR less the exact expected-reward optimum's at the same predicted
-    KL, on each seed's offline batch (mean over TFFT's seeds; :mod:`tfftmol.core.mean_tilt`): the lead the
-    two exact optima have at that KL, of which runs that realise a share ``s`` of both show about ``s``.
+    KL, on each seed's offline batch (mean over TFFT's seeds, else over expected-FT's at that alpha;
+    :mod:`tfftmol.core.mean_tilt`): the lead the two exact optima have at that KL, of which runs that realise a
+    share ``s`` of both show about ``s``.
     """
     out = []
     for target, d in df.groupby("target", sort=False):
@@ -292,7 +304,7 @@ def matched(df: pd.DataFrame) -> pd.DataFrame:
             best = below.loc[below.cvar.idxmax()] if len(below) else pd.Series({"kl": np.nan, "cvar": np.nan,
                                                                                    "std": np.nan})
             dom = cv - float(best.cvar)
-            margin = (g.cvar_predicted - g.cvar_mean_tilt).mean() if "cvar_mean_tilt" in g else float("nan")
+            margin = _margin(g, d[(d.method == "expected") & np.isclose(d.alpha, alpha)])
             dom_spread = math.hypot(np.nan_to_num(sd), float(best["std"]))
             out.append({"target": target, "alpha": alpha, "alpha_factor": float(g.alpha_factor.iloc[0]),
                         "seeds": int(g.seed.nunique()), "kl_tfft": kl, "cvar_tfft": cv, "std_tfft": sd,
@@ -448,9 +460,9 @@ def plot(df: pd.DataFrame, curve: pd.DataFrame, path: Path) -> None:
 
 def fill_margins(out: Path, runs_dir: str, model: str | None = None, log=print) -> int:
     """Fill ``cvar_mean_tilt`` of the rows (and curve points) that lack it, from each (target, seed)'s offline
-    batch: cached under ``<runs_dir>/cache`` or drawn again, exactly as the run drew it.  A batch whose stage-1
-    prediction differs from the row's (another model or budget) is left unfilled, with a line saying so.
-    Returns the number of run rows filled."""
+    batch: cached under ``<runs_dir>/cache`` or drawn again, exactly as the run drew it.  A row whose stage-1
+    prediction the batch does not reproduce (another model or budget, or a TFFT run that enlarged its batch to
+    settle a near-tie) is left unfilled, with a line saying so.  Returns the number of run rows filled."""
     from tfftmol.pipeline import plan as stage1_plan
 
     df = pd.read_csv(out / CSV)
@@ -475,18 +487,17 @@ def fill_margins(out: Path, runs_dir: str, model: str | None = None, log=print) 
                               out=Path(runs_dir) / "margins" / f"{target}-s{seed}")
         tab = res.table[np.isclose(res.table.beta, float(g.beta.iloc[0]))]
         look = lambda a: tab.iloc[int(np.argmin(np.abs(tab.alpha.to_numpy() - a)))]  # noqa: E731
-        bad = [a for a, p in zip(g.alpha, g.cvar_predicted) if not math.isclose(look(a).predicted_cvar, p,
-                                                                                  rel_tol=1e-6, abs_tol=1e-9)]
-        if bad:
-            log(f"{target} seed {seed}: the offline batch drawn now predicts other CVaRs than the rows "
-                f"(alpha {bad[0]:g}: {look(bad[0]).predicted_cvar:.6g}); left unfilled")
-            continue
-        for i in g.index:
+        same = lambda a, p: math.isclose(look(a).predicted_cvar, p, rel_tol=1e-6, abs_tol=1e-9)  # noqa: E731
+        ok = [i for i in g.index if same(df.loc[i, "alpha"], df.loc[i, "cvar_predicted"])]
+        for i in ok:
             df.loc[i, "cvar_mean_tilt"] = float(look(df.loc[i, "alpha"]).mean_tilt_cvar)
-            filled += 1
-        for i in c_rows.index:
-            curve.loc[i, "cvar_mean_tilt"] = float(look(curve.loc[i, "alpha"]).mean_tilt_cvar)
-        log(f"{target} seed {seed}: {len(g)} rows filled ({'cached' if res.cached else 'drawn'} batch)")
+        filled += len(ok)
+        if ok:  # the batch is the runs' own: the curve is stage 1 on it
+            for i in c_rows.index:
+                curve.loc[i, "cvar_mean_tilt"] = float(look(curve.loc[i, "alpha"]).mean_tilt_cvar)
+        left = [f"{df.loc[i, 'method']} alpha {df.loc[i, 'alpha']:g}" for i in g.index if i not in ok]
+        log(f"{target} seed {seed}: {len(ok)} of {len(g)} rows filled ({'cached' if res.cached else 'drawn'} batch)"
+            + (f"; the batch does not reproduce stage 1 of {', '.join(left)}: left unfilled" if left else ""))
     df = df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
     for d, f in ((df, CSV), (curve, CURVE)):
         if len(d):

@@ -48,6 +48,10 @@ def test_matched_kl_interpolates_along_expected_frontier(tf):
     m = tf.matched(df).set_index("alpha_factor")
     assert m.loc[1.0, "tail_margin"] == pytest.approx(0.055)
     assert np.isnan(tf.matched(df.drop(columns="cvar_mean_tilt")).tail_margin).all()
+    df.loc[df.method == "tfft", "cvar_mean_tilt"] = np.nan  # TFFT's rows unfilled: expected-FT's at that alpha
+    df.loc[(df.method == "expected") & (df.alpha == 0.1), "cvar_mean_tilt"] = 0.77
+    m = tf.matched(df).set_index("alpha_factor")
+    assert m.loc[1.0, "tail_margin"] == pytest.approx(0.03) and np.isnan(m.loc[3.0, "tail_margin"])
     assert m.loc[1.0, "cvar_expected_at_kl"] == pytest.approx(0.65)  # halfway between KL 1 and 3
     assert m.loc[3.0, "cvar_expected_at_kl"] == pytest.approx(0.55)  # between the pre-trained point and KL 1
     assert m.loc[1.0, "verdict"] == "TFFT above" and m.loc[3.0, "verdict"] == "within spread"
