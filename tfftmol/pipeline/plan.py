@@ -52,7 +52,8 @@ __all__ = ["plan", "PlanResult", "DEFAULT_ALPHAS", "recommend_alpha"]
 DEFAULT_ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 COLUMNS = ["tail", "beta", "alpha", "eta", "eta_low", "eta_high", "pre_cvar", "predicted_cvar", "predicted_gain",
-           "predicted_kl", "mean_tilt_cvar", "tail_margin", "active_fraction", "ess", "ess_fraction", "degenerate", "config", "recommended"]
+           "predicted_kl", "mean_tilt_cvar", "tail_margin", "active_fraction", "ess", "ess_fraction", "degenerate",
+           "config", "recommended"]
 #: Added with ``ceiling=True``.
 CEILING_COLUMNS = ["ceiling_cvar", "ceiling_gain", "ceiling_kl", "ceiling_share"]
 
