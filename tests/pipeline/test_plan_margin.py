@@ -43,3 +43,26 @@ def test_the_cli_plan_prints_the_margin_at_the_config_alpha(tmp_path, capsys):
     row = t[t.config].iloc[0]
     assert row["alpha"] == 1.0 and row["tail_margin"] > 0
     assert f"leads it by {row['tail_margin']:.3g}" in out
+
+
+def test_a_cvar_run_report_states_its_tail_margin_and_other_objectives_do_not(tmp_path):
+    from tfftmol.pipeline import run
+
+    def _cfg(out, name):  # a tiny right-tail run on the exact 2D mixture
+        return {"task": "toy2d", "name": name, "seed": 4, "out_dir": str(out),
+                "eval": {"samples": 600, "steps": 12, "kl_samples": 100, "batch_size": 300},
+                "tfft": {"alpha": 1.0, "offline_samples": 1000, "offline_steps": 12, "bootstrap": 0,
+                         "refine_samples": 500, "am": {"steps": 8, "batch_size": 32, "time_steps": 12,
+                                                       "loss_time_steps": 4}},
+                "options": {"model": "gmm-exact", "reward": {"name": "linear", "w": [1.0, 0.0]}}}
+
+    res = run(_cfg(tmp_path, "margin"), progress=False, log=lambda s: None)
+    s1 = res.tfft.stage1
+    m = mean_tilt_at_kl(res.tfft.offline_rewards, s1.predicted_kl, s1.beta, s1.tail)
+    report = (res.run_dir / "report.md").read_text()
+    assert f"holds {m.cvar:.4g} on the same batch" in report
+    assert f"leads it by {s1.predicted_cvar - m.cvar:.3g}" in report and s1.predicted_cvar - m.cvar > 0
+    d = _cfg(tmp_path, "spec")
+    d["tfft"].update(levels=[{"tail": "right", "beta": 0.9, "weight": 1.0}], mean_weight=0.25)
+    res = run(d, progress=False, log=lambda s: None)
+    assert "tail margin" not in (res.run_dir / "report.md").read_text()
