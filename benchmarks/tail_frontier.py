@@ -161,13 +161,6 @@ def _stage1(rewards: np.ndarray, beta: float, alpha: float, tail: str):
         return solve_threshold(rewards, beta, alpha, tail)
 
 
-def _mean_tilt_cvar(rewards: np.ndarray, s1, beta: float, tail: str) -> float:
-    """CVaR of the exact expected-reward optimum on the batch at stage 1's predicted KL (``tfftmol.core.mean_tilt``)."""
-    from tfftmol.core.mean_tilt import mean_tilt_at_kl
-
-    return float(mean_tilt_at_kl(rewards, float(s1.predicted_kl), beta, tail).cvar)
-
-
 def run_frontier_one(target: str, method: str, factor: float, seed: int, budget: str, model: str | None,
                      runs_dir: str, progress: bool, patch: dict | None = None) -> tuple[dict | None, list[dict]]:
     """One run: its CSV row (``None`` if the run failed) and the stage-1 curve of its seed's offline batch.
@@ -175,6 +168,7 @@ def run_frontier_one(target: str, method: str, factor: float, seed: int, budget:
     ``patch``: a config patch merged last (recorded as JSON in the row's ``patch`` column)."""
     import torch
 
+    from tfftmol.core.mean_tilt import tail_margin
     from tfftmol.pipeline.metrics import realisation_ratio
 
     torch.set_num_threads(1)
@@ -199,7 +193,7 @@ def run_frontier_one(target: str, method: str, factor: float, seed: int, budget:
     row = {"target": target, "tail": t.tail, "beta": t.beta, "method": method, "alpha": alpha,
            "alpha_factor": factor, "seed": seed, "kl": float(res.kl), "cvar_own": float(post[own]),
            "cvar_pretrained": cvar_pre, "cvar_predicted": float(s1.predicted_cvar),
-           "kl_predicted": float(s1.predicted_kl), "cvar_mean_tilt": _mean_tilt_cvar(rewards, s1, t.beta, t.tail),
+           "kl_predicted": float(s1.predicted_kl), "cvar_mean_tilt": tail_margin(rewards, s1)[0],
            "realisation": realisation_ratio(cvar_pre, float(post[own]), float(s1.predicted_cvar)),
            "validity": float(post["validity"]) if "validity" in post.index else float("nan"),
            "uniqueness": float(post["uniqueness"]) if "uniqueness" in post.index else float("nan"),
@@ -213,7 +207,7 @@ def run_frontier_one(target: str, method: str, factor: float, seed: int, budget:
         c = _stage1(rewards, t.beta, a0 * f, t.tail)
         curve.append({"target": target, "seed": seed, "alpha": a0 * f, "alpha_factor": f,
                       "kl_predicted": float(c.predicted_kl), "cvar_predicted": float(c.predicted_cvar),
-                      "cvar_mean_tilt": _mean_tilt_cvar(rewards, c, t.beta, t.tail),
+                      "cvar_mean_tilt": tail_margin(rewards, c)[0],
                       "cvar_pretrained_offline": float(c.pre_cvar), "n_offline": int(c.n), "budget": budget})
     print(f"{name}: KL {row['kl']:.3g}, {own} {cvar_pre:.4g} -> {row['cvar_own']:.4g} (stage 1 predicts "
           f"{row['cvar_predicted']:.4g} at KL {row['kl_predicted']:.3g}; realisation {row['realisation']:.2f}); "
@@ -240,7 +234,12 @@ def _upsert(path: Path, rows: list[dict], key: list[str]) -> pd.DataFrame:
         df = df.drop_duplicates("_k", keep="last").drop(columns="_k")
     else:
         df = new
-    if "kl" in df.columns:  # the run table: its documented columns first
+    return _write_csv(path, df)
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """Write atomically; the run table (it has ``kl``) with its documented columns first."""
+    if "kl" in df.columns:
         df = df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
     tmp = path.with_suffix(".csv.tmp")
     df.to_csv(tmp, index=False)
@@ -424,11 +423,9 @@ def plot(df: pd.DataFrame, curve: pd.DataFrame, path: Path) -> None:
             cs = cs[cs.kl_predicted <= xmax]
             ax.plot(cs.kl_predicted, cs.cvar_predicted, "-", color="k", lw=1, alpha=0.7 if i == 0 else 0.3,
                     label="stage 1 predicted (offline batch)" if i == 0 else None)
-        for i, (seed, cs) in enumerate(c.groupby("seed") if len(c) and "cvar_mean_tilt" in c else []):
-            cs = cs.sort_values("kl_predicted")
-            cs = cs[cs.kl_predicted <= xmax]
-            ax.plot(cs.kl_predicted, cs.cvar_mean_tilt, "-.", color="tab:blue", lw=1, alpha=0.7 if i == 0 else 0.3,
-                    label="exact expected-FT optimum (offline batch)" if i == 0 else None)
+            if "cvar_mean_tilt" in cs:
+                ax.plot(cs.kl_predicted, cs.cvar_mean_tilt, "-.", color="tab:blue", lw=1, alpha=0.7 if i == 0 else 0.3,
+                        label="exact expected-FT optimum (offline batch)" if i == 0 else None)
         ax.plot(d.kl_predicted, d.cvar_predicted, "x", color="k", ms=5, label="predicted at the run alphas")
         for method in METHODS:
             m = d[d.method == method]
@@ -498,12 +495,9 @@ def fill_margins(out: Path, runs_dir: str, model: str | None = None, log=print) 
         left = [f"{df.loc[i, 'method']} alpha {df.loc[i, 'alpha']:g}" for i in g.index if i not in ok]
         log(f"{target} seed {seed}: {len(ok)} of {len(g)} rows filled ({'cached' if res.cached else 'drawn'} batch)"
             + (f"; the batch does not reproduce stage 1 of {', '.join(left)}: left unfilled" if left else ""))
-    df = df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
     for d, f in ((df, CSV), (curve, CURVE)):
         if len(d):
-            tmp = (out / f).with_suffix(".csv.tmp")
-            d.to_csv(tmp, index=False)
-            tmp.replace(out / f)
+            _write_csv(out / f, d)
     return filled
 
 

@@ -18,7 +18,7 @@ One concern per module:
 from .adjoint import AdjointMatching, IdentityTransform, ResidualFlow, lean_adjoint
 from .config import ConfigError, from_dict, load_yaml, to_dict
 from .estimators import estimate_kl, sample_importance
-from .mean_tilt import MeanTilt, mean_tilt, mean_tilt_at_kl
+from .mean_tilt import MeanTilt, mean_tilt, mean_tilt_at_kl, tail_margin
 from .flow import FlowModel, VelocityModule, gaussian_prior, time_features
 from .pseudo import AdaptiveHinge, ExpectedReward, PseudoReward, TerminalTransform
 from .reward import DifferentiableReward, RewardBatch, TerminalReward
@@ -39,7 +39,7 @@ __all__ = [
     "FlowModel", "VelocityModule", "gaussian_prior", "time_features",
     "AdaptiveHinge", "ExpectedReward", "PseudoReward", "TerminalTransform",
     "DifferentiableReward", "RewardBatch", "TerminalReward",
-    "cvar", "var", "MeanTilt", "mean_tilt", "mean_tilt_at_kl",
+    "cvar", "var", "MeanTilt", "mean_tilt", "mean_tilt_at_kl", "tail_margin",
     "Samples", "Trajectory", "sample", "sample_ode", "sample_sde", "sigma_memoryless",
     "ThresholdResult", "TfftWarning", "objective", "solve_eta", "solve_threshold",
     "DegenerateTailError", "TailDegeneracy", "tail_degeneracy",

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+from scipy.special import logsumexp
 
 from .risk import as_float64, check_beta, check_tail, cvar
 
-__all__ = ["MeanTilt", "mean_tilt", "mean_tilt_at_kl"]
+__all__ = ["MeanTilt", "mean_tilt", "mean_tilt_at_kl", "tail_margin"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _base(rewards: Any, log_weights: Any) -> tuple[np.ndarray, np.ndarray]:
         lw = as_float64(log_weights, name="log_weights")
         if lw.shape != r.shape:
             raise ValueError(f"log_weights has shape {lw.shape}; it must match the rewards' {r.shape}")
-        lv = lw - (lw.max() + math.log(np.exp(lw - lw.max()).sum()))
+        lv = lw - logsumexp(lw)
     return r, lv
 
 
@@ -127,3 +128,11 @@ def mean_tilt_at_kl(rewards: Any, kl: float, beta: float, tail: str = "right", l
     tau = math.exp(mid)
     w, k = _tilt(r, lv, tau)
     return MeanTilt(tau, max(k, 0.0), cvar(r, beta, tail, weights=w), float(np.sum(w * r)))
+
+
+def tail_margin(rewards: Any, stage1: Any, log_weights: Any = None) -> tuple[float, float]:
+    """``(CVaR of the exact expected-reward optimum at stage 1's predicted KL, stage 1's lead over it)`` on the
+    batch stage 1 solved on; ``stage1`` a :class:`~tfftmol.core.threshold.ThresholdResult` (its ``tail``,
+    ``beta``, ``predicted_kl`` and ``predicted_cvar``)."""
+    m = mean_tilt_at_kl(rewards, float(stage1.predicted_kl), stage1.beta, stage1.tail, log_weights)
+    return m.cvar, float(stage1.predicted_cvar) - m.cvar

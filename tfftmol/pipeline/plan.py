@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..core.mean_tilt import mean_tilt_at_kl
+from ..core.mean_tilt import tail_margin
 from ..core.threshold import TfftWarning, solve_threshold, tail_degeneracy
 
 __all__ = ["plan", "PlanResult", "DEFAULT_ALPHAS", "recommend_alpha"]
@@ -303,14 +303,14 @@ def plan(config: Any, *, alphas: Optional[Sequence[float]] = None, betas: Option
     def row(beta, alpha, recommended=False):
         res = _solve(rewards, beta, alpha, t, t.bootstrap)
         deg = tail_degeneracy(res, bounds)
-        mt = mean_tilt_at_kl(rewards, res.predicted_kl, beta, t.tail)
+        mt_cvar, margin = tail_margin(rewards, res)
         if deg is not None and deg.message not in messages:
             messages.append(deg.message)
         lo, hi = res.eta_interval if res.eta_interval is not None else (np.nan, np.nan)
         out = {"tail": t.tail, "beta": beta, "alpha": alpha, "eta": res.eta, "eta_low": lo, "eta_high": hi,
                "pre_cvar": res.pre_cvar, "predicted_cvar": res.predicted_cvar,
                "predicted_gain": res.predicted_cvar - res.pre_cvar, "predicted_kl": res.predicted_kl,
-               "mean_tilt_cvar": mt.cvar, "tail_margin": res.predicted_cvar - mt.cvar,
+               "mean_tilt_cvar": mt_cvar, "tail_margin": margin,
                "active_fraction": res.active_fraction, "ess": res.ess, "ess_fraction": res.ess_fraction,
                "degenerate": "" if deg is None else deg.kind,
                "config": bool(alpha == t.alpha and beta == t.beta), "recommended": recommended}

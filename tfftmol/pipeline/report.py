@@ -121,12 +121,12 @@ def _margin_lines(res, s1) -> list[str]:
     r = getattr(res, "offline_rewards", None)
     if not hasattr(s1, "eta") or r is None or len(r) != s1.n:
         return []
-    from ..core.mean_tilt import mean_tilt_at_kl
+    from ..core.mean_tilt import tail_margin
 
-    m = mean_tilt_at_kl(r, s1.predicted_kl, s1.beta, s1.tail)
-    gain, margin = s1.predicted_cvar - s1.pre_cvar, s1.predicted_cvar - m.cvar
+    mt_cvar, margin = tail_margin(r, s1)
+    gain = s1.predicted_cvar - s1.pre_cvar
     share = f" ({margin / gain:.0%} of the predicted gain)" if gain > 0 else ""
-    return [f"- tail margin: the exact expected-reward optimum at KL {s1.predicted_kl:.3g} holds {m.cvar:.4g} on the "
+    return [f"- tail margin: the exact expected-reward optimum at KL {s1.predicted_kl:.3g} holds {mt_cvar:.4g} on the "
             f"same batch, so the tail objective leads it by {margin:.3g}{share}: the most this run can gain over "
             "expected-reward fine-tuning at that KL"]
 
