@@ -241,8 +241,12 @@ class AdjointMatching:
             raise ValueError(f"stage2='gradient' needs a reward with a gradient; reward "
                              f"{getattr(reward, 'name', type(reward).__name__)!r} declares has_grad=False: "
                              f"use stage2='value' or 'auto'")
-        self.stage2 = "value" if c.stage2 == "value" or (c.stage2 == "auto" and not reward_has_grad(reward)) \
-            else "gradient"
+        self.stage2 = c.stage2 if c.stage2 in ("value", "weighted") else \
+            "value" if c.stage2 == "auto" and not reward_has_grad(reward) else "gradient"
+        if self.stage2 == "weighted" and cond_sampler is not None:
+            raise ValueError("stage2='weighted' fits the offline batch of an unconditional flow; this flow takes a "
+                             "condition (cond_sampler is set): use stage2='gradient', 'value' or 'auto'")
+        self.pool: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # the offline batch (stage2 = "weighted")
         self.value = ValueTrainer(base.state_shape, c.value, self.device, seed=c.seed) \
             if self.stage2 == "value" else None
         if self.value is not None and model_dtype(base) != torch.float32:  # float32 value net, inputs cast
@@ -454,8 +458,83 @@ class AdjointMatching:
         return sample_controlled(self._in_precision(self.model), self.base, n, self.config.time_steps,
                                  generator=self.generator, cond=cond, x_start=x0)
 
+    def set_pool(self, x: torch.Tensor, values: torch.Tensor) -> None:
+        """Give the weighted path (``stage2 == "weighted"``) its samples of the pre-trained model and their rewards."""
+        if x.shape[0] != values.shape[0] or x.shape[0] < 2:
+            raise ValueError(f"set_pool needs matching samples and rewards (at least 2); got {tuple(x.shape)} "
+                             f"and {tuple(values.shape)}")
+        values = values.to(torch.float64)
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError("set_pool: the rewards must be finite")
+        self.pool = (x.to(self.device), values.to(self.device))
+
+    def pool_weights(self) -> torch.Tensor:
+        """The target's tilt of the pool, ``exp(lam g(r_i))`` normalised to mean 1 (float64)."""
+        x, r = self.pool
+        g = freeze_transform(self.transform, r).value(r).to(torch.float64)
+        return torch.softmax(self.lam * g, 0) * r.shape[0]
+
+    def _weighted_step(self, stage: int) -> StepStats:
+        """One step of tilt-weighted flow matching on the pool (docs/design.md §6.1).
+
+        With ``y = x_1 - x_0`` and ``x_t = t x_1 + (1 - t) x_0`` (``t`` uniform on ``[h, 1 - h]``), the loss
+        ``E_pool |v - v_base|^2 + E_pool[(w - 1) |v - y|^2]`` has the velocity of ``p* ∝ p_pool w`` as its
+        minimiser whatever the base's own fitting error (``w = exp(lam g(r))`` with mean 1; with every
+        ``w = 1`` it is ``|v - v_base|^2``).  Half the points draw ``x_1`` uniformly (the anchor and the
+        ``-|v - y|^2`` part), half in proportion to ``w`` (the ``w |v - y|^2`` part), so that a strong tilt
+        whose weight sits on a few samples is still seen on every step.
+        """
+        c = self.config
+        if self.pool is None:
+            raise RuntimeError("stage2='weighted' needs the offline batch: call set_pool(x, rewards) first")
+        x_pool, r_pool = self.pool
+        w = self.pool_weights()
+        n_pts = max(2, c.batch_size * (c.loss_time_steps or c.time_steps))
+        nu = n_pts // 2
+        idx = torch.cat([torch.randint(0, x_pool.shape[0], (nu,), generator=self.generator),
+                         torch.multinomial(w.float(), n_pts - nu, replacement=True, generator=self.generator)])
+        idx = idx.to(self.device)
+        x1 = x_pool[idx]
+        x0 = self.base.sample_prior(n_pts, generator=self.generator, device="cpu").to(self.device, x1.dtype)
+        h = 1.0 / c.time_steps
+        t = (h + (1.0 - 2.0 * h) * torch.rand(n_pts, generator=self.generator)).to(self.device, x1.dtype)
+        tt = t.reshape(-1, *([1] * (x1.dim() - 1)))
+        xt = tt * x1 + (1.0 - tt) * x0
+        with torch.no_grad():
+            v_b = self._velocity(self.base, xt, t, None)
+        self.model.train()
+        v_ft = self._velocity(self.model, xt, t, None)
+        fm = ((v_ft - (x1 - x0)) ** 2).flatten(1).sum(1)
+        anchor = ((v_ft[:nu] - v_b[:nu]) ** 2).flatten(1).sum(1)
+        loss = (anchor - fm[:nu]).mean() + fm[nu:].mean()
+        lr = self.lr_at(self.step_count)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+        self.opt.step()
+        if self.ema_params is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema_params, self.params):
+                    e.lerp_(p.detach(), 1 - c.ema)
+        with torch.no_grad():  # the target's path KL, on its own noised points: E_w[0.5 |u|^2] over [h, 1 - h]
+            u = control(v_ft[nu:].detach(), v_b[nu:], t[nu:])  # the target's points
+            kl = float((0.5 * (u ** 2).flatten(1).sum(1)).mean()) * (1.0 - 2.0 * h)
+            gp = freeze_transform(self.transform, r_pool).grad(r_pool[idx[:nu]])  # of the uniform half
+            active = float((gp != 0).to(torch.float64).mean())
+            r_target = float((w * r_pool).mean())  # the mean reward of the target on the pool
+        stats = StepStats(self.step_count, float(loss.detach()), kl, active, r_target, lr, stage, self.stage2)
+        self.step_count += 1
+        if self.step_count % c.log_every == 0 or self.step_count == 1:
+            self.history.append(stats.__dict__.copy())
+        return stats
+
     def step(self, stage: int = 0) -> StepStats:
         c = self.config
+        if self.stage2 == "weighted":
+            return self._weighted_step(stage)
         vloss, pw = None, None
         weighted = self.value is None and c.path_weights > 0
         # the value path and the path weights need each step's control terms; plain AM does not

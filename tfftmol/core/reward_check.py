@@ -27,6 +27,13 @@ def _reward_name(reward: Any) -> str:
     return str(getattr(reward, "name", None) or type(reward).__name__)
 
 
+def _path(stage2: str, has_grad: bool) -> str:
+    """The stage-2 path ``stage2`` resolves to for a reward with (or without) a gradient."""
+    if stage2 in ("value", "weighted"):
+        return stage2
+    return "value" if stage2 == "auto" and not has_grad else "gradient"
+
+
 def check_reward(reward: Any, model: Any, device: Optional[str | torch.device] = None, *, stage2: str = "auto",
                  cond_sampler=None, gradient: bool = True, n: int = 4, log=None) -> str:
     """Probe a reward on ``n`` samples of ``model`` (a 4-step ODE), before stage 1; return the stage-2 path.
@@ -39,7 +46,7 @@ def check_reward(reward: Any, model: Any, device: Optional[str | torch.device] =
     molecular surrogate, is probed with ``gradient=False``.)
 
     Returns:
-        ``"gradient"`` or ``"value"``: the stage-2 path ``stage2`` resolves to for this reward (and
+        ``"gradient"``, ``"value"`` or ``"weighted"``: the stage-2 path ``stage2`` resolves to for this reward (and
         logs it with ``log``).
 
     Raises:
@@ -73,15 +80,14 @@ def check_reward(reward: Any, model: Any, device: Optional[str | torch.device] =
             if log is not None:
                 log(f"reward {name}: {e.failed} of {e.n} probe samples failed in the reward function; the "
                     "failure limit applies to the offline and training batches")
-            return "value" if stage2 == "value" or (stage2 == "auto" and not reward_has_grad(reward)) \
-                else "gradient"
+            return _path(stage2, reward_has_grad(reward))
         raise                                                  # failed on every sample: its own clear error
     except Exception as e:  # noqa: BLE001 - reported with the reward's name and the probe
         raise RewardCheckError(f"reward {name}: evaluate(x) failed on a probe batch of {n} samples of the "
                                f"pre-trained model (x of shape {shape}): {type(e).__name__}: {e}") from e
     _check(rb, "evaluate(x)")
     has_grad = reward_has_grad(reward)
-    path = "value" if stage2 == "value" or (stage2 == "auto" and not has_grad) else "gradient"
+    path = _path(stage2, has_grad)
     if gradient and path == "gradient":
         try:
             rg = reward.value_and_grad(x)
@@ -99,6 +105,7 @@ def check_reward(reward: Any, model: Any, device: Optional[str | torch.device] =
                                    f"of x, {shape} (or declare has_grad = False for a reward without a gradient)")
     if log is not None:
         log(f"reward {name}: probe on {n} samples ok; stage 2 path: "
-            + ("gradient (the lean adjoint of the reward's gradient)" if path == "gradient"
-               else "value (a learned value model of the reward's values; no reward gradient)"))
+            + {"gradient": "gradient (the lean adjoint of the reward's gradient)",
+               "value": "value (a learned value model of the reward's values; no reward gradient)",
+               "weighted": "weighted (tilt-weighted flow matching on the offline batch; no reward gradient)"}[path])
     return path

@@ -59,6 +59,9 @@ class AMConfig:
         stage2: where the regression target comes from.  ``"gradient"``: the lean adjoint of the
             reward gradient (exact Adjoint Matching).  ``"value"``: ``-grad_x V_phi`` of a value model
             learned on-policy from reward *values* only (:mod:`tfftmol.core.value`, docs/design.md §6).
+            ``"weighted"``: tilt-weighted flow matching on the offline batch (reward values only, no
+            on-policy sampling; docs/design.md §6.1): the batch's samples, weighted by stage 1's tilt
+            ``exp(lam g(r))``, are noised and regressed with the base's own velocity as the anchor.
             ``"auto"`` (default): ``"value"`` for a reward that declares ``has_grad = False``,
             else ``"gradient"``.  The run's history records the path (``stage2`` of every entry).
         value: :class:`~tfftmol.core.value.ValueConfig`, the value model's settings (``stage2 = "value"``).
@@ -125,7 +128,7 @@ class AMConfig:
         check_number(self, "grad_clip", 0, None)
         check_number(self, "adjoint_clip", 0, None)
         check_choice(self, "correction", ("auto", "copy", "residual"))
-        check_choice(self, "stage2", ("auto", "gradient", "value"))
+        check_choice(self, "stage2", ("auto", "gradient", "value", "weighted"))
         check_choice(self, "adjoint_integrator", ("euler", "exponential"))
         check_choice(self, "terminal_state", ("denoised", "noisy"))
         check_choice(self, "precision", ("fp32", "bf16"))

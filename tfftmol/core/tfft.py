@@ -247,7 +247,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         raise ValueError(f"transform= and the config's {objective} objective (levels/constraint) both set the "
                          "target; give one of them")
     custom = transform is not None or objective != "tail"  # the one-tail machinery stays off
-    need_offline = (cfg.method == "tfft" and transform is None) or callable(fit_offline)
+    weighted = cfg.am.stage2 == "weighted"  # stage 2 fits the offline batch itself (docs/design.md §6.1)
+    need_offline = (cfg.method == "tfft" and transform is None) or callable(fit_offline) or weighted
     rewards_np = None
     stages: list[Stage]
     threshold = None
@@ -278,6 +279,11 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     elif cfg.method == "tfft":
         stages = plan_stages(rewards_np, cfg, log, bounds=reward_bounds(reward),
                              stop_on_saturated=stop_on_degenerate)
+        if weighted and len(stages) > 1:  # the batch's exact tilt is fitted at once: no continuation stages
+            fin = stages[-1]
+            stages = [Stage(fin.alpha, fin.beta, 0, cfg.am.steps, fin.threshold)]
+            log("weighted stage 2: the continuation is not needed (every sample of the offline batch is weighted "
+                "at once); one stage at the final threshold")
         threshold = stage1 = stages[-1].threshold
         log(str(threshold))
         log(f"offline batch sampler: {cfg.offline_sampler} ({cfg.offline_steps} steps)")
@@ -289,12 +295,15 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
         fit_offline(x_off, v_off, valid_off)
         timings["fit_offline"] = time.perf_counter() - t1
 
-    adaptive = cfg.method == "tfft" and not custom and cfg.continuation in ("auto", "adaptive") and \
-        stages[-1].threshold.active_fraction < cfg.min_active_fraction
+    adaptive = cfg.method == "tfft" and not custom and not weighted and \
+        cfg.continuation in ("auto", "adaptive") and stages[-1].threshold.active_fraction < cfg.min_active_fraction
 
     tracker = None
     trust = None
-    if cfg.method == "tfft" and not custom and cfg.track_threshold != "none":
+    if weighted and cfg.method == "tfft" and not custom and cfg.track_threshold != "none":
+        log("threshold tracking: off (the weighted stage 2 fits the tilt of the batch stage 1 was solved on; "
+            "there is no on-policy batch to track)")
+    elif cfg.method == "tfft" and not custom and cfg.track_threshold != "none":
         trust = threshold_trust(rewards_np, cfg.beta, cfg.alpha, cfg.tail, bootstrap=cfg.bootstrap or 30, seed=cfg.seed,
                                 interval=stage1.eta_interval, warn=False)
         log(trust.message)
@@ -345,6 +354,11 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             trainer.load_state_dict(state)
             log(f"resumed from checkpoint at step {trainer.step_count}")
     trainer.extra["run_key"] = key
+    if weighted:
+        trainer.set_pool(x_off, v_off)
+        w = trainer.pool_weights()
+        log(f"weighted stage 2: {len(w)} offline samples, the target's tilt has effective sample size "
+            f"{float(w.sum() ** 2 / (w ** 2).sum()):.0f}")
     timings["value_warm_start"] = start_value_stage(trainer, x_off if need_offline else None,
                                                     v_off if need_offline else None, log, cfg.seed)
     if tracker is not None and "tracking" in trainer.extra:  # resumed: restore the tracked threshold
@@ -379,7 +393,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
             j = max(i for i, s in enumerate(stages) if s.start <= trainer.step_count)
             refine_now = (j == last and (last > 0 or not adaptive)) or \
                 (adaptive and trainer.step_count >= int(cfg.am.steps * (1 - cfg.final_stage_fraction)))
-            auto_refine = cfg.refine_threshold == "auto" and (last > 0 or adaptive) and tracker is None
+            auto_refine = cfg.refine_threshold == "auto" and (last > 0 or adaptive) and tracker is None \
+                and not weighted
             if (cfg.method == "tfft" and not custom and refine_now and "refined" not in trainer.extra
                     and (cfg.refine_threshold == "always" or auto_refine)):
                 t3 = time.perf_counter()

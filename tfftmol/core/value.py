@@ -542,6 +542,9 @@ def start_value_stage(trainer: Any, x_off: Optional[torch.Tensor], r_off: Option
         seconds spent on the warm start.
     """
     import time
+    if getattr(trainer, "stage2", None) == "weighted":
+        log("stage 2: values only (tilt-weighted flow matching on the offline batch; the reward gradient is not used)")
+        return 0.0
     if getattr(trainer, "value", None) is None:
         tc = float(getattr(getattr(trainer, "config", None), "terminal_time", 1.0))
         log("stage 2: reward gradient (lean adjoint, exact Adjoint Matching)" if tc >= 1.0 else
