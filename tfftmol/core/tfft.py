@@ -290,7 +290,8 @@ def run_tfft(base: FlowModel, reward: TerminalReward, config: TFFTConfig, *, cac
     else:
         stages = [Stage(cfg.alpha, cfg.beta, 0, cfg.am.steps, None)]
     timings["stage1"] = time.perf_counter() - t1
-    if need_offline and callable(fit_offline):  # after stage 1: a tail that stops there costs no fit
+    if need_offline and callable(fit_offline) and not weighted:  # after stage 1: a stopped tail costs no fit;
+        # the weighted stage 2 never asks the reward for a gradient, so a surrogate is not fitted for it
         t1 = time.perf_counter()
         fit_offline(x_off, v_off, valid_off)
         timings["fit_offline"] = time.perf_counter() - t1
