@@ -480,9 +480,10 @@ class AdjointMatching:
         With ``y = x_1 - x_0`` and ``x_t = t x_1 + (1 - t) x_0`` (``t`` uniform on ``[h, 1 - h]``), the loss
         ``E_pool |v - v_base|^2 + E_pool[(w - 1) |v - y|^2]`` has the velocity of ``p* ∝ p_pool w`` as its
         minimiser whatever the base's own fitting error (``w = exp(lam g(r))`` with mean 1; with every
-        ``w = 1`` it is ``|v - v_base|^2``).  Half the points draw ``x_1`` uniformly (the anchor and the
-        ``-|v - y|^2`` part), half in proportion to ``w`` (the ``w |v - y|^2`` part), so that a strong tilt
-        whose weight sits on a few samples is still seen on every step.
+        ``w = 1`` it is ``|v - v_base|^2``).  With ``w - 1 = (w - 1)_+ - (1 - w)_+``: half the points draw
+        ``x_1`` uniformly (the anchor and ``-(1 - w)_+ |v - y|^2``), half in proportion to ``(w - 1)_+`` (its
+        part, times its mean ``z``), so that a strong tilt whose weight sits on a few samples is seen on every
+        step, and a flat one (every ``w`` near 1) adds no noise: at ``w = 1`` the gradient is exactly zero.
         """
         c = self.config
         if self.pool is None:
@@ -490,10 +491,15 @@ class AdjointMatching:
         x_pool, r_pool = self.pool
         w = self.pool_weights()
         n_pts = max(2, c.batch_size * (c.loss_time_steps or c.time_steps))
-        nu = n_pts // 2
-        idx = torch.cat([torch.randint(0, x_pool.shape[0], (nu,), generator=self.generator),
-                         torch.multinomial(w.float(), n_pts - nu, replacement=True, generator=self.generator)])
+        w_pos = (w - 1.0).clamp_min(0.0)
+        z_pos = float(w_pos.mean())  # = mean (1 - w)_+ as well: the tilt's total excess weight
+        nu = n_pts // 2 if z_pos > 0 else n_pts
+        idx = torch.randint(0, x_pool.shape[0], (nu,), generator=self.generator)
+        if nu < n_pts:
+            idx = torch.cat([idx, torch.multinomial(w_pos.float(), n_pts - nu, replacement=True,
+                                                    generator=self.generator)])
         idx = idx.to(self.device)
+        w_neg = (1.0 - w[idx[:nu]]).clamp_min(0.0)
         x1 = x_pool[idx]
         x0 = self.base.sample_prior(n_pts, generator=self.generator, device="cpu").to(self.device, x1.dtype)
         h = 1.0 / c.time_steps
@@ -506,7 +512,9 @@ class AdjointMatching:
         v_ft = self._velocity(self.model, xt, t, None)
         fm = ((v_ft - (x1 - x0)) ** 2).flatten(1).sum(1)
         anchor = ((v_ft[:nu] - v_b[:nu]) ** 2).flatten(1).sum(1)
-        loss = (anchor - fm[:nu]).mean() + fm[nu:].mean()
+        loss = (anchor - w_neg.to(fm.dtype) * fm[:nu]).mean()
+        if nu < n_pts:
+            loss = loss + z_pos * fm[nu:].mean()
         lr = self.lr_at(self.step_count)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -520,8 +528,11 @@ class AdjointMatching:
                 for e, p in zip(self.ema_params, self.params):
                     e.lerp_(p.detach(), 1 - c.ema)
         with torch.no_grad():  # the target's path KL, on its own noised points: E_w[0.5 |u|^2] over [h, 1 - h]
-            u = control(v_ft[nu:].detach(), v_b[nu:], t[nu:])  # the target's points
-            kl = float((0.5 * (u ** 2).flatten(1).sum(1)).mean()) * (1.0 - 2.0 * h)
+            c2 = 0.5 * (control(v_ft.detach(), v_b, t) ** 2).flatten(1).sum(1)
+            kl = float(((1.0 - w_neg).to(c2.dtype) * c2[:nu]).mean())  # E_w = E_pool[min(w, 1) .] + z_pos E_pos[.]
+            if nu < n_pts:
+                kl += z_pos * float(c2[nu:].mean())
+            kl *= 1.0 - 2.0 * h
             gp = freeze_transform(self.transform, r_pool).grad(r_pool[idx[:nu]])  # of the uniform half
             active = float((gp != 0).to(torch.float64).mean())
             r_target = float((w * r_pool).mean())  # the mean reward of the target on the pool
