@@ -477,7 +477,7 @@ class AdjointMatching:
     def _weighted_step(self, stage: int) -> StepStats:
         """One step of tilt-weighted flow matching on the pool (docs/design.md §6.1).
 
-        With ``y = x_1 - x_0`` and ``x_t = t x_1 + (1 - t) x_0`` (``t`` uniform on ``[h, 1 - h]``), the loss
+        With ``y = x_1 - x_0`` and ``x_t = t x_1 + (1 - t) x_0`` (``t`` uniform on the grid ``t_1 .. t_{N-1}``), the loss
         ``E_pool |v - v_base|^2 + E_pool[(w - 1) |v - y|^2]`` has the velocity of ``p* ∝ p_pool w`` as its
         minimiser whatever the base's own fitting error (``w = exp(lam g(r))`` with mean 1; with every
         ``w = 1`` it is ``|v - v_base|^2``).  With ``w - 1 = (w - 1)_+ - (1 - w)_+``: half the points draw
@@ -503,7 +503,10 @@ class AdjointMatching:
         x1 = x_pool[idx]
         x0 = self.base.sample_prior(n_pts, generator=self.generator, device="cpu").to(self.device, x1.dtype)
         h = 1.0 / c.time_steps
-        t = (h + (1.0 - 2.0 * h) * torch.rand(n_pts, generator=self.generator)).to(self.device, x1.dtype)
+        # the grid times t_1 .. t_{N-1} at which the SDE applies the control (the last one included: a
+        # continuous t reaches the edge of [h, 1 - h] too rarely, and the control is most costly there)
+        k = torch.randint(1, c.time_steps, (n_pts,), generator=self.generator)
+        t = (k.to(torch.float64) * h).to(self.device, x1.dtype)
         tt = t.reshape(-1, *([1] * (x1.dim() - 1)))
         xt = tt * x1 + (1.0 - tt) * x0
         with torch.no_grad():
@@ -527,12 +530,12 @@ class AdjointMatching:
             with torch.no_grad():
                 for e, p in zip(self.ema_params, self.params):
                     e.lerp_(p.detach(), 1 - c.ema)
-        with torch.no_grad():  # the target's path KL, on its own noised points: E_w[0.5 |u|^2] over [h, 1 - h]
+        with torch.no_grad():  # the target's path KL, on its own noised points: E_w[0.5 |u|^2] on the grid
             c2 = 0.5 * (control(v_ft.detach(), v_b, t) ** 2).flatten(1).sum(1)
             kl = float(((1.0 - w_neg).to(c2.dtype) * c2[:nu]).mean())  # E_w = E_pool[min(w, 1) .] + z_pos E_pos[.]
             if nu < n_pts:
                 kl += z_pos * float(c2[nu:].mean())
-            kl *= 1.0 - 2.0 * h
+            kl *= 1.0 - h  # the grid sum h sum_k over t_1 .. t_{N-1}
             gp = freeze_transform(self.transform, r_pool).grad(r_pool[idx[:nu]])  # of the uniform half
             active = float((gp != 0).to(torch.float64).mean())
             r_target = float((w * r_pool).mean())  # the mean reward of the target on the pool
