@@ -5,9 +5,9 @@ right-CVaR_0.9 at alpha = 1, whose target p* is sampled exactly; the budget of t
 (M = 20,000, 300 steps of batch 256 x 10 loss times, Adam 2e-3, EMA 0.95).
 
 Measured at that budget (|own-tail CVaR - exact target's|, exact 2.955, pre-trained 2.198), seeds
-0 / 1: 0.177 / 0.241 (KL 0.245 / 0.190 against the predicted 0.341 / 0.308), against the gradient
-path's 0.172 / 0.195 (test_value.py); stage 2 takes about 3 s instead of about 15 s, since no
-trajectory is sampled.  With 3,000 steps seed 0 reaches 0.091 at KL 0.295.
+0 / 1: 0.132 / 0.168 (KL 0.256 / 0.226 against the predicted 0.341 / 0.308), against the gradient
+path's 0.172 / 0.195 (test_value.py); stage 2 takes about 3.5 s instead of about 15 s, since no
+trajectory is sampled.  With 3,000 steps seed 0 reaches 0.070 at KL 0.391.
 """
 import warnings
 
