@@ -458,6 +458,22 @@ class AdjointMatching:
         return sample_controlled(self._in_precision(self.model), self.base, n, self.config.time_steps,
                                  generator=self.generator, cond=cond, x_start=x0)
 
+    def _optimise(self, loss: torch.Tensor, lr: float, after_step: Optional[Callable[[], None]] = None) -> None:
+        """One optimiser step on ``loss`` at learning rate ``lr`` (gradient clip, then ``after_step``, then EMA)."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.opt.step()
+        if after_step is not None:
+            after_step()
+        if self.ema_params is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema_params, self.params):
+                    e.lerp_(p.detach(), 1 - self.config.ema)
+
     def set_pool(self, x: torch.Tensor, values: torch.Tensor) -> None:
         """Give the weighted path (``stage2 == "weighted"``) its samples of the pre-trained model and their rewards."""
         if x.shape[0] != values.shape[0] or x.shape[0] < 2:
@@ -519,17 +535,7 @@ class AdjointMatching:
         if nu < n_pts:
             loss = loss + z_pos * fm[nu:].mean()
         lr = self.lr_at(self.step_count)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if c.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
-        self.opt.step()
-        if self.ema_params is not None:
-            with torch.no_grad():
-                for e, p in zip(self.ema_params, self.params):
-                    e.lerp_(p.detach(), 1 - c.ema)
+        self._optimise(loss, lr)
         with torch.no_grad():  # the target's path KL, on its own noised points: E_w[0.5 |u|^2] on the grid
             c2 = 0.5 * (control(v_ft.detach(), v_b, t) ** 2).flatten(1).sum(1)
             kl = float(((1.0 - w_neg).to(c2.dtype) * c2[:nu]).mean())  # E_w = E_pool[min(w, 1) .] + z_pos E_pos[.]
@@ -630,19 +636,8 @@ class AdjointMatching:
         measure = self.config.step_trust > 0 and self.lr_scale is None
         old = [p.detach().clone() for p in self.params] if measure else None
         lr = self.lr_at(self.step_count) * (self.lr_scale or 1.0)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if c.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
-        self.opt.step()
-        if measure:
-            self._trust_step(old, xs, ts, cond, v_b, u.detach(), (sig * a).detach())
-        if self.ema_params is not None:
-            with torch.no_grad():
-                for e, p in zip(self.ema_params, self.params):
-                    e.lerp_(p.detach(), 1 - c.ema)
+        self._optimise(loss, lr, (lambda: self._trust_step(old, xs, ts, cond, v_b, u.detach(), (sig * a).detach()))
+                       if measure else None)
         h = 1.0 / c.time_steps
         u2 = 0.5 * (u.detach() ** 2).flatten(1).sum(1) * h
         kl = float(u2[: k * B].mean() * pool)
