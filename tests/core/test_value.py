@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 
+from exact_target import W, exact_right_tail_run
+
 from tfftmol.core.adjoint import AdjointMatching
 from tfftmol.core.checkpoint import load_checkpoint, save_checkpoint
 from tfftmol.core.pseudo import PseudoReward
@@ -35,10 +37,9 @@ from tfftmol.core.tfft import run_tfft
 from tfftmol.core.reward import reward_hook
 from tfftmol.core.value import (ValueConfig, ValuesOnly, ValueTrainer, noised_pairs, reward_has_grad,
                                 sample_controlled)
-from tfftmol.toy2d.gmm import circle_gmm, population_threshold
+from tfftmol.toy2d.gmm import circle_gmm
 from tfftmol.toy2d.flows import linear_reward
 
-W = [1.0, 0.0]
 FAST_AM = dict(steps=300, batch_size=256, time_steps=30, loss_time_steps=10, hidden=64, lr=2e-3, grad_clip=0.0,
                ema=0.95)
 GRAD_ERR = 0.172  # measured gradient-path CVaR error at this budget, seed 0 (module docstring)
@@ -46,18 +47,7 @@ GRAD_ERR = 0.172  # measured gradient-path CVaR error at this budget, seed 0 (mo
 
 @pytest.fixture(scope="module")
 def values_only_run():
-    g = circle_gmm()
-    logs = []
-    cfg = TFFTConfig(tail="right", beta=0.9, alpha=1.0, offline_samples=20000, bootstrap=0, am=AMConfig(**FAST_AM))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TfftWarning)
-        res = run_tfft(g, ValuesOnly(linear_reward(W)), cfg, progress=False, log=logs.append)
-    gen = lambda: torch.Generator().manual_seed(1)
-    x = sample_sde(res.model, 10000, 50, generator=gen())[:, 0].double().numpy()
-    x0 = sample_sde(g, 10000, 50, generator=gen())[:, 0].double().numpy()
-    eta, _ = population_threshold(g, W, 1.0, 0.9, "right")
-    xt = g.sample_tilted_hinge(40000, W, eta, 1.0, 0.9, "right", seed=2)[:, 0].double().numpy()
-    return res, logs, x0, x, xt
+    return exact_right_tail_run(FAST_AM)
 
 
 @pytest.mark.slow  # about 17 s: a 2D values-only fine-tune (fixture shared with the next test)

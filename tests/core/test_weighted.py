@@ -9,24 +9,21 @@ Measured at that budget (|own-tail CVaR - exact target's|, exact 2.955, pre-trai
 path's 0.172 / 0.195 (test_value.py); stage 2 takes about 3.5 s instead of about 15 s, since no
 trajectory is sampled.  With 3,000 steps seed 0 reaches 0.070 at KL 0.391.
 """
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
+from exact_target import W, exact_right_tail_run
+
 from tfftmol.core.adjoint import AdjointMatching
 from tfftmol.core.pseudo import ExpectedReward, PseudoReward
 from tfftmol.core.risk import cvar
-from tfftmol.core.samplers import sample_sde
-from tfftmol.core.settings import AMConfig, TFFTConfig
-from tfftmol.core.threshold import TfftWarning, solve_threshold
-from tfftmol.core.tfft import run_tfft
+from tfftmol.core.settings import AMConfig
+from tfftmol.core.threshold import solve_threshold
 from tfftmol.core.value import ValuesOnly
 from tfftmol.toy2d.flows import linear_reward
-from tfftmol.toy2d.gmm import circle_gmm, population_threshold
+from tfftmol.toy2d.gmm import circle_gmm
 
-W = [1.0, 0.0]
 FAST_AM = dict(steps=300, batch_size=256, time_steps=30, loss_time_steps=10, hidden=64, lr=2e-3, grad_clip=0.0,
                ema=0.95, stage2="weighted")
 GRAD_ERR = 0.172  # the gradient path's CVaR error at this budget, seed 0 (test_value.py)
@@ -34,18 +31,7 @@ GRAD_ERR = 0.172  # the gradient path's CVaR error at this budget, seed 0 (test_
 
 @pytest.fixture(scope="module")
 def weighted_run():
-    g = circle_gmm()
-    logs = []
-    cfg = TFFTConfig(tail="right", beta=0.9, alpha=1.0, offline_samples=20000, bootstrap=0, am=AMConfig(**FAST_AM))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TfftWarning)
-        res = run_tfft(g, ValuesOnly(linear_reward(W)), cfg, progress=False, log=logs.append)
-    gen = lambda: torch.Generator().manual_seed(1)
-    x = sample_sde(res.model, 10000, 50, generator=gen())[:, 0].double().numpy()
-    x0 = sample_sde(g, 10000, 50, generator=gen())[:, 0].double().numpy()
-    eta, _ = population_threshold(g, W, 1.0, 0.9, "right")
-    xt = g.sample_tilted_hinge(40000, W, eta, 1.0, 0.9, "right", seed=2)[:, 0].double().numpy()
-    return res, logs, x0, x, xt
+    return exact_right_tail_run(FAST_AM)
 
 
 def test_weighted_reaches_the_exact_target_as_closely_as_the_gradient_path(weighted_run):
