@@ -39,7 +39,7 @@ from .estimators import estimate_kl, sample_importance
 from .flow import TIME_FEATURES, FlowModel, VelocityModule, time_features, zero_output_mlp
 from .precision import bf16_native, in_precision
 from .pseudo import ExpectedReward, TerminalTransform
-from .reward import TerminalReward, reward_hook
+from .reward import TerminalReward, reward_hook, stage2_path
 from .sampling import Trajectory, sample, velocity_of
 from .sde import adjoint_step, control, sigma_memoryless
 from .settings import AMConfig
@@ -241,8 +241,7 @@ class AdjointMatching:
             raise ValueError(f"stage2='gradient' needs a reward with a gradient; reward "
                              f"{getattr(reward, 'name', type(reward).__name__)!r} declares has_grad=False: "
                              f"use stage2='value' or 'auto'")
-        self.stage2 = c.stage2 if c.stage2 in ("value", "weighted") else \
-            "value" if c.stage2 == "auto" and not reward_has_grad(reward) else "gradient"
+        self.stage2 = stage2_path(c.stage2, reward)
         if self.stage2 == "weighted" and cond_sampler is not None:
             raise ValueError("stage2='weighted' fits the offline batch of an unconditional flow; this flow takes a "
                              "condition (cond_sampler is set): use stage2='gradient', 'value' or 'auto'")

@@ -34,7 +34,7 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 import torch
 
 __all__ = ["TerminalReward", "RewardBatch", "DifferentiableReward", "OPTIONAL_HOOKS", "reward_hook", "reward_cache_key",
-           "reward_has_grad", "RewardFailureError"]
+           "reward_has_grad", "stage2_path", "RewardFailureError"]
 
 
 class RewardFailureError(RuntimeError):
@@ -91,6 +91,14 @@ def reward_has_grad(reward: object) -> bool:
     """Whether a reward supplies a terminal gradient: its declared ``has_grad`` (default ``True``)."""
     flag = reward_hook(reward, "has_grad")
     return True if flag is None else bool(flag)
+
+
+def stage2_path(stage2: str, reward: object) -> str:
+    """The stage-2 path (``"gradient"``, ``"value"`` or ``"weighted"``) the setting ``stage2`` takes for ``reward``:
+    ``"auto"`` is ``"value"`` for a reward that declares ``has_grad = False``, else ``"gradient"``."""
+    if stage2 in ("value", "weighted"):
+        return stage2
+    return "value" if stage2 == "auto" and not reward_has_grad(reward) else "gradient"
 
 
 def reward_cache_key(reward: object) -> str:

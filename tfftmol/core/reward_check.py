@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from .reward import RewardBatch, RewardFailureError, reward_has_grad
+from .reward import RewardBatch, RewardFailureError, stage2_path
 from .sampling import sample
 
 __all__ = ["RewardCheckError", "check_reward"]
@@ -25,13 +25,6 @@ class RewardCheckError(ValueError):
 
 def _reward_name(reward: Any) -> str:
     return str(getattr(reward, "name", None) or type(reward).__name__)
-
-
-def _path(stage2: str, has_grad: bool) -> str:
-    """The stage-2 path ``stage2`` resolves to for a reward with (or without) a gradient."""
-    if stage2 in ("value", "weighted"):
-        return stage2
-    return "value" if stage2 == "auto" and not has_grad else "gradient"
 
 
 def check_reward(reward: Any, model: Any, device: Optional[str | torch.device] = None, *, stage2: str = "auto",
@@ -80,14 +73,13 @@ def check_reward(reward: Any, model: Any, device: Optional[str | torch.device] =
             if log is not None:
                 log(f"reward {name}: {e.failed} of {e.n} probe samples failed in the reward function; the "
                     "failure limit applies to the offline and training batches")
-            return _path(stage2, reward_has_grad(reward))
+            return stage2_path(stage2, reward)
         raise                                                  # failed on every sample: its own clear error
     except Exception as e:  # noqa: BLE001 - reported with the reward's name and the probe
         raise RewardCheckError(f"reward {name}: evaluate(x) failed on a probe batch of {n} samples of the "
                                f"pre-trained model (x of shape {shape}): {type(e).__name__}: {e}") from e
     _check(rb, "evaluate(x)")
-    has_grad = reward_has_grad(reward)
-    path = _path(stage2, has_grad)
+    path = stage2_path(stage2, reward)
     if gradient and path == "gradient":
         try:
             rg = reward.value_and_grad(x)
